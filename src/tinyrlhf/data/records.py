@@ -1,0 +1,228 @@
+"""Record types of the project's JSONL formats, their validation and the conversions between them.
+
+One JSON object per line. Fields:
+  sft      {"prompt": str, "completion": str}
+  pair     {"prompt": str, "chosen": str, "rejected": str, "margin"?: float}
+  ranking  {"prompt": str, "completions": [str, ...]}        (best first, K >= 2)
+  binary   {"prompt": str, "completion": str, "label": bool}  (true = desirable)
+Every record may carry "meta": {...} (free-form, kept as is: annotator id, gold rewards, source).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class SFTRecord:
+    prompt: str
+    completion: str
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    prompt: str
+    chosen: str
+    rejected: str
+    margin: float | None = None
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class RankingRecord:
+    prompt: str
+    completions: tuple[str, ...]  # best first
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class BinaryRecord:
+    prompt: str
+    completion: str
+    label: bool  # True = desirable
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+RECORD_TYPES = {"sft": SFTRecord, "pair": PairRecord, "ranking": RankingRecord, "binary": BinaryRecord}
+
+
+# ---------------------------------------------------------------- validation
+
+def _req_str(obj: dict, key: str, where: dict, allow_empty: bool = False) -> str:
+    if key not in obj:
+        raise DataError("missing", field=key, **where)
+    value = obj[key]
+    if not isinstance(value, str):
+        raise DataError(f"expected a string, got {type(value).__name__}", field=key, **where)
+    if not allow_empty and not value.strip():
+        raise DataError("is empty", field=key, **where)
+    return value
+
+
+def _meta(obj: dict, where: dict) -> dict:
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        raise DataError(f"expected an object, got {type(meta).__name__}", field="meta", **where)
+    return meta
+
+
+def record_from_dict(kind: str, obj: Any, *, path: str | None = None, line: int | None = None):
+    """Build and validate one record of `kind` from a parsed JSON object."""
+    where = {"path": path, "line": line}
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}", **where)
+    if kind == "sft":
+        return SFTRecord(_req_str(obj, "prompt", where, allow_empty=True),
+                         _req_str(obj, "completion", where), _meta(obj, where))
+    if kind == "pair":
+        prompt = _req_str(obj, "prompt", where, allow_empty=True)
+        chosen, rejected = _req_str(obj, "chosen", where), _req_str(obj, "rejected", where)
+        if chosen == rejected:
+            raise DataError("chosen is identical to rejected", field="rejected", **where)
+        margin = obj.get("margin")
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+            raise DataError(f"expected a number, got {type(margin).__name__}", field="margin", **where)
+        return PairRecord(prompt, chosen, rejected, None if margin is None else float(margin),
+                          _meta(obj, where))
+    if kind == "ranking":
+        prompt = _req_str(obj, "prompt", where, allow_empty=True)
+        comps = obj.get("completions")
+        if comps is None:
+            raise DataError("missing", field="completions", **where)
+        if not isinstance(comps, list) or not all(isinstance(c, str) for c in comps):
+            raise DataError("expected a list of strings", field="completions", **where)
+        if len(comps) < 2:
+            raise DataError(f"needs at least 2 completions, got {len(comps)}", field="completions", **where)
+        if len(set(comps)) != len(comps):
+            raise DataError("has duplicate completions", field="completions", **where)
+        if any(not c.strip() for c in comps):
+            raise DataError("has an empty completion", field="completions", **where)
+        return RankingRecord(prompt, tuple(comps), _meta(obj, where))
+    if kind == "binary":
+        prompt = _req_str(obj, "prompt", where, allow_empty=True)
+        completion = _req_str(obj, "completion", where)
+        if "label" not in obj:
+            raise DataError("missing", field="label", **where)
+        label = obj["label"]
+        if not isinstance(label, bool):
+            raise DataError(f"expected true or false, got {json.dumps(label)}", field="label", **where)
+        return BinaryRecord(prompt, completion, label, _meta(obj, where))
+    raise DataError(f"unknown record kind '{kind}' (valid: {', '.join(RECORD_TYPES)})")
+
+
+def record_to_dict(record) -> dict:
+    d = asdict(record)
+    if isinstance(record, RankingRecord):
+        d["completions"] = list(record.completions)
+    if isinstance(record, PairRecord) and record.margin is None:
+        del d["margin"]
+    if not d.get("meta"):
+        d.pop("meta", None)
+    return d
+
+
+# ---------------------------------------------------------------- JSONL I/O
+
+class SkipCounter:
+    """Collects records skipped with `skip_bad=True`: how many and the first messages."""
+
+    def __init__(self):
+        self.count = 0
+        self.messages: list[str] = []
+
+    def add(self, err: DataError):
+        self.count += 1
+        if len(self.messages) < 5:
+            self.messages.append(str(err))
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
+    """Yield (line_number, parsed object) for each non-blank line; DataError on bad JSON."""
+    if not os.path.isfile(path):
+        raise DataError("no such file", path=path)
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", path=path, line=n) from None
+
+
+def read_records(path: str, kind: str, *, skip_bad: bool = False,
+                 skipped: SkipCounter | None = None) -> list:
+    """Read a JSONL file of `kind` records. Bad lines raise DataError (or are counted with skip_bad)."""
+    out = []
+    it = iter_jsonl(path)
+    while True:
+        try:
+            n, obj = next(it)
+        except StopIteration:
+            break
+        except DataError as e:
+            if not skip_bad or e.line is None:
+                raise
+            (skipped or SkipCounter()).add(e)
+            continue
+        try:
+            out.append(record_from_dict(kind, obj, path=path, line=n))
+        except DataError as e:
+            if not skip_bad:
+                raise
+            if skipped is not None:
+                skipped.add(e)
+    if not out:
+        raise DataError("no records (the file is empty" + (" or every line was bad)" if skip_bad else ")"),
+                        path=path)
+    return out
+
+
+def write_records(path: str, records: Iterable) -> int:
+    """Write records as JSONL atomically (temp file + rename), so a crash never leaves half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(record_to_dict(r), ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+# ---------------------------------------------------------------- conversions
+
+def ranking_to_pairs(record: RankingRecord) -> list[PairRecord]:
+    """All K·(K−1)/2 ordered pairs of a best-first ranking (InstructGPT's expansion)."""
+    return [PairRecord(record.prompt, a, b, None, dict(record.meta))
+            for a, b in itertools.combinations(record.completions, 2)]
+
+
+def pairs_from(records: Iterable) -> list[PairRecord]:
+    """Pairs from a mix of pair and ranking records (rankings expand to all their pairs)."""
+    out: list[PairRecord] = []
+    for r in records:
+        if isinstance(r, RankingRecord):
+            out.extend(ranking_to_pairs(r))
+        elif isinstance(r, PairRecord):
+            out.append(r)
+        else:
+            raise DataError(f"cannot make preference pairs from a {type(r).__name__}")
+    return out
+
+
+def pair_to_binary(record: PairRecord) -> list[BinaryRecord]:
+    """Unpaired feedback from a pair: chosen is desirable, rejected undesirable (KTO paper, §4)."""
+    return [BinaryRecord(record.prompt, record.chosen, True, dict(record.meta)),
+            BinaryRecord(record.prompt, record.rejected, False, dict(record.meta))]
+
+
+def pair_to_sft(record: PairRecord) -> SFTRecord:
+    """Demonstration from a pair: the chosen completion."""
+    return SFTRecord(record.prompt, record.chosen, dict(record.meta))
