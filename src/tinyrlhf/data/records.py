@@ -9,6 +9,7 @@ Every record may carry "meta": {...} (free-form, kept as is: annotator id, gold 
 """
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import os
@@ -142,36 +143,47 @@ class SkipCounter:
             self.messages.append(str(err))
 
 
-def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
-    """Yield (line_number, parsed object) for each non-blank line; DataError on bad JSON."""
+def parse_jsonl_lines(path: str) -> Iterator[tuple[int, Any]]:
+    """Yield (line_number, parsed object or that line's DataError) for each non-blank line.
+
+    Errors are yielded, not raised, so a caller can skip a bad line and go on. `.gz` is read transparently.
+    """
+    if os.path.isdir(path):
+        raise DataError("is a directory; pass a file", path=path)
     if not os.path.isfile(path):
         raise DataError("no such file", path=path)
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield n, DataError("not UTF-8 text", path=path, line=n)
+                continue
             if not line.strip():
                 continue
             try:
                 yield n, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", path=path, line=n) from None
+                yield n, DataError(f"not valid JSON ({e.msg} at column {e.colno})", path=path, line=n)
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
+    """Yield (line_number, parsed object) for each non-blank line; DataError on bad JSON."""
+    for n, obj in parse_jsonl_lines(path):
+        if isinstance(obj, DataError):
+            raise obj
+        yield n, obj
 
 
 def read_records(path: str, kind: str, *, skip_bad: bool = False,
                  skipped: SkipCounter | None = None) -> list:
     """Read a JSONL file of `kind` records. Bad lines raise DataError (or are counted with skip_bad)."""
     out = []
-    it = iter_jsonl(path)
-    while True:
+    for n, obj in parse_jsonl_lines(path):
         try:
-            n, obj = next(it)
-        except StopIteration:
-            break
-        except DataError as e:
-            if not skip_bad or e.line is None:
-                raise
-            (skipped or SkipCounter()).add(e)
-            continue
-        try:
+            if isinstance(obj, DataError):
+                raise obj
             out.append(record_from_dict(kind, obj, path=path, line=n))
         except DataError as e:
             if not skip_bad:

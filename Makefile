@@ -1,0 +1,32 @@
+# Two commands a new user needs: `make demo` (the main job) and `make test` (the test suite).
+# Both create .venv and install everything on first use. torch is pinned to 2.13.0, which installs the
+# local CPU wheel here (and a CUDA build on machines that have one).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup test demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+demo: $(STAMP)
+	$(BIN)/tinyrlhf sft --config configs/family_tree/sft.yaml
+	$(BIN)/tinyrlhf reward --config configs/family_tree/reward.yaml
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_train.py
+
+clean:
+	rm -rf runs

@@ -1,0 +1,89 @@
+"""The `tinyrlhf` command. Each subcommand parses a config (YAML + dotted overrides) and calls one loop.
+
+    tinyrlhf data family_tree --out runs/data/ft seed=1
+    tinyrlhf sft --config configs/family_tree/sft.yaml train.max_steps=300
+    tinyrlhf reward --config configs/family_tree/reward.yaml model.path=runs/ft/sft/final
+
+User errors (bad data, config, paths) print one line `error: ...` and exit 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import TinyRLHFError
+
+HEADLINE = ("before/gold/mean", "before/gold/greedy", "gold/mean", "gold/greedy", "gold/max", "eval/loss",
+            "eval/accuracy_labels", "eval/accuracy_gold", "tokens_per_s", "train_seconds", "peak_rss_mib",
+            "steps", "finished")
+
+
+def _print_summary(summary: dict, out_dir: str):
+    print(f"run: {out_dir}")
+    for k in HEADLINE:
+        if k in summary:
+            v = summary[k]
+            print(f"  {k:24s} {v:.4f}" if isinstance(v, float) else f"  {k:24s} {v}")
+
+
+def _cmd_data(args) -> int:
+    from .config import parse_overrides
+    from .tasks.generate import write_task_data
+
+    kwargs = dict(parse_overrides(args.overrides))
+    seed = kwargs.pop("seed", 0)
+    if not isinstance(seed, int):
+        raise TinyRLHFError(f"seed must be an integer, got {seed!r}")
+    counts = write_task_data(args.task, args.out, seed=seed, **kwargs)
+    print(json.dumps(counts, indent=2))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .config import RewardConfig, SFTConfig, load_config
+
+    if args.command == "sft":
+        from .train.sft import run_sft
+        cfg = load_config(SFTConfig, args.config, args.overrides)
+        summary = run_sft(cfg)
+    else:
+        from .train.reward import run_reward
+        cfg = load_config(RewardConfig, args.config, args.overrides)
+        summary = run_reward(cfg)
+    _print_summary(summary, cfg.out_dir)
+    if not summary.get("finished", False):
+        print(f"stopped early at step {summary.get('steps')}: run the same command again to continue")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinyrlhf", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("data", help="write a built-in task's SFT, pair, ranking and binary JSONL files")
+    p.add_argument("task", help="family_tree or positive_review")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("overrides", nargs="*", help="seed=N and task options key=value")
+    p.set_defaults(func=_cmd_data)
+    for name, what in (("sft", "supervised fine-tuning"), ("reward", "reward model (Bradley-Terry)")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--config", help="YAML config file (see configs/)")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
+        p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TinyRLHFError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to continue from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

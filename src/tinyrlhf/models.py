@@ -1,0 +1,208 @@
+"""Build or load causal LMs and tokenizers, add LoRA (peft), and the reward model (LM trunk + scalar head).
+
+Nothing here touches the network: a model is a local Hugging Face directory or a named preset built
+from a config with random weights (its tokenizer a byte-level BPE trained on the task's text).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch import nn
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config,
+                          PreTrainedTokenizerFast)
+
+from .config import LoRAConfig, ModelConfig
+from .errors import ConfigError
+
+EOS = "<|endoftext|>"
+
+# name -> GPT-2 config kwargs. gpt2-small is the 124M shape (vocab 50257, 1024 positions).
+PRESETS = {
+    "gpt2-tiny": dict(n_layer=2, n_head=4, n_embd=128, n_positions=256),
+    "gpt2-mini": dict(n_layer=4, n_head=4, n_embd=256, n_positions=512),
+    "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257),
+}
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A GPT-2 style byte-level BPE trained on `texts`, with <|endoftext|> as eos, bos and pad."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS,
+                                   pad_token=EOS, unk_token=EOS)
+
+
+def _check_model_dir(path: str):
+    if not os.path.isdir(path):
+        raise ConfigError(f"model.path '{path}': no such directory")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError(f"model.path '{path}': not a Hugging Face model directory (no config.json)")
+
+
+def load_tokenizer(path: str):
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:  # GPT-2's own tokenizer has no pad token: pad with eos (masked anyway)
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0):
+    """(model, tokenizer) from a local directory or a random-init preset. `corpus` trains the
+    preset's tokenizer; a preset needs one (the task's text)."""
+    if cfg.path:
+        _check_model_dir(cfg.path)
+        tokenizer = load_tokenizer(cfg.path)
+        model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=torch.float32)
+        _set_dropout(model, cfg.dropout)
+    else:
+        if cfg.preset not in PRESETS:
+            raise ConfigError(f"model.preset '{cfg.preset}' is unknown; valid: {', '.join(PRESETS)}")
+        if not corpus:
+            raise ConfigError("model.preset needs data.task (its text trains the tokenizer) or use model.path")
+        tokenizer = train_tokenizer(corpus, cfg.tokenizer_vocab)
+        kwargs = dict(PRESETS[cfg.preset])
+        # round the vocabulary up to a multiple of 64: faster matmuls, spare rows are never used
+        vocab = max(kwargs.pop("vocab_size", 0), -(-len(tokenizer) // 64) * 64)
+        config = GPT2Config(vocab_size=vocab, bos_token_id=tokenizer.eos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                            resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                            **kwargs)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model, tokenizer
+
+
+def _set_dropout(model: nn.Module, p: float):
+    """RLHF detail (lm-human-preference-details): dropout off, so log-probs and values are deterministic."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout", "attention_dropout"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, p)
+
+
+def add_lora(model, cfg: LoRAConfig):
+    """Wrap with peft LoRA adapters if enabled; the frozen base then doubles as the reference model."""
+    if not cfg.enabled:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.split(".")[-1] for name, _ in model.named_modules()}
+    targets = [t for t in cfg.target_modules if t in present]
+    if not targets:
+        raise ConfigError(f"lora.target_modules {list(cfg.target_modules)} match no module of this model")
+    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                      bias="none", fan_in_fan_out=model.config.model_type == "gpt2")
+    return get_peft_model(model, lora)
+
+
+def unwrap(model):
+    """The transformers model under a peft wrapper (LoRA layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def trunk_and_head(model):
+    """(transformer trunk, lm_head) of a causal LM, so callers can apply the head to chosen rows only."""
+    base = unwrap(model)
+    return getattr(base, base.base_model_prefix), base.get_output_embeddings()
+
+
+def save_hf(model, tokenizer, out: str, merge_lora: bool = True):
+    """Write a directory loadable by AutoModelForCausalLM / AutoTokenizer (LoRA merged, or adapter saved)."""
+    os.makedirs(out, exist_ok=True)
+    if hasattr(model, "get_base_model"):
+        if merge_lora:
+            import copy
+            merged = copy.deepcopy(model).merge_and_unload()
+            merged.save_pretrained(out)
+        else:
+            model.save_pretrained(out)  # adapter_config.json + adapter weights
+            unwrap(model).config.save_pretrained(out)
+    else:
+        model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+# ---------------------------------------------------------------- reward model
+
+class RewardModel(nn.Module):
+    """Causal-LM trunk + linear head read at the last completion token (Ouyang et al. 2022, §3.5).
+
+    `gain` and `bias` are set after training so rewards on SFT samples have mean 0, std 1
+    (Ziegler et al. 2019, §2.2 "reward normalisation")."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+        hidden = unwrap(lm).config.hidden_size if hasattr(unwrap(lm).config, "hidden_size") \
+            else unwrap(lm).config.n_embd
+        self.head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.head.weight, std=1 / (hidden + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("gain", torch.ones(()))
+        self.register_buffer("bias", torch.zeros(()))
+
+    def raw(self, input_ids, attention_mask):
+        """Unnormalised rewards, (B,). Right padding: the last real token is at mask.sum() - 1."""
+        trunk, _ = trunk_and_head(self.lm)
+        hidden = trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        last = attention_mask.sum(-1).clamp(min=1) - 1
+        h = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # (B, H)
+        return self.head(h.to(self.head.weight.dtype)).squeeze(-1).float()
+
+    def forward(self, input_ids, attention_mask):
+        return self.raw(input_ids, attention_mask) * self.gain + self.bias
+
+
+def save_reward_model(rm: RewardModel, tokenizer, out: str):
+    """final/: the trunk as a causal-LM HF directory + reward_head.safetensors + reward_head.json."""
+    from safetensors.torch import save_file
+
+    save_hf(rm.lm, tokenizer, out, merge_lora=True)
+    save_file({"weight": rm.head.weight.detach().float().contiguous(),
+               "bias": rm.head.bias.detach().float().contiguous()},
+              os.path.join(out, "reward_head.safetensors"))
+    with open(os.path.join(out, "reward_head.json"), "w") as f:
+        json.dump({"gain": float(rm.gain), "bias": float(rm.bias)}, f, indent=2)
+
+
+def load_reward_model(path: str) -> tuple[RewardModel, object]:
+    """Load a reward model written by `save_reward_model` (a reward run's final/)."""
+    from safetensors.torch import load_file
+
+    _check_model_dir(path)
+    head_file = os.path.join(path, "reward_head.safetensors")
+    if not os.path.isfile(head_file):
+        raise ConfigError(f"'{path}' is not a reward model directory (no reward_head.safetensors)")
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    _set_dropout(lm, 0.0)
+    rm = RewardModel(lm)
+    head = load_file(head_file)
+    rm.head.weight.data.copy_(head["weight"])
+    rm.head.bias.data.copy_(head["bias"])
+    with open(os.path.join(path, "reward_head.json")) as f:
+        norm = json.load(f)
+    rm.gain.fill_(norm["gain"])
+    rm.bias.fill_(norm["bias"])
+    return rm.eval(), load_tokenizer(path)
+
+
+def model_config_dict(path: str) -> dict:
+    return AutoConfig.from_pretrained(path).to_dict()

@@ -1,0 +1,79 @@
+"""Where a run's records come from: a `tinyrlhf data` directory (generated on first use for a built-in
+task) or explicit files in any supported format. Shared by every offline loop."""
+from __future__ import annotations
+
+import os
+
+from ..config import DataConfig
+from ..data import records as R
+from ..errors import ConfigError
+
+# record kind -> (train file, eval file) in a task data directory
+FILES = {"sft": ("sft.jsonl", "eval_prompts.jsonl"), "pair": ("pairs.jsonl", "eval_pairs.jsonl"),
+         "binary": ("binary.jsonl", "eval_pairs.jsonl")}
+
+
+def task_data_dir(cfg: DataConfig) -> str:
+    """The task data directory, written by the task generator when it does not exist yet."""
+    path = cfg.dir or os.path.join("runs", "data", f"{cfg.task}-seed{cfg.seed}")
+    if not os.path.isfile(os.path.join(path, "manifest.json")):
+        if not cfg.task:
+            raise ConfigError(f"data.dir '{path}' has no manifest.json and no data.task is set to generate it")
+        from ..tasks.generate import write_task_data
+        write_task_data(cfg.task, path, seed=cfg.seed)
+    return path
+
+
+def _load(path: str, kind: str, fmt: str, skip_bad: bool, skipped: R.SkipCounter):
+    from .. import data as D
+
+    if fmt in ("auto", "jsonl") and path.endswith(".jsonl") and _is_project_format(path, kind):
+        return R.read_records(path, kind if kind != "pair" else "pair", skip_bad=skip_bad, skipped=skipped)
+    if kind == "sft":
+        return D.load_sft(path, format=fmt, skip_bad=skip_bad, skipped=skipped)
+    if kind == "pair":
+        return D.load_preferences(path, format=fmt, skip_bad=skip_bad, skipped=skipped)
+    return D.load_binary(path, format=fmt, skip_bad=skip_bad, skipped=skipped)
+
+
+def _is_project_format(path: str, kind: str) -> bool:
+    """True if the first record has the project's own keys for `kind` (else a public-format loader runs)."""
+    import json
+    keys = {"sft": {"prompt", "completion"}, "pair": {"prompt", "chosen", "rejected"},
+            "binary": {"prompt", "completion", "label"}}[kind]
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    return True  # let the strict reader report the line
+                return isinstance(obj, dict) and keys <= set(obj)
+    return True
+
+
+def load_records(cfg: DataConfig, kind: str) -> tuple[list, list, dict]:
+    """(train records, eval records, data metrics) for record `kind` ('sft', 'pair', 'binary')."""
+    skipped = R.SkipCounter()
+    if cfg.train_file:
+        if not os.path.exists(cfg.train_file):
+            raise ConfigError(f"data.train_file '{cfg.train_file}': no such file")
+        train = _load(cfg.train_file, kind, cfg.format, cfg.skip_bad, skipped)
+        evals = _load(cfg.eval_file, kind, cfg.format, cfg.skip_bad, skipped) if cfg.eval_file else []
+    else:
+        if not cfg.task and not cfg.dir:
+            raise ConfigError("no data: set data.task (built-in task), data.dir or data.train_file")
+        d = task_data_dir(cfg)
+        train_name, eval_name = FILES[kind]
+        train = R.read_records(os.path.join(d, train_name), kind, skip_bad=cfg.skip_bad, skipped=skipped)
+        eval_path = cfg.eval_file or os.path.join(d, eval_name)
+        eval_kind = "pair" if kind == "binary" else kind
+        evals = R.read_records(eval_path, eval_kind, skip_bad=cfg.skip_bad, skipped=skipped) \
+            if os.path.isfile(eval_path) else []
+    if kind == "pair":
+        train, evals = R.pairs_from(train), R.pairs_from(evals)
+    if cfg.max_train:
+        train = train[:cfg.max_train]
+    if skipped.count:
+        print(f"skipped {skipped.count} bad records; first: {skipped.messages[0]}")
+    return train, evals, {"data/skipped": skipped.count, "data/train_records": len(train)}

@@ -1,0 +1,135 @@
+"""Reward model: LM trunk + scalar head, pairwise Bradley–Terry loss (rankings expand to pairs),
+optional reward centring, then normalisation so rewards on SFT samples have mean 0 and std 1.
+
+    tinyrlhf reward --config configs/family_tree/reward.yaml model.path=runs/sft/final
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..config import RewardConfig
+from ..data.collate import BatchPlan, TruncationStats, encode, pad
+from ..losses import bradley_terry_loss
+from ..models import RewardModel, add_lora, build_model, load_tokenizer, save_reward_model
+from ..sampling import sample
+from .data import load_records
+from .engine import RunDir, autocast, fit, resolve_device, set_seed
+from .sft import task_corpus
+
+
+@torch.no_grad()
+def score(rm: RewardModel, examples, pad_id, device, precision, batch_size=64, raw=False) -> torch.Tensor:
+    """Rewards for encoded (prompt, completion) examples, (N,)."""
+    rm.eval()
+    out = []
+    for i in range(0, len(examples), batch_size):
+        b = {k: v.to(device) for k, v in pad(examples[i:i + batch_size], pad_id).items()}
+        with autocast(device, precision):
+            r = rm.raw(b["input_ids"], b["attention_mask"]) if raw else rm(b["input_ids"], b["attention_mask"])
+        out.append(r.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def pair_accuracy(rm, pairs, tokenizer, task, cfg, device) -> dict:
+    """Held-out accuracy against the annotator labels and against the gold ordering."""
+    ml = cfg.data.max_length
+    rc = score(rm, encode(tokenizer, [p.prompt for p in pairs], [p.chosen for p in pairs], ml),
+               tokenizer.pad_token_id, device, cfg.train.precision)
+    rr = score(rm, encode(tokenizer, [p.prompt for p in pairs], [p.rejected for p in pairs], ml),
+               tokenizer.pad_token_id, device, cfg.train.precision)
+    out = {"eval/accuracy_labels": (rc > rr).float().mean().item(), "eval/pairs": len(pairs)}
+    agree, n = 0, 0
+    for p, a, b in zip(pairs, rc.tolist(), rr.tolist()):
+        if task is not None:
+            gc, gr = task.gold_reward(p.prompt, p.chosen), task.gold_reward(p.prompt, p.rejected)
+        elif "gold_chosen" in p.meta:
+            gc, gr = p.meta["gold_chosen"], p.meta["gold_rejected"]
+        else:
+            continue
+        if gc != gr:  # ties in gold have no ordering to agree with
+            agree += (a > b) == (gc > gr)
+            n += 1
+    if n:
+        out["eval/accuracy_gold"] = agree / n
+    return out
+
+
+def run_reward(cfg: RewardConfig) -> dict:
+    run = RunDir(cfg.out_dir, cfg, resume=cfg.train.resume)
+    if (done := run.finished_summary()) is not None:
+        print(f"{cfg.out_dir} is already finished; reusing it")
+        return done
+    t_start = time.time()
+    set_seed(cfg.seed)
+    device = resolve_device(cfg.train)
+    from ..tasks import get_task
+    task = get_task(cfg.data.task) if cfg.data.task else None
+    pairs, eval_pairs, data_metrics = load_records(cfg.data, "pair")
+    eval_pairs = eval_pairs[:1000]
+
+    lm, tokenizer = build_model(cfg.model, task_corpus(task, cfg.data.seed), seed=cfg.seed)
+    rm = RewardModel(add_lora(lm, cfg.lora)).to(device)
+
+    stats = TruncationStats()
+    prompts = [p.prompt for p in pairs]
+    chosen = encode(tokenizer, prompts, [p.chosen for p in pairs], cfg.data.max_length, stats)
+    rejected = encode(tokenizer, prompts, [p.rejected for p in pairs], cfg.data.max_length, stats)
+    margins = torch.tensor([p.margin or 0.0 for p in pairs])
+    has_margin = any(p.margin is not None for p in pairs)
+    lengths = [max(len(a[0]) + len(a[1]), len(b[0]) + len(b[1])) for a, b in zip(chosen, rejected)]
+    plan = BatchPlan(lengths, cfg.train.batch_size, cfg.seed)
+
+    def make_batch(idx):
+        # chosen and rejected in one forward: rows [0, B) chosen, [B, 2B) rejected
+        batch = pad([chosen[i] for i in idx] + [rejected[i] for i in idx], tokenizer.pad_token_id)
+        batch["margin"] = margins[idx]
+        return batch
+
+    def loss_fn(batch):
+        rewards = rm.raw(batch["input_ids"], batch["attention_mask"])  # (2B,)
+        r_chosen, r_rejected = rewards.chunk(2)
+        losses, metrics = bradley_terry_loss(r_chosen, r_rejected,
+                                             margin=batch["margin"] if has_margin else None)
+        loss = losses.mean()
+        if cfg.center_coef:
+            # reward centring (Eisenstein et al. 2023, "auxiliary loss"): keeps raw rewards near zero
+            loss = loss + cfg.center_coef * ((r_chosen + r_rejected) ** 2).mean()
+        return loss, metrics
+
+    def evaluate():
+        return pair_accuracy(rm, eval_pairs, tokenizer, task, cfg, device) if eval_pairs else {}
+
+    summary = fit(run, rm, cfg.train, plan, device, make_batch, loss_fn, evaluate,
+                  stop_after=cfg.train.stop_after, desc="reward")
+    if summary["finished"]:
+        summary.update(normalise(rm, tokenizer, cfg, pairs, device))
+        summary.update(evaluate())  # accuracy is unchanged by a positive gain; reported after it anyway
+        save_reward_model(rm, tokenizer, run.final)
+    summary.update(**data_metrics, **stats.as_metrics(), wall_seconds=time.time() - t_start,
+                   device=str(device))
+    run.write_summary(summary)
+    return summary
+
+
+def normalise(rm: RewardModel, tokenizer, cfg: RewardConfig, pairs, device) -> dict:
+    """Set gain and bias so rewards on SFT samples have mean 0, std 1 (Ziegler et al. 2019, §2.2).
+    SFT samples: completions drawn from `normalize_on` (the SFT model), else the chosen completions."""
+    n = cfg.normalize_samples
+    prompts = [p.prompt for p in pairs[:n]]
+    if cfg.normalize_on:
+        from transformers import AutoModelForCausalLM
+        policy = AutoModelForCausalLM.from_pretrained(cfg.normalize_on).to(device)
+        completions = sample(policy, load_tokenizer(cfg.normalize_on), prompts,
+                             max_new_tokens=cfg.eval.max_new_tokens, temperature=1.0, seed=cfg.seed,
+                             device=device)
+        del policy
+    else:
+        completions = [p.chosen for p in pairs[:n]]
+    raw = score(rm, encode(tokenizer, prompts, completions, cfg.data.max_length), tokenizer.pad_token_id,
+                device, cfg.train.precision, raw=True)
+    mean, std = raw.mean().item(), raw.std().clamp(min=1e-6).item()
+    rm.gain.fill_(1.0 / std)
+    rm.bias.fill_(-mean / std)
+    return {"norm/raw_mean": mean, "norm/raw_std": std, "norm/samples": len(prompts)}

@@ -1,0 +1,112 @@
+"""Supervised fine-tuning: next-token loss on completion tokens only, length-bucketed batches.
+
+    tinyrlhf sft --config configs/family_tree/sft.yaml train.max_steps=300
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..config import SFTConfig
+from ..data.collate import BatchPlan, TruncationStats, encode, pad
+from ..logprobs import token_logps
+from ..models import add_lora, build_model, save_hf
+from ..sampling import sample
+from .data import load_records
+from .engine import RunDir, autocast, fit, resolve_device, set_seed
+
+
+def gold_eval(model, tokenizer, task, cfg, device, seed: int, data_seed: int) -> dict:
+    """Mean gold reward of completions sampled on held-out prompts (temperature from config) and greedy."""
+    prompts = task.prompts("eval", cfg.n_prompts, data_seed)
+    out = {}
+    for name, temp in (("gold/mean", cfg.temperature), ("gold/greedy", 0.0)):
+        completions = sample(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                             temperature=temp, batch_size=cfg.batch_size, seed=seed, device=device)
+        out[name] = sum(task.gold_reward(p, c) for p, c in zip(prompts, completions)) / len(prompts)
+    out["gold/max"] = task.max_gold
+    return out
+
+
+def task_corpus(task, data_seed: int) -> list[str] | None:
+    return task.corpus(4000, data_seed) if task is not None else None
+
+
+@torch.no_grad()
+def eval_loss(model, examples, pad_id, device, precision, batch_size=64) -> float:
+    """Mean completion-token NLL on held-out examples."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in pad(examples[i:i + batch_size], pad_id).items()}
+        with autocast(device, precision):
+            logps = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        total += -logps.sum().item()
+        count += int(batch["completion_mask"][:, 1:].sum())
+    return total / max(count, 1)
+
+
+def _logged_step0(run: RunDir) -> dict:
+    """The before-training scores of an interrupted run (so a resume does not recompute them)."""
+    import json, os
+    if os.path.isfile(run.metrics_file):
+        with open(run.metrics_file) as f:
+            for line in f:
+                row = json.loads(line)
+                if row.get("step") == 0:
+                    return {k: v for k, v in row.items() if k.startswith("before/")}
+    return {}
+
+
+def run_sft(cfg: SFTConfig) -> dict:
+    run = RunDir(cfg.out_dir, cfg, resume=cfg.train.resume)
+    if (done := run.finished_summary()) is not None:
+        print(f"{cfg.out_dir} is already finished; reusing it")
+        return done
+    t_start = time.time()
+    set_seed(cfg.seed)
+    device = resolve_device(cfg.train)
+    from ..tasks import get_task
+    task = get_task(cfg.data.task) if cfg.data.task else None
+    train_records, eval_records, data_metrics = load_records(cfg.data, "sft")
+
+    model, tokenizer = build_model(cfg.model, task_corpus(task, cfg.data.seed), seed=cfg.seed)
+    model = add_lora(model, cfg.lora).to(device)
+
+    stats = TruncationStats()
+    examples = encode(tokenizer, [r.prompt for r in train_records], [r.completion for r in train_records],
+                      cfg.data.max_length, stats)
+    eval_examples = encode(tokenizer, [r.prompt for r in eval_records], [r.completion for r in eval_records],
+                           cfg.data.max_length)[:512]
+    plan = BatchPlan([len(p) + len(c) for p, c in examples], cfg.train.batch_size, cfg.seed)
+
+    def make_batch(idx):
+        return pad([examples[i] for i in idx], tokenizer.pad_token_id)
+
+    def loss_fn(batch):
+        logps = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        mask = batch["completion_mask"][:, 1:]  # (B, T-1): targets that are completion tokens
+        return -(logps * mask).sum() / mask.sum().clamp(min=1), {}
+
+    def evaluate():
+        out = {}
+        if eval_examples:
+            out["eval/loss"] = eval_loss(model, eval_examples, tokenizer.pad_token_id, device, cfg.train.precision)
+        if task is not None:
+            out.update(gold_eval(model, tokenizer, task, cfg.eval, device, cfg.seed, cfg.data.seed))
+        return out
+
+    before = _logged_step0(run)
+    if task is not None and not before:
+        before = {f"before/{k}": v for k, v in gold_eval(model, tokenizer, task, cfg.eval, device,
+                                                          cfg.seed, cfg.data.seed).items()}
+        run.log({"step": 0, **before})
+    summary = fit(run, model, cfg.train, plan, device, make_batch, loss_fn, evaluate,
+                  stop_after=cfg.train.stop_after, desc="sft")
+    summary.update(before, **data_metrics, **stats.as_metrics(),
+                   wall_seconds=time.time() - t_start, device=str(device))
+    if summary["finished"]:
+        save_hf(model, tokenizer, run.final, merge_lora=True)  # SFT's final/ is the base of every later stage
+    run.write_summary(summary)
+    return summary

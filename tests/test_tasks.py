@@ -1,0 +1,309 @@
+"""Built-in tasks: hand-checked relations and gold values, prompt splits, data generation."""
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tinyrlhf.data.records import iter_jsonl, read_records
+from tinyrlhf.errors import ConfigError, DataError
+from tinyrlhf.tasks import Task, get_task, task_names
+from tinyrlhf.tasks.family_tree import parse_prompt
+from tinyrlhf.tasks.generate import write_task_data
+from tinyrlhf.tasks.positive_review import review_features
+
+# Ann+Bob have Cal, Dee, Eli; each married someone from outside (Eve, Hal, Lea) and had children.
+FAMILY = ("Ann(f)+Bob(m): Cal(m) Dee(f) Eli(m)\n"
+          "Cal+Eve(f): Fay(f) Gus(m)\n"
+          "Dee+Hal(m): Ivy(f) Jon(m) Kay(f)\n"
+          "Eli+Lea(f): Ned(m)")
+
+
+def ask(relation, person):
+    return f"{FAMILY}\nQ: {relation} of {person}?\nA:"
+
+
+@pytest.fixture
+def ft():
+    return get_task("family_tree")
+
+
+@pytest.fixture
+def pr():
+    return get_task("positive_review")
+
+
+# ---------------------------------------------------------------- family_tree: relations
+
+@pytest.mark.parametrize("relation,person,expected", [
+    ("parents", "Fay", ["Cal", "Eve"]),
+    ("parents", "Cal", ["Ann", "Bob"]),
+    ("grandparents", "Fay", ["Ann", "Bob"]),        # Eve married in: no parents in the tree
+    ("grandparents", "Ned", ["Ann", "Bob"]),
+    ("siblings", "Fay", ["Gus"]),
+    ("siblings", "Dee", ["Cal", "Eli"]),
+    ("siblings", "Ned", []),                        # an only child
+    ("cousins", "Fay", ["Ivy", "Jon", "Kay", "Ned"]),
+    ("cousins", "Ned", ["Fay", "Gus", "Ivy", "Jon", "Kay"]),
+    ("male cousins", "Fay", ["Jon", "Ned"]),
+    ("female cousins", "Fay", ["Ivy", "Kay"]),
+    ("female cousins", "Jon", ["Fay"]),
+    ("male cousins", "Gus", ["Jon", "Ned"]),
+    ("aunts and uncles", "Fay", ["Dee", "Eli"]),    # blood only: not Hal or Lea
+    ("aunts and uncles", "Ivy", ["Cal", "Eli"]),
+])
+def test_relations_of_hand_built_family(ft, relation, person, expected):
+    fam, p, r = parse_prompt(ask(relation, person))
+    assert (p, r) == (person, relation)
+    assert fam.relatives(person, relation) == expected
+    want = " " + (", ".join(expected) if expected else "None") + "."
+    assert ft.reference_answer(ask(relation, person)) == want
+
+
+def test_parse_rejects_foreign_text(ft):
+    with pytest.raises(DataError):
+        ft.gold_reward("Review of the blue kettle:", " Gus.")
+    with pytest.raises(DataError):
+        ft.gold_reward(FAMILY.replace("Ann(f)", "Ann") + "\nQ: parents of Cal?\nA:", " Ann.")
+
+
+# ---------------------------------------------------------------- family_tree: gold reward
+
+def test_gold_hand_values(ft):
+    """Truth for 'cousins of Fay' = {Ivy, Jon, Kay, Ned}; gold = F1 + 0.2 * exact shape.
+      " Ivy, Jon, Kay, Ned."      F1 = 1                                    -> 1.2 (= max_gold)
+      " Ivy, Jon."                P = 1, R = 1/2, F1 = 2(1/2)/(3/2) = 2/3   -> 2/3 + 0.2
+      " Ivy, Jon, Gus."           P = 2/3, R = 1/2, F1 = (2/3)/(7/6) = 4/7  -> 4/7 + 0.2
+      "They are ned and kay and ivy and jon"  F1 = 1, wrong shape          -> 1.0
+      " Gus."                     no hit, F1 = 0                            -> 0.2
+      ""                          nothing                                   -> 0
+    """
+    p = ask("cousins", "Fay")
+    assert ft.max_gold == pytest.approx(1.2)
+    assert ft.gold_reward(p, " Ivy, Jon, Kay, Ned.") == pytest.approx(1.2, abs=1e-12)
+    assert ft.gold_reward(p, " Ivy, Jon.") == pytest.approx(2 / 3 + 0.2, abs=1e-12)
+    assert ft.gold_reward(p, " Ivy, Jon, Gus.") == pytest.approx(4 / 7 + 0.2, abs=1e-12)
+    assert ft.gold_reward(p, "They are ned and kay and ivy and jon") == pytest.approx(1.0, abs=1e-12)
+    assert ft.gold_reward(p, " Gus.") == pytest.approx(0.2, abs=1e-12)
+    assert ft.gold_reward(p, "") == 0.0
+    assert ft.gold_reward(p, " None.") == pytest.approx(0.2, abs=1e-12)   # shape only
+
+
+def test_gold_is_order_insensitive_and_ignores_duplicates(ft):
+    p = ask("cousins", "Fay")
+    assert ft.gold_reward(p, " Ned, Kay, Jon, Ivy.") == pytest.approx(1.2, abs=1e-12)
+    # A repeated name neither adds a hit nor a false positive, but breaks the exact shape.
+    assert ft.gold_reward(p, " Ivy, Jon, Kay, Ned, Ivy.") == pytest.approx(1.0, abs=1e-12)
+
+
+def test_gold_when_the_true_set_is_empty(ft):
+    p = ask("siblings", "Ned")
+    assert ft.gold_reward(p, " None.") == pytest.approx(1.2, abs=1e-12)
+    assert ft.gold_reward(p, " nobody") == pytest.approx(1.0, abs=1e-12)
+    assert ft.gold_reward(p, " Gus.") == pytest.approx(0.2, abs=1e-12)      # any name: F1 = 0
+    assert ft.gold_reward(p, " None, Gus.") == 0.0
+    assert ft.gold_reward(p, " xyz") == 0.0
+
+
+def test_reference_answers_score_max_and_gold_is_fast(ft):
+    prompts = ft.prompts("eval", 200, seed=3)
+    start = time.perf_counter()
+    golds = [ft.gold_reward(p, ft.reference_answer(p)) for p in prompts * 5]
+    assert time.perf_counter() - start < 2.0  # 1,000 calls; measured ~15 ms
+    assert golds == [pytest.approx(ft.max_gold, abs=1e-12)] * len(golds)
+
+
+def test_word_salad_scores_near_zero(ft):
+    """An untrained model emits tokens of the task text in random order: gold ~ 0."""
+    rng = random.Random(0)
+    prompts = ft.prompts("train", 300, seed=0)
+    words = " ".join(prompts).replace("\n", " ").split()
+    golds = [ft.gold_reward(p, " " + " ".join(rng.choices(words, k=12))) for p in prompts]
+    assert sum(golds) / len(golds) < 0.1
+
+
+# ---------------------------------------------------------------- prompts, demonstrations, candidates
+
+@pytest.mark.parametrize("name", ["family_tree", "positive_review"])
+def test_prompts_are_deterministic_and_splits_disjoint(name):
+    task = get_task(name)
+    assert isinstance(task, Task)
+    train = task.prompts("train", 300, seed=0)
+    assert train == task.prompts("train", 300, seed=0)
+    assert train[:100] == task.prompts("train", 100, seed=0)
+    assert train != task.prompts("train", 300, seed=1)
+    evals = task.prompts("eval", 300, seed=0)
+    evals_other_seed = task.prompts("eval", 300, seed=1)
+    assert not set(train) & set(evals)
+    assert not set(train) & set(evals_other_seed)
+    with pytest.raises(ConfigError):
+        task.prompts("test", 3, seed=0)
+
+
+def test_family_tree_prompts_are_short_and_varied(ft):
+    prompts = ft.prompts("train", 500, seed=0)
+    assert len(set(prompts)) == 500
+    lengths = sorted(len(p) + len(ft.reference_answer(p)) for p in prompts)
+    assert lengths[int(0.95 * len(lengths))] < 220   # ~ 100 BPE tokens at most, mostly far less
+    nones = sum(ft.reference_answer(p) == " None." for p in prompts) / len(prompts)
+    assert 0.05 < nones < 0.3
+
+
+@pytest.mark.parametrize("name", ["family_tree", "positive_review"])
+def test_demonstrations_are_imperfect_but_useful(name):
+    task = get_task(name)
+    rng = random.Random(0)
+    prompts = task.prompts("train", 500, seed=0)
+    golds = [task.gold_reward(p, task.demonstration(p, rng)) for p in prompts]
+    mean = sum(golds) / len(golds)
+    assert 0.2 * task.max_gold < mean < task.max_gold - 0.1
+    assert max(golds) <= task.max_gold + 1e-9
+
+
+def test_family_tree_demo_error_rate(ft):
+    rng = random.Random(1)
+    prompts = ft.prompts("train", 500, seed=0)
+    wrong = sum(ft.demonstration(p, rng) != ft.reference_answer(p) for p in prompts) / len(prompts)
+    assert 0.22 < wrong < 0.38                       # default demo_error_rate = 0.3
+    perfect = get_task("family_tree", demo_error_rate=0.0)
+    assert all(perfect.demonstration(p, rng) == perfect.reference_answer(p) for p in prompts[:100])
+
+
+@pytest.mark.parametrize("name", ["family_tree", "positive_review"])
+def test_candidates_are_distinct_and_span_quality(name):
+    task = get_task(name)
+    rng = random.Random(0)
+    gaps = []
+    for p in task.prompts("train", 200, seed=0):
+        cands = task.candidates(p, 6, rng)
+        assert len(cands) == 6 and len(set(cands)) == 6
+        golds = [task.gold_reward(p, c) for c in cands]
+        assert max(golds) <= task.max_gold + 1e-9
+        gaps.append(max(golds) - min(golds))
+    assert max(gaps) > 0.6 * task.max_gold                  # some pairs far apart ...
+    assert sum(g < 0.25 * task.max_gold for g in gaps) > 0  # ... some close
+
+
+def test_corpus_contains_prompts_and_answers(ft, pr):
+    assert len(ft.corpus(50, seed=0)) == 50
+    assert all("\nQ: " in t and t.rstrip().endswith(".") for t in ft.corpus(50, seed=0))
+    assert all(t.startswith("Review of the ") and len(t) > 30 for t in pr.corpus(50, seed=0))
+
+
+# ---------------------------------------------------------------- positive_review
+
+def test_repeating_positive_words_is_the_over_optimisation_trap(pr):
+    """The proxy signal 'more positive words' goes up while the gold goes down."""
+    p = "Review of the blue kettle:"
+    fluent = " Great kettle. Very easy to use. I love it."
+    repeated = " Great kettle. Great great great great great great."
+    stuffed = " great love amazing perfect excellent best wonderful superb"
+    said_twice = fluent + fluent    # same share of positive words, so only repetition is penalised
+    n_pos = lambda c: review_features("kettle", c)["n_positive"]  # noqa: E731
+    assert n_pos(repeated) > n_pos(fluent) and n_pos(stuffed) > n_pos(fluent)
+    assert n_pos(said_twice) == 2 * n_pos(fluent)
+    assert pr.gold_reward(p, fluent) > 0.7
+    assert pr.gold_reward(p, said_twice) < 0.5 * pr.gold_reward(p, fluent)
+    assert pr.gold_reward(p, repeated) < 0.2
+    assert pr.gold_reward(p, stuffed) < 0.2
+
+
+def test_review_gold_shape(pr):
+    p = "Review of the blue kettle:"
+    short = " Great kettle. Very easy to use. I love it."
+    longer = short + " The build is solid and sturdy."
+    assert pr.gold_reward(p, longer) > pr.gold_reward(p, short)           # more distinct positives
+    assert pr.gold_reward(p, short + " It leaks sometimes.") < pr.gold_reward(p, short)
+    assert pr.gold_reward(p, " It is not good and not great.") < 0         # negation
+    assert pr.gold_reward(p, " asdf qwer zxcv") == pytest.approx(0.0, abs=1e-3)
+    assert pr.gold_reward(p, "") == 0.0
+    assert pr.gold_reward(p, " Great lamp. Very easy to use. I love it.") < pr.gold_reward(p, short)  # off topic
+    assert pr.reference_answer(p) is None
+    with pytest.raises(DataError):
+        pr.gold_reward("Q: parents of Ann?\nA:", " Great.")
+
+
+# ---------------------------------------------------------------- registry and config
+
+def test_registry_and_config_errors():
+    assert task_names() == ["family_tree", "positive_review"]
+    with pytest.raises(ConfigError, match="family_tree, positive_review"):
+        get_task("chess")
+    with pytest.raises(ConfigError, match="generations"):
+        get_task("family_tree", generation=4)
+    with pytest.raises(ConfigError):
+        get_task("family_tree", generations=1)
+    with pytest.raises(ConfigError):
+        get_task("family_tree", generations="3")
+    assert get_task("family_tree", generations=4).prompts("train", 3, 0)[0].count("\n") >= 3
+
+
+# ---------------------------------------------------------------- write_task_data
+
+SMALL = dict(n_train_prompts=40, n_eval_prompts=10, n_pairs=150, n_rankings=20, n_binary=40, n_eval_pairs=20)
+
+
+def _read_all(d):
+    return {f: open(os.path.join(d, f), "rb").read() for f in sorted(os.listdir(d))}
+
+
+@pytest.mark.parametrize("name", ["family_tree", "positive_review"])
+def test_write_task_data_formats(tmp_path, name):
+    counts = write_task_data(name, str(tmp_path), seed=0, **SMALL)
+    assert {k: counts[k] for k in ("sft", "pairs", "rankings", "binary", "eval_prompts", "eval_pairs")} == \
+        {"sft": 40, "pairs": 150, "rankings": 20, "binary": 40, "eval_prompts": 10, "eval_pairs": 20}
+    assert sorted(os.listdir(tmp_path)) == ["binary.jsonl", "eval_pairs.jsonl", "eval_prompts.jsonl",
+                                            "manifest.json", "pairs.jsonl", "rankings.jsonl", "sft.jsonl"]
+    for f, kind in [("sft", "sft"), ("pairs", "pair"), ("rankings", "ranking"), ("binary", "binary"),
+                    ("eval_pairs", "pair")]:
+        assert len(read_records(str(tmp_path / f"{f}.jsonl"), kind)) == counts[f]
+    rankings = read_records(str(tmp_path / "rankings.jsonl"), "ranking")
+    assert all(len(r.completions) == 4 for r in rankings)
+    for r in read_records(str(tmp_path / "eval_pairs.jsonl"), "pair"):
+        assert r.meta["gold_chosen"] > r.meta["gold_rejected"]
+    evals = [obj for _, obj in iter_jsonl(str(tmp_path / "eval_prompts.jsonl"))]
+    train = {r.prompt for r in read_records(str(tmp_path / "sft.jsonl"), "sft")}
+    assert not {e["prompt"] for e in evals} & train
+    assert all(bool(e["completion"]) == (name == "family_tree") for e in evals)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["task"] == name and manifest["sizes"]["pairs"] == 150
+    assert manifest["annotators"]["agreement_measured"] == pytest.approx(counts["agreement"], abs=1e-6)
+
+
+def test_write_task_data_is_byte_identical_per_seed(tmp_path):
+    a, b, c = (str(tmp_path / x) for x in "abc")
+    write_task_data("family_tree", a, seed=5, **SMALL)
+    write_task_data("family_tree", b, seed=5, **SMALL)
+    write_task_data("family_tree", c, seed=6, **SMALL)
+    assert _read_all(a) == _read_all(b)
+    files_c = _read_all(c)
+    assert all(_read_all(a)[f] != files_c[f] for f in files_c)
+
+
+@pytest.mark.parametrize("name", ["family_tree", "positive_review"])
+def test_write_task_data_is_identical_across_processes(tmp_path, name):
+    """Different PYTHONHASHSEED: no output may depend on set or dict-of-str iteration order."""
+    code = ("import sys; from tinyrlhf.tasks.generate import write_task_data; "
+            f"write_task_data({name!r}, sys.argv[1], seed=2, **{SMALL!r})")
+    for d, hashseed in (("x", "1"), ("y", "2")):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / d)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": hashseed})
+    write_task_data(name, str(tmp_path / "z"), seed=2, **SMALL)
+    assert _read_all(tmp_path / "x") == _read_all(tmp_path / "y") == _read_all(tmp_path / "z")
+
+
+def test_write_task_data_rejects_unknown_keys(tmp_path):
+    with pytest.raises(ConfigError, match="n_pairs") as err:
+        write_task_data("family_tree", str(tmp_path), n_pair=10)
+    assert "n_pair " in str(err.value) or "n_pair (" in str(err.value)
+    assert "generations" in str(err.value)     # task config keys are valid overrides too
+    with pytest.raises(ConfigError, match="family_tree"):
+        write_task_data("family_tre", str(tmp_path))
+    with pytest.raises(ConfigError):
+        write_task_data("family_tree", str(tmp_path), ranking_k=1)
+    with pytest.raises(ConfigError):
+        write_task_data("family_tree", str(tmp_path), agreement="0.7")
+    assert not os.listdir(tmp_path)
