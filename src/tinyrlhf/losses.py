@@ -22,3 +22,154 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
                "rewards_chosen": chosen_rewards.mean().detach(),
                "rewards_rejected": rejected_rewards.mean().detach()}
     return losses, metrics
+
+
+# ---------------------------------------------------------------------------------------------------
+# Offline preference losses. Inputs are per-sequence log-probs, shape (B,): summed over completion
+# tokens for the reference-based losses, length-averaged for SimPO and ORPO. All math runs in float32.
+# ---------------------------------------------------------------------------------------------------
+
+def _pair_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict:
+    """Implicit-reward metrics shared by every pairwise loss; all detached scalars."""
+    chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
+    return {"rewards_chosen": chosen_rewards.mean(),
+            "rewards_rejected": rejected_rewards.mean(),
+            "reward_margin": (chosen_rewards - rejected_rewards).mean(),
+            "accuracy": (chosen_rewards > rejected_rewards).float().mean()}
+
+
+def _log_ratios(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
+    """log π/π_ref for chosen and rejected, in float32. Shapes (B,)."""
+    chosen = policy_chosen_logps.float() - ref_chosen_logps.float()
+    rejected = policy_rejected_logps.float() - ref_rejected_logps.float()
+    return chosen, rejected
+
+
+def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, *,
+             beta: float, label_smoothing: float = 0.0):
+    """DPO, with optional conservative label smoothing ε (the preference label is flipped with prob ε)."""
+    chosen, rejected = _log_ratios(policy_chosen_logps, policy_rejected_logps,
+                                   ref_chosen_logps, ref_rejected_logps)
+    h = chosen - rejected                                                   # (B,)
+    # why: Rafailov et al. 2023, eq. 7, −log σ(β·h); with ε > 0 it is the expected loss under label noise,
+    # −(1−ε)·log σ(β·h) − ε·log σ(−β·h) (conservative DPO, Mitchell 2023). logsigmoid is stable.
+    losses = (-(1 - label_smoothing) * F.logsigmoid(beta * h)
+              - label_smoothing * F.logsigmoid(-beta * h))
+    return losses, _pair_metrics(beta * chosen, beta * rejected)
+
+
+def cdpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+              ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, *,
+              beta: float, label_smoothing: float = 0.1):
+    """Conservative DPO: `dpo_loss` with label smoothing on by default (Mitchell 2023)."""
+    return dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                    beta=beta, label_smoothing=label_smoothing)
+
+
+def ipo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, *, beta: float):
+    """IPO: regress the log-ratio margin onto 1/(2β) instead of pushing it to infinity."""
+    chosen, rejected = _log_ratios(policy_chosen_logps, policy_rejected_logps,
+                                   ref_chosen_logps, ref_rejected_logps)
+    h = chosen - rejected                                                   # (B,)
+    # why: Azar et al. 2023, eq. 17, (h − τ⁻¹/2)² with τ = β; the squared loss keeps the margin bounded.
+    losses = (h - 1 / (2 * beta)) ** 2
+    return losses, _pair_metrics(beta * chosen, beta * rejected)
+
+
+def hinge_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+               ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, *, beta: float):
+    """SLiC-style hinge on the log-ratio margin (zero loss, zero gradient once β·h ≥ 1)."""
+    chosen, rejected = _log_ratios(policy_chosen_logps, policy_rejected_logps,
+                                   ref_chosen_logps, ref_rejected_logps)
+    h = chosen - rejected                                                   # (B,)
+    # why: Zhao et al. 2023 (SLiC-HF), calibration loss max(0, δ − log π(y⁺) + log π(y⁻)) with δ = 1,
+    # here on reference-normalised log-ratios scaled by β, as Liu et al. 2023 (RSO) do.
+    losses = torch.relu(1 - beta * h)
+    return losses, _pair_metrics(beta * chosen, beta * rejected)
+
+
+def simpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor, *,
+               beta: float, gamma: float):
+    """SimPO: reference-free; inputs are length-averaged log-probs, γ a target reward margin."""
+    chosen = beta * policy_chosen_logps.float()                             # (B,)
+    rejected = beta * policy_rejected_logps.float()                         # (B,)
+    # why: Meng et al. 2024, eq. 6, −log σ(β/|y_w|·log π(y_w) − β/|y_l|·log π(y_l) − γ).
+    losses = -F.logsigmoid(chosen - rejected - gamma)
+    return losses, _pair_metrics(chosen, rejected)
+
+
+# Largest average log-prob used for ORPO's log-odds: at p = 0 (certainty) log(1 − e^p) is −inf.
+_MAX_AVG_LOGP = -1e-12
+
+
+def _log_odds(logps: torch.Tensor) -> torch.Tensor:
+    """log(P / (1 − P)) from log P, stable: log P − log(−expm1(log P)). Shape preserved."""
+    # why: expm1 keeps 1 − e^p exact for p → 0⁻ (p = −1e-9 gives 20.72, not inf); for p → −∞,
+    # −expm1(p) → 1 and its log → 0, so the result tends to p with no overflow. The clamp only
+    # bites at p ≥ −1e-12, where the odds are ≥ 1e12 anyway.
+    logps = logps.clamp(max=_MAX_AVG_LOGP)
+    return logps - torch.log(-torch.expm1(logps))
+
+
+def orpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+              chosen_nll: torch.Tensor, *, lam: float):
+    """ORPO: SFT NLL on the chosen completion plus λ times an odds-ratio preference term.
+
+    Inputs are length-averaged log-probs, (B,); `chosen_nll` is the per-example SFT loss, (B,).
+    """
+    chosen, rejected = policy_chosen_logps.float(), policy_rejected_logps.float()
+    log_odds_ratio = _log_odds(chosen) - _log_odds(rejected)               # (B,)
+    # why: Hong et al. 2024, eq. 6-7, L = L_SFT + λ·L_OR with L_OR = −log σ(log odds(y_w) − log odds(y_l)).
+    losses = chosen_nll.float() - lam * F.logsigmoid(log_odds_ratio)
+    metrics = _pair_metrics(lam * chosen, lam * rejected)
+    metrics["log_odds_ratio"] = log_odds_ratio.detach().mean()
+    metrics["nll"] = chosen_nll.detach().float().mean()
+    return losses, metrics
+
+
+PREFERENCE_LOSSES = {"dpo": dpo_loss, "ipo": ipo_loss, "cdpo": cdpo_loss, "hinge": hinge_loss,
+                     "simpo": simpo_loss, "orpo": orpo_loss}
+"""Pairwise preference losses by name; those in REFERENCE_FREE take no reference log-probs."""
+REFERENCE_FREE = frozenset({"simpo", "orpo"})
+
+
+# ---------------------------------------------------------------------------------------------------
+# KTO: unpaired, binary feedback (one completion per row, labelled desirable or not).
+# ---------------------------------------------------------------------------------------------------
+
+def kto_reference_point(policy_mismatched_logps: torch.Tensor, ref_mismatched_logps: torch.Tensor):
+    """KTO's reference point z₀ = max(0, mean(log π − log π_ref)) over mismatched (prompt, completion)
+    pairs, a batch estimate of KL(π ‖ π_ref) (Ethayarajh et al. 2024). Detached scalar: no
+    gradient flows through z₀."""
+    kl = (policy_mismatched_logps.detach().float() - ref_mismatched_logps.detach().float()).mean()
+    return kl.clamp(min=0)
+
+
+def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor,
+             kl: torch.Tensor, *, beta: float, desirable_weight: float = 1.0,
+             undesirable_weight: float = 1.0):
+    """KTO per-row loss. `desirable` is a bool tensor (B,); `kl` the detached reference point z₀.
+
+    Metrics `rewards_desirable` / `rewards_undesirable` are means over the rows present (0 when the
+    group is absent); weight them by `count_desirable` / `count_undesirable` when averaging steps.
+    """
+    r = policy_logps.float() - ref_logps.float()                            # (B,) log π/π_ref
+    kl = torch.as_tensor(kl, dtype=torch.float32, device=r.device).detach()
+    desirable = desirable.to(device=r.device, dtype=torch.bool)
+    # why: Ethayarajh et al. 2024, eq. 8, L = w(y)·(1 − v(x, y)) with v = σ(β(r − z₀)) for desirable y
+    # and v = σ(β(z₀ − r)) for undesirable y.
+    losses = torch.where(desirable,
+                         desirable_weight * (1 - torch.sigmoid(beta * (r - kl))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (kl - r))))
+    rewards = (beta * r).detach()
+    n_desirable = desirable.sum()
+    n_undesirable = (~desirable).sum()
+    # Mean over present rows; clamp(min=1) keeps an absent group at 0 instead of 0/0 = NaN.
+    metrics = {"rewards_desirable": torch.where(desirable, rewards, 0).sum() / n_desirable.clamp(min=1),
+               "rewards_undesirable": torch.where(desirable, 0, rewards).sum() / n_undesirable.clamp(min=1),
+               "count_desirable": n_desirable.float(),
+               "count_undesirable": n_undesirable.float(),
+               "kl": kl}
+    return losses, metrics

@@ -74,6 +74,8 @@ class FamilyTreeConfig:
     """Relations the questions may ask about (subset of RELATIONS)."""
     demo_error_rate: float = 0.3
     """Share of demonstrations with one deliberate error: a missing, an extra or a wrong-relation name set, or a broken format."""
+    candidate_bad_format: float = 0.25
+    """Share of annotator candidates written in a broken shape, whatever names they give."""
     format_bonus: float = 0.2
     """Gold added for the exact "Name, Name." / "None." shape; max_gold = 1 + format_bonus."""
 
@@ -303,46 +305,54 @@ class FamilyTreeTask:
 
     # ------------------------------------------------------------ demonstrations and candidates
 
-    def _variants(self, prompt: str, rng: random.Random) -> dict[str, list[str]]:
-        """Completions of each kind of quality for this prompt (some lists may be empty)."""
+    def _name_sets(self, prompt: str, rng: random.Random) -> dict[str, list[list[str]]]:
+        """Name sets of each kind of quality for this prompt (some lists may be empty)."""
         fam, person, relation = parse_prompt(prompt)
         truth = fam.relatives(person, relation)
         outsiders = [n for n in fam.order if n not in truth]
         rank = {n: i for i, n in enumerate(fam.order)}
-        out: dict[str, list[str]] = {"correct": [format_answer(truth)]}
-        out["missing"] = [format_answer([t for t in truth if t != d]) for d in truth]
+        out: dict[str, list[list[str]]] = {"correct": [truth]}
+        out["missing"] = [[t for t in truth if t != d] for d in truth]
         # Extra / swapped names come from the same family (the person, siblings, parents...): plausible
         # mistakes, unlike random pool names, and the kind a model trained on these prompts makes.
-        out["extra"] = [format_answer(sorted(truth + [x], key=rank.__getitem__)) for x in outsiders]
-        out["swap"] = [format_answer(sorted([t for t in truth if t != d] + [x], key=rank.__getitem__))
+        out["extra"] = [sorted(truth + [x], key=rank.__getitem__) for x in outsiders]
+        out["swap"] = [sorted([t for t in truth if t != d] + [x], key=rank.__getitem__)
                        for d in truth[:2] for x in outsiders[:4]]
         others = [fam.relatives(person, r) for r in RELATIONS if r != relation and fam.can_ask(person, r)]
-        out["relation"] = [format_answer(o) for o in others if o != truth]
-        out["format"] = _bad_formats(truth)
-        out["none"] = [" None."] if truth else [" " + rng.choice(fam.order) + "."]
-        subset = [n for n in fam.order if rng.random() < 0.3] or [rng.choice(fam.order)]
-        out["random"] = [format_answer(subset)]
+        out["relation"] = [o for o in others if o != truth]
+        out["none"] = [[]] if truth else [[rng.choice(fam.order)]]
+        out["random"] = [[n for n in fam.order if rng.random() < 0.3] or [rng.choice(fam.order)]]
         return out
+
+    def _render(self, names: list[str], rng: random.Random, p_bad: float) -> str:
+        """The answer text; with probability p_bad in a broken shape. Breaking the shape independently
+        of which names are given keeps format from predicting correctness (else a reward model learns
+        the shortcut "broken format = right names")."""
+        if rng.random() < p_bad:
+            return rng.choice(_bad_formats(names))
+        return format_answer(names)
 
     def demonstration(self, prompt: str, rng: random.Random) -> str:
         if rng.random() >= self.config.demo_error_rate:
             return self.reference_answer(prompt)
-        variants = self._variants(prompt, rng)
-        kinds = [k for k in ("missing", "extra", "relation", "format") if variants[k]]
-        return rng.choice(variants[rng.choice(kinds)])
+        sets = self._name_sets(prompt, rng)
+        kinds = [k for k in ("missing", "extra", "relation", "format") if k == "format" or sets[k]]
+        kind = rng.choice(kinds)
+        if kind == "format":
+            return rng.choice(_bad_formats(sets["correct"][0]))
+        return format_answer(rng.choice(sets[kind]))
 
     def candidates(self, prompt: str, k: int, rng: random.Random) -> list[str]:
-        variants = self._variants(prompt, rng)
+        sets = self._name_sets(prompt, rng)
         # Weights: the correct answer and near misses are common, so pairs span small and large gold gaps.
-        weights = {"correct": 3, "missing": 2, "extra": 2, "swap": 1, "relation": 2, "format": 2,
-                   "none": 1, "random": 1}
-        kinds = [kd for kd in weights if variants[kd]]
+        weights = {"correct": 4, "missing": 2, "extra": 2, "swap": 1, "relation": 2, "none": 1, "random": 1}
+        kinds = [kd for kd in weights if sets[kd]]
         out: list[str] = []
         for _ in range(50 * k):
             if len(out) == k:
                 break
             kind = rng.choices(kinds, [weights[kd] for kd in kinds])[0]
-            text = rng.choice(variants[kind])
+            text = self._render(rng.choice(sets[kind]), rng, self.config.candidate_bad_format)
             if text not in out:
                 out.append(text)
         # Rarely needed: small families run out of distinct variants -> fall back to name subsets.
