@@ -16,10 +16,10 @@ from tinyrlhf.tasks.generate import write_task_data
 from tinyrlhf.tasks.positive_review import review_features
 
 # Ann+Bob have Cal, Dee, Eli; each married someone from outside (Eve, Hal, Lea) and had children.
-FAMILY = ("Ann(f)+Bob(m): Cal(m) Dee(f) Eli(m)\n"
-          "Cal+Eve(f): Fay(f) Gus(m)\n"
-          "Dee+Hal(m): Ivy(f) Jon(m) Kay(f)\n"
-          "Eli+Lea(f): Ned(m)")
+FAMILY = ("- Cal(m): Ann(f), Bob(m)\n- Dee(f): Ann, Bob\n- Eli(m): Ann, Bob\n"
+          "- Fay(f): Cal, Eve(f)\n- Gus(m): Cal, Eve\n"
+          "- Ivy(f): Dee, Hal(m)\n- Jon(m): Dee, Hal\n- Kay(f): Dee, Hal\n"
+          "- Ned(m): Eli, Lea(f)")
 
 
 def ask(relation, person):
@@ -147,7 +147,7 @@ def test_family_tree_prompts_are_short_and_varied(ft):
     prompts = ft.prompts("train", 500, seed=0)
     assert len(set(prompts)) == 500
     lengths = sorted(len(p) + len(ft.reference_answer(p)) for p in prompts)
-    assert lengths[int(0.95 * len(lengths))] < 220   # ~ 100 BPE tokens at most, mostly far less
+    assert lengths[int(0.95 * len(lengths))] < 300   # ~ 140 BPE tokens at most (max_length is 192)
     nones = sum(ft.reference_answer(p) == " None." for p in prompts) / len(prompts)
     assert 0.05 < nones < 0.3
 

@@ -59,7 +59,7 @@ def test_final_dir_reloads_with_plain_transformers(sft_run):
     out, _ = sft_run
     model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"))
     tok = AutoTokenizer.from_pretrained(os.path.join(out, "final"))
-    ids = tok("Ann(f)+Bob(m): Cal(m)\nQ: parents of Cal?\nA:", return_tensors="pt").input_ids
+    ids = tok("- Cal(m): Ann(f), Bob(m)\nQ: parents of Cal?\nA:", return_tensors="pt").input_ids
     out_ids = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)
     assert out_ids.shape[1] > ids.shape[1]
     assert tok.eos_token == "<|endoftext|>" and tok.decode([tok.eos_token_id]) == "<|endoftext|>"

@@ -107,6 +107,9 @@ class TrainConfig:
     """Continue from `checkpoints/` in the run directory if one is there."""
     progress: bool = True
     """Show a progress bar with ETA."""
+    prompt_loss_weight: float = 0.0
+    """SFT only: weight of the loss on prompt tokens relative to completion tokens (0 = completion only).
+    A random-init preset has had no pretraining; a small weight teaches it to read the prompt."""
     stop_after: int = 0
     """Stop after this many steps, keeping a checkpoint (time-boxed runs: run again to continue)."""
 

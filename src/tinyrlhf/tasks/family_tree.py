@@ -1,11 +1,14 @@
 """family_tree: questions about one person's relatives in a small described family; exact gold reward.
 
-Prompt: one couple per line, then the question. A person's sex tag is written at their first
-mention only (the text stays short: ~60-90 BPE tokens for the default three generations).
+Prompt: one line per child naming its two parents, then the question. A person's sex tag is
+written at their first mention only.
 
-    Ann(f)+Bob(m): Cal(m) Dee(f)
-    Cal+Eve(f): Fay(f) Gus(m)
-    Dee+Hal(m): Ivy(f) Jon(m)
+    - Cal(m): Ann(f), Bob(m)
+    - Dee(f): Ann, Bob
+    - Fay(f): Cal, Eve(f)
+    - Gus(m): Cal, Eve
+    - Ivy(f): Dee, Hal(m)
+    - Jon(m): Dee, Hal
     Q: cousins of Fay?
     A:
 
@@ -51,7 +54,7 @@ RELATIONS = ("parents", "grandparents", "siblings", "cousins", "male cousins", "
 _NEEDS_GRANDPARENTS = {"grandparents", "cousins", "male cousins", "female cousins", "aunts and uncles"}
 
 _PERSON = re.compile(r"([A-Z][a-z]+)(?:\(([mf])\))?")
-_LINE = re.compile(r"^([A-Z][a-z]+(?:\([mf]\))?)\+([A-Z][a-z]+(?:\([mf]\))?):((?: [A-Z][a-z]+(?:\([mf]\))?)+)$")
+_LINE = re.compile(r"^- ([A-Z][a-z]+(?:\([mf]\))?): ([A-Z][a-z]+(?:\([mf]\))?), ([A-Z][a-z]+(?:\([mf]\))?)$")
 _QUESTION = re.compile(r"^Q: ([a-z ]+) of ([A-Z][a-z]+)\?$")
 _WORD = re.compile(r"[A-Za-z]+")
 _NONE = re.compile(r"\b(?:none|nobody|no one)\b", re.IGNORECASE)
@@ -155,12 +158,10 @@ def parse_description(lines: list[str]) -> Family:
         m = _LINE.match(line)
         if not m:
             raise DataError(f"family_tree: cannot parse description line {line!r}")
-        a, b = fam._see(m.group(1)), fam._see(m.group(2))
-        children = [fam._see(t) for t in m.group(3).split()]
-        for c in children:
-            fam.parents[c] = (a, b)
-        fam.kids.setdefault(a, []).extend(children)
-        fam.kids.setdefault(b, []).extend(children)
+        child, a, b = fam._see(m.group(1)), fam._see(m.group(2)), fam._see(m.group(3))
+        fam.parents[child] = (a, b)
+        fam.kids.setdefault(a, []).append(child)
+        fam.kids.setdefault(b, []).append(child)
     return fam
 
 
@@ -253,7 +254,12 @@ class FamilyTreeTask:
                     if not pool[sex]:
                         return None
                     kids.append((pool[sex].pop(), sex))
-                lines.append(f"{person(a, sa)}+{person(b, sb)}:" + "".join(" " + person(k, s) for k, s in kids))
+                # One line per child, naming its parents: "- Fay(f): Cal, Eve(f)". Every name follows a
+                # space as in the answer (" Cal" is one BPE token in both places), so "parents" is a
+                # one-hop copy a tiny model learns; grandparents, siblings, aunts and cousins need more
+                # hops, which is what leaves room above SFT.
+                for k, s in kids:
+                    lines.append(f"- {person(k, s)}: {person(a, sa)}, {person(b, sb)}")
                 for k, s in kids:
                     if gen < c.generations and rng.random() < c.marry_prob:
                         o = "f" if s == "m" else "m"

@@ -84,10 +84,20 @@ def run_sft(cfg: SFTConfig) -> dict:
     def make_batch(idx):
         return pad([examples[i] for i in idx], tokenizer.pad_token_id)
 
+    w_prompt = cfg.train.prompt_loss_weight
+
     def loss_fn(batch):
-        logps = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-        mask = batch["completion_mask"][:, 1:]  # (B, T-1): targets that are completion tokens
-        return -(logps * mask).sum() / mask.sum().clamp(min=1), {}
+        scored = batch["attention_mask"] if w_prompt > 0 else batch["completion_mask"]
+        logps = token_logps(model, batch["input_ids"], batch["attention_mask"], scored)  # (B, T-1)
+        completion = batch["completion_mask"][:, 1:]  # targets that are completion tokens
+        prompt = (scored[:, 1:] - completion).clamp(min=0)
+        completion_nll = -(logps * completion).sum() / completion.sum().clamp(min=1)
+        if w_prompt == 0:
+            return completion_nll, {}
+        # weighted mean over all scored tokens (OpenAI's fine-tuning `prompt_loss_weight`)
+        weights = completion + w_prompt * prompt
+        loss = -(logps * weights).sum() / weights.sum().clamp(min=1)
+        return loss, {"completion_nll": completion_nll.detach()}
 
     def evaluate():
         out = {}
