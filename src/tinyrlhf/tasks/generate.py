@@ -40,7 +40,7 @@ class TaskDataConfig:
     """Train prompts (one sft record each; pairs, rankings and binary cycle through them)."""
     n_eval_prompts: int = 200
     """Eval prompts (disjoint from train)."""
-    n_pairs: int = 4000
+    n_pairs: int = 20000
     """Annotated preference pairs on train prompts."""
     n_rankings: int = 1000
     """Annotated K-way rankings on train prompts."""

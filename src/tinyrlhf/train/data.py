@@ -68,8 +68,13 @@ def load_records(cfg: DataConfig, kind: str) -> tuple[list, list, dict]:
         train = R.read_records(os.path.join(d, train_name), kind, skip_bad=cfg.skip_bad, skipped=skipped)
         eval_path = cfg.eval_file or os.path.join(d, eval_name)
         eval_kind = "pair" if kind == "binary" else kind
-        evals = R.read_records(eval_path, eval_kind, skip_bad=cfg.skip_bad, skipped=skipped) \
-            if os.path.isfile(eval_path) else []
+        if kind == "sft" and not cfg.eval_file:
+            # eval prompts of a task without a reference answer have empty completions: no eval loss
+            evals = [R.SFTRecord(o["prompt"], o["completion"]) for _, o in R.iter_jsonl(eval_path)
+                     if o.get("completion", "").strip()] if os.path.isfile(eval_path) else []
+        else:
+            evals = R.read_records(eval_path, eval_kind, skip_bad=cfg.skip_bad, skipped=skipped) \
+                if os.path.isfile(eval_path) else []
     if kind == "pair":
         train, evals = R.pairs_from(train), R.pairs_from(evals)
     if cfg.max_train:
