@@ -127,9 +127,10 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class SFTConfig:
-    out_dir: str = "runs/sft"
-    """Run directory (metrics.jsonl, summary.json, checkpoints/, final/)."""
+class RunConfig:
+    """Fields every training run has."""
+    out_dir: str = "runs/run"
+    """Run directory (config.yaml, metrics.jsonl, summary.json, checkpoints/, final/)."""
     seed: int = 0
     """The one seed for model init, data order and sampling."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -140,16 +141,15 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
-class RewardConfig:
+class SFTConfig(RunConfig):
+    out_dir: str = "runs/sft"
+    """Run directory (config.yaml, metrics.jsonl, summary.json, checkpoints/, final/)."""
+
+
+@dataclass(frozen=True)
+class RewardConfig(RunConfig):
     out_dir: str = "runs/reward"
-    """Run directory."""
-    seed: int = 0
-    """The one seed for model init, data order and sampling."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Run directory (config.yaml, metrics.jsonl, summary.json, checkpoints/, final/)."""
     center_coef: float = 0.0
     """Reward centring: adds center_coef * (r_c + r_r)^2 to the loss, keeping raw rewards near 0."""
     normalize_on: str = ""

@@ -3,6 +3,8 @@ task) or explicit files in any supported format. Shared by every offline loop.""
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, field
 
 from ..config import DataConfig
 from ..data import records as R
@@ -82,3 +84,33 @@ def load_records(cfg: DataConfig, kind: str) -> tuple[list, list, dict]:
     if skipped.count:
         print(f"skipped {skipped.count} bad records; first: {skipped.messages[0]}")
     return train, evals, {"data/skipped": skipped.count, "data/train_records": len(train)}
+
+
+@dataclass
+class RunStart:
+    """What every offline loop starts from (see `begin_run`)."""
+    run: object
+    device: object
+    task: object
+    train: list
+    evals: list
+    data_metrics: dict
+    t_start: float = field(default_factory=time.time)
+
+
+def begin_run(cfg, kind: str) -> RunStart | dict:
+    """Open the run directory; a finished run returns its summary (reused, never overwritten).
+    Otherwise seed everything, pick the device, and load the task and the records of `kind`."""
+    from ..tasks import get_task
+    from .engine import RunDir, resolve_device, set_seed
+
+    run = RunDir(cfg.out_dir, cfg, resume=cfg.train.resume)
+    if (done := run.finished_summary()) is not None:
+        print(f"{cfg.out_dir} is already finished; reusing it")
+        return done
+    t_start = time.time()
+    set_seed(cfg.seed)
+    device = resolve_device(cfg.train)
+    task = get_task(cfg.data.task) if cfg.data.task else None
+    train, evals, data_metrics = load_records(cfg.data, kind)
+    return RunStart(run, device, task, train, evals, data_metrics, t_start)

@@ -14,8 +14,8 @@ from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..losses import bradley_terry_loss
 from ..models import RewardModel, add_lora, build_model, load_tokenizer, save_reward_model
 from ..sampling import sample
-from .data import load_records
-from .engine import RunDir, autocast, fit, resolve_device, set_seed
+from .data import begin_run
+from .engine import autocast, fit
 from .sft import task_corpus
 
 
@@ -57,17 +57,11 @@ def pair_accuracy(rm, pairs, tokenizer, task, cfg, device) -> dict:
 
 
 def run_reward(cfg: RewardConfig) -> dict:
-    run = RunDir(cfg.out_dir, cfg, resume=cfg.train.resume)
-    if (done := run.finished_summary()) is not None:
-        print(f"{cfg.out_dir} is already finished; reusing it")
-        return done
-    t_start = time.time()
-    set_seed(cfg.seed)
-    device = resolve_device(cfg.train)
-    from ..tasks import get_task
-    task = get_task(cfg.data.task) if cfg.data.task else None
-    pairs, eval_pairs, data_metrics = load_records(cfg.data, "pair")
-    eval_pairs = eval_pairs[:1000]
+    start = begin_run(cfg, "pair")
+    if isinstance(start, dict):
+        return start
+    run, device, task, t_start = start.run, start.device, start.task, start.t_start
+    pairs, eval_pairs, data_metrics = start.train, start.evals[:1000], start.data_metrics
 
     lm, tokenizer = build_model(cfg.model, task_corpus(task, cfg.data.seed), seed=cfg.seed)
     rm = RewardModel(add_lora(lm, cfg.lora)).to(device)

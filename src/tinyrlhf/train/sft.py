@@ -13,8 +13,8 @@ from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..logprobs import token_logps
 from ..models import add_lora, build_model, save_hf
 from ..sampling import sample
-from .data import load_records
-from .engine import RunDir, autocast, fit, resolve_device, set_seed
+from .data import begin_run
+from .engine import RunDir, autocast, fit
 
 
 def gold_eval(model, tokenizer, task, cfg, device, seed: int, data_seed: int) -> dict:
@@ -60,16 +60,11 @@ def _logged_step0(run: RunDir) -> dict:
 
 
 def run_sft(cfg: SFTConfig) -> dict:
-    run = RunDir(cfg.out_dir, cfg, resume=cfg.train.resume)
-    if (done := run.finished_summary()) is not None:
-        print(f"{cfg.out_dir} is already finished; reusing it")
-        return done
-    t_start = time.time()
-    set_seed(cfg.seed)
-    device = resolve_device(cfg.train)
-    from ..tasks import get_task
-    task = get_task(cfg.data.task) if cfg.data.task else None
-    train_records, eval_records, data_metrics = load_records(cfg.data, "sft")
+    start = begin_run(cfg, "sft")
+    if isinstance(start, dict):
+        return start
+    run, device, task, t_start = start.run, start.device, start.task, start.t_start
+    train_records, eval_records, data_metrics = start.train, start.evals, start.data_metrics
 
     model, tokenizer = build_model(cfg.model, task_corpus(task, cfg.data.seed), seed=cfg.seed)
     model = add_lora(model, cfg.lora).to(device)
