@@ -30,3 +30,22 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs
+
+# DPO/KTO speed and memory against TRL (benchmarks/bench_dpo.py). TRL lives only in its own venv,
+# .venv-bench, never in .venv or the package's dependencies. ARGS passes options, e.g. ARGS=--quick.
+BENCH_VENV ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed-$(shell cat pyproject.toml benchmarks/requirements-bench.txt | cksum | cut -d' ' -f1)
+
+.PHONY: bench-dpo
+
+$(BENCH_STAMP): pyproject.toml benchmarks/requirements-bench.txt
+	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check -e .
+	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check -r benchmarks/requirements-bench.txt
+	rm -f $(BENCH_VENV)/.installed-*
+	touch $(BENCH_STAMP)
+
+bench-dpo: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python benchmarks/bench_dpo.py $(ARGS)

@@ -3,6 +3,8 @@
     tinyrlhf data family_tree --out runs/data/ft seed=1
     tinyrlhf sft --config configs/family_tree/sft.yaml train.max_steps=300
     tinyrlhf reward --config configs/family_tree/reward.yaml model.path=runs/ft/sft/final
+    tinyrlhf dpo --config configs/family_tree/dpo.yaml loss=ipo
+    tinyrlhf kto --config configs/family_tree/kto.yaml
 
 User errors (bad data, config, paths) print one line `error: ...` and exit 2, without a traceback.
 """
@@ -14,7 +16,7 @@ import sys
 
 from .errors import TinyRLHFError
 
-HEADLINE = ("before/gold/mean", "before/gold/greedy", "gold/mean", "gold/greedy", "gold/max", "eval/loss",
+HEADLINE = ("before/gold/mean", "before/gold/greedy", "gold/mean", "gold/greedy", "gold/max", "kl/ref", "eval/loss",
             "eval/accuracy_labels", "eval/accuracy_gold", "tokens_per_s", "train_seconds", "peak_rss_mib",
             "steps", "finished")
 
@@ -41,16 +43,16 @@ def _cmd_data(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .config import RewardConfig, SFTConfig, load_config
+    import importlib
 
-    if args.command == "sft":
-        from .train.sft import run_sft
-        cfg = load_config(SFTConfig, args.config, args.overrides)
-        summary = run_sft(cfg)
-    else:
-        from .train.reward import run_reward
-        cfg = load_config(RewardConfig, args.config, args.overrides)
-        summary = run_reward(cfg)
+    from . import config as C
+
+    # command -> (config class, module, loop function)
+    table = {"sft": (C.SFTConfig, "sft", "run_sft"), "reward": (C.RewardConfig, "reward", "run_reward"),
+             "dpo": (C.PreferenceConfig, "preference", "run_preference"), "kto": (C.KTOConfig, "kto", "run_kto")}
+    cls, module, fn = table[args.command]
+    cfg = C.load_config(cls, args.config, args.overrides)
+    summary = getattr(importlib.import_module(f".train.{module}", __package__), fn)(cfg)
     _print_summary(summary, cfg.out_dir)
     if not summary.get("finished", False):
         print(f"stopped early at step {summary.get('steps')}: run the same command again to continue")
@@ -65,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("overrides", nargs="*", help="seed=N and task options key=value")
     p.set_defaults(func=_cmd_data)
-    for name, what in (("sft", "supervised fine-tuning"), ("reward", "reward model (Bradley-Terry)")):
+    for name, what in (("sft", "supervised fine-tuning"), ("reward", "reward model (Bradley-Terry)"),
+                       ("dpo", "offline preference optimisation: loss=dpo|ipo|cdpo|hinge|simpo|orpo"),
+                       ("kto", "KTO on unpaired good/bad feedback")):
         p = sub.add_parser(name, help=what)
         p.add_argument("--config", help="YAML config file (see configs/)")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")

@@ -292,3 +292,35 @@ def replace(cfg, **dotted):
     for k, v in dotted.items():
         _set_dotted(tree, k, v)
     return _build(type(cfg), tree)
+
+
+@dataclass(frozen=True)
+class PreferenceConfig(RunConfig):
+    out_dir: str = "runs/dpo"
+    """Run directory (config.yaml, metrics.jsonl, summary.json, checkpoints/, final/)."""
+    loss: Literal["dpo", "ipo", "cdpo", "hinge", "simpo", "orpo"] = "dpo"
+    """Offline preference loss (tinyrlhf.losses.PREFERENCE_LOSSES)."""
+    beta: float = 0.1
+    """Strength of the KL-style regularisation (DPO/IPO/cDPO/hinge/SimPO beta)."""
+    label_smoothing: float = 0.1
+    """cDPO: assumed share of flipped labels (only used by loss=cdpo)."""
+    gamma: float = 0.5
+    """SimPO target reward margin."""
+    orpo_lambda: float = 0.1
+    """ORPO weight of the odds-ratio term."""
+    ref_cache_dir: str = "runs/cache/ref_logps"
+    """Where reference log-probs are cached (keyed by model and data fingerprint)."""
+
+
+@dataclass(frozen=True)
+class KTOConfig(RunConfig):
+    out_dir: str = "runs/kto"
+    """Run directory (config.yaml, metrics.jsonl, summary.json, checkpoints/, final/)."""
+    beta: float = 0.1
+    """KTO beta."""
+    desirable_weight: float = 1.0
+    """lambda_D: weight of desirable examples."""
+    undesirable_weight: float = 1.0
+    """lambda_U: weight of undesirable examples (KTO paper: keep lambda_D n_D / lambda_U n_U in [1, 4/3])."""
+    ref_cache_dir: str = "runs/cache/ref_logps"
+    """Where reference log-probs are cached (keyed by model and data fingerprint)."""
