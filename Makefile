@@ -24,6 +24,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tinyrlhf sft --config configs/family_tree/sft.yaml
 	$(BIN)/tinyrlhf reward --config configs/family_tree/reward.yaml
+	$(BIN)/tinyrlhf dpo --config configs/family_tree/dpo.yaml
+	$(BIN)/tinyrlhf kto --config configs/family_tree/kto.yaml
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py

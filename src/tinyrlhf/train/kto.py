@@ -24,7 +24,7 @@ from ..models import add_lora, build_model, save_hf
 from .data import begin_run
 from .engine import fit
 from .preference import reference_scorer
-from .reference import reference_logps
+from .reference import model_fingerprint, reference_logps
 from .sft import task_corpus
 
 
@@ -53,10 +53,11 @@ def run_kto(cfg: KTOConfig) -> dict:
     mismatched = encode(tokenizer, prompts, [completions[j] for j in other], cfg.data.max_length)
     desirable = torch.tensor([r.label for r in records], dtype=torch.bool)
     t_ref = time.time()
+    key = model_fingerprint(model)
     ref_matched, _ = reference_logps(model, matched, tokenizer.pad_token_id, device, cfg.train.precision,
-                                     cfg.ref_cache_dir)
+                                     cfg.ref_cache_dir, model_key=key)
     ref_mismatched, _ = reference_logps(model, mismatched, tokenizer.pad_token_id, device,
-                                        cfg.train.precision, cfg.ref_cache_dir)
+                                        cfg.train.precision, cfg.ref_cache_dir, model_key=key)
     t_ref = time.time() - t_ref
     plan = BatchPlan([len(p) + len(c) for p, c in matched], cfg.train.batch_size, cfg.seed)
 

@@ -19,7 +19,7 @@ from ..logprobs import token_logps
 from ..models import add_lora, build_model, save_hf
 from .data import begin_run
 from .engine import fit
-from .reference import reference_disabled, reference_logps
+from .reference import model_fingerprint, reference_disabled, reference_logps
 from .sft import task_corpus
 
 
@@ -78,10 +78,11 @@ def run_preference(cfg: PreferenceConfig) -> dict:
     if cfg.loss in L.REFERENCE_FREE:
         ref_chosen = ref_rejected = torch.zeros(len(pairs))
     else:
+        key = model_fingerprint(model)
         ref_chosen, _ = reference_logps(model, chosen, tokenizer.pad_token_id, device, cfg.train.precision,
-                                        cfg.ref_cache_dir)
+                                        cfg.ref_cache_dir, model_key=key)
         ref_rejected, _ = reference_logps(model, rejected, tokenizer.pad_token_id, device,
-                                          cfg.train.precision, cfg.ref_cache_dir)
+                                          cfg.train.precision, cfg.ref_cache_dir, model_key=key)
     t_ref = time.time() - t_ref
     lengths = [max(len(a[0]) + len(a[1]), len(b[0]) + len(b[1])) for a, b in zip(chosen, rejected)]
     plan = BatchPlan(lengths, cfg.train.batch_size, cfg.seed)
