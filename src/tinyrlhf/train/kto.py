@@ -18,12 +18,11 @@ from .. import losses as L
 from ..config import KTOConfig
 from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..errors import DataError
-from ..eval.policy import policy_eval
 from ..logprobs import token_logps
 from ..models import add_lora, build_model, save_hf
 from .data import begin_run
 from .engine import fit
-from .preference import reference_scorer
+from .preference import policy_evaluator
 from .reference import model_fingerprint, reference_logps
 from .sft import task_corpus
 
@@ -79,14 +78,7 @@ def run_kto(cfg: KTOConfig) -> dict:
                                      undesirable_weight=cfg.undesirable_weight)
         return losses.mean(), metrics
 
-    scorer = reference_scorer(model, tokenizer, device, cfg.train.precision)
-
-    def evaluate():
-        if task is None:
-            return {}
-        return policy_eval(model, tokenizer, task, cfg.eval, device, cfg.seed, cfg.data.seed,
-                           cfg.train.precision, scorer)
-
+    evaluate = policy_evaluator(model, tokenizer, task, cfg, device)
     summary = fit(run, model, cfg.train, plan, device, make_batch, loss_fn, evaluate,
                   stop_after=cfg.train.stop_after, desc="kto")
     if summary["finished"]:

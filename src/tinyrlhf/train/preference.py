@@ -62,6 +62,18 @@ def reference_scorer(model, tokenizer, device, precision):
     return score
 
 
+def policy_evaluator(model, tokenizer, task, cfg, device):
+    """The `evaluate` callback of a policy-optimisation run: gold reward and KL to the reference."""
+    scorer = reference_scorer(model, tokenizer, device, cfg.train.precision)
+
+    def evaluate():
+        if task is None:
+            return {}
+        return policy_eval(model, tokenizer, task, cfg.eval, device, cfg.seed, cfg.data.seed,
+                           cfg.train.precision, scorer)
+    return evaluate
+
+
 def run_preference(cfg: PreferenceConfig) -> dict:
     start = begin_run(cfg, "pair")
     if isinstance(start, dict):
@@ -98,14 +110,7 @@ def run_preference(cfg: PreferenceConfig) -> dict:
         losses, metrics = _loss(cfg, batch, tok.sum(-1), counts)
         return losses.mean(), metrics
 
-    scorer = reference_scorer(model, tokenizer, device, cfg.train.precision)
-
-    def evaluate():
-        if task is None:
-            return {}
-        return policy_eval(model, tokenizer, task, cfg.eval, device, cfg.seed, cfg.data.seed,
-                           cfg.train.precision, scorer)
-
+    evaluate = policy_evaluator(model, tokenizer, task, cfg, device)
     summary = fit(run, model, cfg.train, plan, device, make_batch, loss_fn, evaluate,
                   stop_after=cfg.train.stop_after, desc=cfg.loss)
     if summary["finished"]:
