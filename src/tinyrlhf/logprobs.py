@@ -14,6 +14,12 @@ CHUNK_ROWS = 1024
 RECOMPUTE_ABOVE = 16 * 1024 * 1024
 
 
+def position_ids(attention_mask):
+    """Positions counted over real tokens only, so a left-padded row (rollouts) gets the same positions
+    as the unpadded sequence; identical to arange for right-padded rows."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def _chunk_logps(head, h, targets, temperature: float):
     logits = head(h).float()  # (N, V) in fp32: log-softmax needs the precision
     if temperature != 1.0:
@@ -30,7 +36,8 @@ def token_logps(model, input_ids, attention_mask, completion_mask, *, temperatur
     Temperature divides the logits as in sampling (lm-human-preference-details: the trainer must
     score samples with the same temperature that drew them)."""
     trunk, head = trunk_and_head(model)
-    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids(attention_mask)).last_hidden_state  # (B, T, H)
     target_mask = completion_mask[:, 1:].bool()  # token t+1 is predicted at position t
     h = hidden[:, :-1][target_mask]  # (N, H)
     targets = input_ids[:, 1:][target_mask]  # (N,)

@@ -162,7 +162,9 @@ class RewardModel(nn.Module):
     def raw(self, input_ids, attention_mask):
         """Unnormalised rewards, (B,). Right padding: the last real token is at mask.sum() - 1."""
         trunk, _ = trunk_and_head(self.lm)
-        hidden = trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = trunk(input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=positions).last_hidden_state  # (B, T, H)
         last = attention_mask.sum(-1).clamp(min=1) - 1
         h = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # (B, H)
         return self.head(h.to(self.head.weight.dtype)).squeeze(-1).float()
