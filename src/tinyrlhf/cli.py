@@ -5,6 +5,8 @@
     tinyrlhf reward --config configs/family_tree/reward.yaml model.path=runs/ft/sft/final
     tinyrlhf dpo --config configs/family_tree/dpo.yaml loss=ipo
     tinyrlhf kto --config configs/family_tree/kto.yaml
+    tinyrlhf ppo --config configs/family_tree/ppo.yaml reward=runs/family_tree/reward
+    tinyrlhf rloo|grpo|online-dpo --config configs/family_tree/X.yaml reward=gold
 
 User errors (bad data, config, paths) print one line `error: ...` and exit 2, without a traceback.
 """
@@ -16,7 +18,8 @@ import sys
 
 from .errors import TinyRLHFError
 
-HEADLINE = ("before/gold/mean", "before/gold/greedy", "gold/mean", "gold/greedy", "gold/max", "kl/ref", "eval/loss",
+HEADLINE = ("before/gold/mean", "before/gold/greedy", "gold/mean", "gold/greedy", "gold/max", "kl/ref", "kl/coef",
+            "eval/loss", "episodes_per_s",
             "eval/accuracy_labels", "eval/accuracy_gold", "tokens_per_s", "train_seconds", "peak_rss_mib",
             "steps", "finished")
 
@@ -49,9 +52,16 @@ def _cmd_train(args) -> int:
 
     # command -> (config class, module, loop function)
     table = {"sft": (C.SFTConfig, "sft", "run_sft"), "reward": (C.RewardConfig, "reward", "run_reward"),
-             "dpo": (C.PreferenceConfig, "preference", "run_preference"), "kto": (C.KTOConfig, "kto", "run_kto")}
+             "dpo": (C.PreferenceConfig, "preference", "run_preference"), "kto": (C.KTOConfig, "kto", "run_kto"),
+             "ppo": (C.PPOConfig, "ppo", "run_ppo"), "rloo": (C.GroupConfig, "group", "run_group"),
+             "grpo": (C.GroupConfig, "group", "run_group"),
+             "online-dpo": (C.OnlineDPOConfig, "online_dpo", "run_online_dpo")}
     cls, module, fn = table[args.command]
     cfg = C.load_config(cls, args.config, args.overrides)
+    if args.command in ("rloo", "grpo"):
+        if getattr(cfg, "algo") != args.command and any(o.startswith("algo=") for o in args.overrides):
+            raise TinyRLHFError(f"'tinyrlhf {args.command}' cannot run algo={cfg.algo}; use 'tinyrlhf {cfg.algo}'")
+        cfg = C.replace(cfg, algo=args.command)
     summary = getattr(importlib.import_module(f".train.{module}", __package__), fn)(cfg)
     _print_summary(summary, cfg.out_dir)
     if not summary.get("finished", False):
@@ -69,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data)
     for name, what in (("sft", "supervised fine-tuning"), ("reward", "reward model (Bradley-Terry)"),
                        ("dpo", "offline preference optimisation: loss=dpo|ipo|cdpo|hinge|simpo|orpo"),
-                       ("kto", "KTO on unpaired good/bad feedback")):
+                       ("kto", "KTO on unpaired good/bad feedback"),
+                       ("ppo", "PPO from an SFT model and a reward source (reward model, gold, callable)"),
+                       ("rloo", "RLOO: k samples per prompt, leave-one-out baseline"),
+                       ("grpo", "GRPO: k samples per prompt, group-normalised advantages"),
+                       ("online-dpo", "online DPO: fresh pairs from the policy ranked by a reward source")):
         p = sub.add_parser(name, help=what)
         p.add_argument("--config", help="YAML config file (see configs/)")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
@@ -85,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = list(getattr(args, "overrides", [])) + extra
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load drown our own output
     try:
         return args.func(args)
     except TinyRLHFError as e:

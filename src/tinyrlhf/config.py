@@ -324,3 +324,7 @@ class KTOConfig(RunConfig):
     """lambda_U: weight of undesirable examples (KTO paper: keep lambda_D n_D / lambda_U n_U in [1, 4/3])."""
     ref_cache_dir: str = "runs/cache/ref_logps"
     """Where reference log-probs are cached (keyed by model and data fingerprint)."""
+
+
+# Online-RL configs live in config_rl.py (kept apart to keep files short); re-exported here.
+from .config_rl import GroupConfig, KLConfig, OnlineDPOConfig, PPOConfig, PPOHyper, RolloutConfig  # noqa: E402,F401

@@ -173,3 +173,103 @@ def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: tor
                "count_undesirable": n_undesirable.float(),
                "kl": kl}
     return losses, metrics
+
+
+# ---------------------------------------------------------------------------------------------------
+# Online RL pieces (PPO, RLOO, GRPO). Token-level inputs are (B, T) aligned with response tokens, with a
+# `mask` (B, T) of real tokens; these return per-token losses (B, T) that the caller reduces with
+# `masked_mean`, because PPO averages over tokens, not sequences (lm-human-preference-details).
+# ---------------------------------------------------------------------------------------------------
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x − mean) / std over the real tokens; with shift_mean=False the mean is added back (reward
+    whitening keeps the reward's sign, lm-human-preference-details "whiten rewards"). Masked entries → 0."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(x.dtype)
+
+
+def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(π‖π_ref) from tokens sampled from π (Schulman 2020, "Approximating KL").
+    k1 = log π − log π_ref: unbiased, can be negative on a token. k3 = (ρ − 1) − log ρ with
+    ρ = π_ref/π: unbiased and always ≥ 0, lower variance when π is close to π_ref."""
+    log_ratio = logprobs.float() - ref_logprobs.float()
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r} (valid: k1, k3)")
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float, lam: float):
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16), vectorised over time.
+
+    rewards, values, mask: (B, T). The episode ends at the last real token: the value after it is 0.
+    δ_t = r_t + γ·V_{t+1} − V_t and A_t = Σ_{s≥t} (γλ)^{s−t} δ_s, computed as δ @ M with the upper-
+    triangular discount matrix M[s, t] = (γλ)^{s−t} for s ≥ t (T is a few dozen tokens: T² is cheap).
+    Returns (advantages, returns = advantages + values), zero on masked tokens."""
+    mask = mask.to(values.dtype)
+    values = values * mask
+    rewards = rewards * mask
+    next_values = torch.cat([values[:, 1:], values.new_zeros(values.shape[0], 1)], dim=1)
+    deltas = (rewards + gamma * next_values - values) * mask                    # (B, T)
+    T = rewards.shape[1]
+    idx = torch.arange(T, device=rewards.device)
+    power = (idx[:, None] - idx[None, :]).to(values.dtype)                       # s − t, (T, T)
+    discount = torch.where(power >= 0, (gamma * lam) ** power.clamp(min=0), torch.zeros_like(power))
+    advantages = (deltas @ discount) * mask                                      # (B, T)
+    return advantages, (advantages + values) * mask
+
+
+def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, *, clip: float):
+    """Clipped surrogate (Schulman et al. 2017, eq. 7), per token: max(−A·ρ, −A·clip(ρ, 1±ε)), ρ = π/π_old.
+    Metrics: clipfrac, and approx_kl = mean of ½(log ρ)² (the estimate used for early stopping)."""
+    log_ratio = logprobs.float() - old_logprobs.float()
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    losses = torch.maximum(unclipped, clipped)
+    metrics = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).detach(),
+               "approx_kl": masked_mean(0.5 * log_ratio.detach() ** 2, mask),
+               "ratio": masked_mean(ratio.detach(), mask)}
+    return losses, metrics
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                   mask: torch.Tensor, *, clip: float):
+    """Clipped value loss, per token: ½·max((V − R)², (V_old + clip(V − V_old, ±ε) − R)²)
+    (Ziegler et al. 2019 / OpenAI baselines' PPO2; lm-human-preference-details "value clipping")."""
+    values = values.float()
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    unclipped_err, clipped_err = (values - returns) ** 2, (clipped - returns) ** 2
+    losses = 0.5 * torch.maximum(unclipped_err, clipped_err)
+    metrics = {"value_clipfrac": masked_mean((clipped_err > unclipped_err).float(), mask).detach()}
+    return losses, metrics
+
+
+def rloo_advantages(scores: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024, eq. 4): each of the k samples of a
+    prompt is baselined by the mean score of the OTHER k−1. scores: (P, k) with k ≥ 2 → (P, k)."""
+    k = scores.shape[1]
+    if k < 2:
+        raise ValueError("RLOO needs at least 2 samples per prompt")
+    return scores - (scores.sum(1, keepdim=True) - scores) / (k - 1)
+
+
+def grpo_advantages(scores: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's group-normalised advantage (Shao et al. 2024, §4.1.2): (s − mean_group) / (std_group + ε).
+    scores: (P, k) → (P, k); a group with equal scores gets 0 (nothing to learn from it)."""
+    mean = scores.mean(1, keepdim=True)
+    std = scores.std(1, keepdim=True) if scores.shape[1] > 1 else torch.zeros_like(mean)
+    return (scores - mean) / (std + eps)

@@ -79,6 +79,15 @@ def peak_memory_mib(device: torch.device | None = None) -> dict:
     return out
 
 
+def current_rss_mib() -> float:
+    """Resident memory now (not the peak), to check that memory stays flat across steps."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):  # not Linux: the peak is the best we have
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class RunDir:
     """One directory layout for every run: config.yaml, metrics.jsonl, summary.json, checkpoints/, final/."""
 

@@ -1,0 +1,88 @@
+"""RLOO and GRPO: k samples per prompt, a baseline from the other samples of the same prompt, no critic.
+
+    tinyrlhf rloo --config configs/family_tree/rloo.yaml reward=runs/family_tree/reward k=4
+    tinyrlhf grpo --config configs/family_tree/grpo.yaml reward=gold
+
+RLOO (Ahmadian et al. 2024): sequence reward s − β·KL_seq, advantage = reward − mean of the other k−1.
+GRPO (Shao et al. 2024): advantage = (s − group mean) / group std, and the KL to the reference as a per-token
+k3 term in the loss (kl_in=loss). Either choice of KL placement works with either advantage.
+With epochs=1 every update is on-policy (ratio 1: plain REINFORCE with a baseline); more epochs use the
+clipped ratio as PPO does.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import losses as L
+from ..config import GroupConfig
+from ..errors import ConfigError
+from .online import micro_batches, open_online, online_fit, sample_and_score, select, step_optimizer
+from .rl import KLController, check_finite, policy_forward, prompts_for_step, reference_token_logps
+
+
+def run_group(cfg: GroupConfig) -> dict:
+    if cfg.k < 2:
+        raise ConfigError(f"k must be >= 2 (samples per prompt), got {cfg.k}")
+    S = open_online(cfg)
+    if isinstance(S, dict):
+        return S
+    params = [p for p in S.policy.parameters() if p.requires_grad]
+    n_episodes = cfg.rollout.prompts_per_step * cfg.k
+    n_minibatches = -(-n_episodes // cfg.minibatch_size)
+    temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
+    advantage_fn = L.rloo_advantages if cfg.algo == "rloo" else L.grpo_advantages
+
+    def update(step: int, kl: KLController) -> dict:
+        # 1. k responses for each prompt, scored.
+        S.policy.eval()
+        prompts = prompts_for_step(S.prompts, step, cfg.rollout.prompts_per_step, cfg.seed)
+        ro, prompts, texts, scores, raw_scores = sample_and_score(S, prompts, step, n_per_prompt=cfg.k)
+        seqs, plen = {k: v.to(S.device) for k, v in ro.sequences().items()}, ro.prompt_ids.shape[1]
+        mask = ro.response_mask.to(S.device).float()
+        # 2. Old and reference log-probs (same temperature as sampling).
+        with torch.no_grad(), S.autocast():
+            old_logprobs, _ = policy_forward(S.policy, None, seqs, plen, temperature)
+            ref_logprobs = reference_token_logps(S.policy, S.reference, seqs, temperature)[:, plen - 1:]
+        seq_kl = L.kl_per_token(old_logprobs, ref_logprobs, cfg.kl.estimator).mul(mask).sum(1)   # (B,)
+        # 3. Sequence rewards and the group baseline: rows are prompt-major, k consecutive per prompt.
+        rewards = scores - kl.value * seq_kl if cfg.kl_in == "reward" else scores
+        advantages = advantage_fn(rewards.view(-1, cfg.k)).reshape(-1)                        # (B,)
+        # 4. Policy-gradient epochs (token-level mean of the clipped surrogate).
+        S.policy.train()
+        g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+        stats: dict[str, list[float]] = {}
+        for _epoch in range(cfg.epochs):
+            for mb in torch.randperm(len(advantages), generator=g).split(cfg.minibatch_size):
+                for rows, weight in micro_batches(mb, cfg.train.batch_size):
+                    m = mask[rows]
+                    with S.autocast():
+                        logprobs, _ = policy_forward(S.policy, None, select(seqs, rows), plen, temperature)
+                    adv = advantages[rows, None].expand_as(m)
+                    pg, pg_m = L.ppo_policy_loss(logprobs, old_logprobs[rows], adv, m, clip=cfg.clip)
+                    loss = L.masked_mean(pg, m)
+                    if cfg.kl_in == "loss":  # GRPO eq. 3: + β·k3(π, π_ref) per token, on the current policy
+                        kl_term = L.masked_mean(L.kl_per_token(logprobs, ref_logprobs[rows], "k3"), m)
+                        loss = loss + kl.value * kl_term
+                        stats.setdefault("loss/kl", []).append(float(kl_term.detach()))
+                    check_finite("the policy loss", loss.detach(), step, S.run.ckpt)
+                    (loss * weight).backward()
+                    stats.setdefault("loss/policy", []).append(float(L.masked_mean(pg.detach(), m)))
+                    stats.setdefault("policy/clipfrac", []).append(float(pg_m["clipfrac"]))
+                stats.setdefault("grad_norm", []).append(step_optimizer(S, params, step))
+        seq_kl1 = L.kl_per_token(old_logprobs, ref_logprobs, "k1").mul(mask).sum(1)
+        kl.update(seq_kl1.mean().item(), len(advantages))
+        out = {"episodes": len(advantages),
+               "objective/scores": raw_scores.mean().item(),
+               "objective/rlhf_reward": (scores - kl.value * seq_kl).mean().item(),
+               "kl/seq": seq_kl1.mean().item(),
+               "policy/entropy_est": -L.masked_mean(old_logprobs, mask).item(),
+               "response/length": mask.sum(1).mean().item(),
+               "response/ended": ro.finished.float().mean().item(),
+               "adv/zero_groups": (rewards.view(-1, cfg.k).std(1) == 0).float().mean().item(),
+               **{k: sum(v) / len(v) for k, v in stats.items()}}
+        if S.task is not None:
+            out["objective/gold"] = sum(S.task.gold_reward(p, c) for p, c in zip(prompts, texts)) / len(texts)
+        return out
+
+    kl_ctl = KLController(cfg.kl.coef, cfg.kl.adaptive, cfg.kl.target, cfg.kl.horizon)
+    return online_fit(S, params, cfg.epochs * n_minibatches, update, kl_ctl, desc=cfg.algo)

@@ -1,0 +1,191 @@
+"""The frame every online loop (PPO, RLOO/GRPO, online DPO) runs in: open the run, load the policy, its
+reference and the reward source, sample and score a rollout batch, and drive the steps (progress, logging,
+evaluation, checkpoints, resume, NaN stop). Each method supplies only its own `update`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..eval.policy import completion_logps, policy_eval
+from ..models import _set_dropout, add_lora, build_model, save_hf
+from ..rollout import Rollout, encode_prompts, generate
+from .data import begin_run
+from .engine import autocast, build_optimizer, build_scheduler, current_rss_mib, peak_memory_mib
+from .reference import reference_disabled
+from .rl import KLController, check_finite, frozen_reference, prompts_for_step, reward_source
+from .sft import task_corpus
+
+
+@dataclass
+class Online:
+    """Everything a step needs; built by `open_online`."""
+    cfg: object
+    run: object
+    device: torch.device
+    task: object
+    prompts: list[str]
+    policy: object
+    tokenizer: object
+    reference: object          # None with LoRA: the policy with adapters disabled is the reference
+    reward: Callable           # (prompts, completions) -> (B,) scores, checked
+    reward_model: object
+    stop_id: int | None
+    t_start: float = field(default_factory=time.time)
+
+    def autocast(self):
+        return autocast(self.device, self.cfg.train.precision)
+
+
+def open_online(cfg) -> Online | dict:
+    """Open the run dir (a finished run returns its summary), seed, load the policy (+ LoRA), the
+    reference, the reward source and the training prompts (the prompts of the SFT-shaped records)."""
+    start = begin_run(cfg, "sft")
+    if isinstance(start, dict):
+        return start
+    prompts = list(dict.fromkeys(r.prompt for r in start.train))  # unique, in file order
+    policy, tokenizer = build_model(cfg.model, task_corpus(start.task, cfg.data.seed), seed=cfg.seed)
+    _set_dropout(policy, 0.0)  # dropout off: rollout, old and new log-probs must agree [details]
+    policy = add_lora(policy, cfg.lora).to(start.device)
+    reward, rm = reward_source(cfg.reward, start.task, start.device, cfg.train.precision, cfg.data.max_length)
+    stop_id = None
+    if cfg.rollout.stop_token:
+        ids = tokenizer(cfg.rollout.stop_token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ConfigError(f"rollout.stop_token {cfg.rollout.stop_token!r} is {len(ids)} tokens for this "
+                              "tokenizer; it must be exactly one")
+        stop_id = ids[0]
+    return Online(cfg, start.run, start.device, start.task, prompts, policy, tokenizer,
+                  frozen_reference(policy), reward, rm, stop_id, start.t_start)
+
+
+def truncate_at_stop(ro: Rollout, stop_id: int, pad_id: int):
+    """Cut each response after its first `stop_id` (lm-human-preferences' truncate_token); such a row ends."""
+    hit = (ro.response_ids == stop_id) & ro.response_mask.bool()
+    first = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(hit[:, 0], -1, dtype=torch.long))
+    cols = torch.arange(ro.response_ids.shape[1])
+    cut = (first[:, None] >= 0) & (cols[None, :] > first[:, None])
+    ro.response_mask = ro.response_mask.masked_fill(cut, 0)
+    ro.response_ids = ro.response_ids.masked_fill(cut, pad_id)
+    ro.logprobs = ro.logprobs.masked_fill(cut, 0.0)
+    ro.finished = ro.finished | (first >= 0)
+
+
+def sample_and_score(S: Online, prompts: list[str], step: int, n_per_prompt: int = 1):
+    """Step 1-2 of every loop: sample `n_per_prompt` responses per prompt and score them.
+    Returns (rollout, prompts repeated, response texts, scores (B,) with the missing-EOS penalty, raw scores)."""
+    R = S.cfg.rollout
+    prompts = [p for p in prompts for _ in range(n_per_prompt)]
+    ids, mask = encode_prompts(S.tokenizer, prompts, R.max_prompt_tokens)
+    ro = generate(S.policy, ids.to(S.device), mask.to(S.device), max_new_tokens=R.max_new_tokens,
+                  eos_token_id=S.tokenizer.eos_token_id, pad_token_id=S.tokenizer.pad_token_id,
+                  temperature=R.temperature, top_k=R.top_k, top_p=R.top_p,
+                  seed=S.cfg.seed * 1_000_003 + step, autocast=S.autocast)
+    if S.stop_id is not None:
+        truncate_at_stop(ro, S.stop_id, S.tokenizer.pad_token_id)
+    texts = ro.texts(S.tokenizer)
+    raw = S.reward(prompts, texts)
+    # Penalty for responses that never end (lm-human-preference-details: a fixed low score; we subtract).
+    scores = raw - R.missing_eos_penalty * (~ro.finished.cpu()).float()
+    return ro, prompts, texts, scores.to(S.device), raw
+
+
+def reference_scorer(S: Online):
+    """(prompts, completions) -> reference log-probs, for the evaluation KL."""
+    def score(prompts, completions):
+        if S.reference is None:
+            with reference_disabled(S.policy):
+                return completion_logps(S.policy, S.tokenizer, prompts, completions, S.device,
+                                        S.cfg.train.precision)
+        return completion_logps(S.reference, S.tokenizer, prompts, completions, S.device, S.cfg.train.precision)
+    return score
+
+
+def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[[int, KLController], dict],
+               kl: KLController | None = None, modules: dict | None = None, desc: str = "rl") -> dict:
+    """Run `update(step, kl) -> metrics` for train.max_steps steps with logging, evaluation, checkpoints and
+    resume. `update` does the method's own rollout and optimizer steps through `S.optimizer`."""
+    cfg, run = S.cfg, S.run
+    steps = cfg.train.max_steps
+    if steps < 1:
+        raise ConfigError("train.max_steps must be >= 1 for online methods (one step = one rollout batch)")
+    S.optimizer = build_optimizer(torch.nn.Module(), cfg.train, extra_params=params)
+    S.scheduler = build_scheduler(S.optimizer, cfg.train, steps * updates_per_step)
+    modules = {"policy": S.policy, **(modules or {})}
+    kl = kl or KLController(0.0, False, 1.0, 1)
+    start = 0
+    if cfg.train.resume and (loaded := run.load_checkpoint(modules, S.optimizer, S.scheduler)) is not None:
+        start, extra = loaded
+        kl.value = extra.get("kl_coef", kl.value)
+        run.truncate_metrics(start)
+    elif os.path.exists(run.metrics_file):
+        os.remove(run.metrics_file)
+    scorer = reference_scorer(S)
+
+    def evaluate():
+        if S.task is None:
+            return {}
+        return policy_eval(S.policy, S.tokenizer, S.task, cfg.eval, S.device, cfg.seed, cfg.data.seed,
+                           cfg.train.precision, scorer)
+
+    pbar = tqdm(total=steps, initial=start, desc=desc, disable=not cfg.train.progress, dynamic_ncols=True)
+    episodes, seconds, last_eval, step = 0, 0.0, {}, start
+    for step in range(start + 1, steps + 1):
+        t0 = time.perf_counter()
+        metrics = update(step, kl)
+        dt = time.perf_counter() - t0
+        episodes += metrics.pop("episodes")
+        seconds += dt
+        row = {"step": step, "lr": S.scheduler.get_last_lr()[0], "kl/coef": kl.value, **metrics,
+               "time/step": dt, "episodes_per_s": episodes / seconds, "mem/rss_mib": current_rss_mib()}
+        pbar.update(1)
+        pbar.set_postfix(score=f"{metrics.get('objective/scores', 0):.3f}", kl=f"{metrics.get('kl/seq', 0):.2f}")
+        if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or step == steps:
+            last_eval = evaluate()
+            row.update(last_eval)
+        if step % cfg.train.log_every == 0 or step == steps or "gold/mean" in row:
+            run.log(row)
+        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == steps \
+                or (cfg.train.stop_after and step == cfg.train.stop_after):
+            run.save_checkpoint(modules, S.optimizer, S.scheduler, step, extra={"kl_coef": kl.value})
+        if cfg.train.stop_after and step == cfg.train.stop_after and step < steps:
+            break
+    pbar.close()
+    finished = step == steps
+    if finished:
+        save_hf(S.policy, S.tokenizer, run.final, merge_lora=cfg.lora.merge or not cfg.lora.enabled)
+    summary = {"steps": step, "total_steps": steps, "finished": finished, "episodes": episodes,
+               "train_seconds": seconds, "episodes_per_s": episodes / max(seconds, 1e-9), "kl/coef": kl.value,
+               **peak_memory_mib(S.device), **last_eval, "wall_seconds": time.time() - S.t_start,
+               "device": str(S.device)}
+    run.write_summary(summary)
+    return summary
+
+
+def step_optimizer(S: Online, params: list, step: int) -> float:
+    """Clip, check, step the optimizer and scheduler; returns the gradient norm."""
+    max_norm = S.cfg.train.max_grad_norm if S.cfg.train.max_grad_norm > 0 else 1e12
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    check_finite("the gradient norm", grad_norm, step, S.run.ckpt)
+    S.optimizer.step()
+    S.scheduler.step()
+    S.optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def micro_batches(rows: torch.Tensor, size: int):
+    """Split a minibatch's row indices into micro-batches of at most `size`; yields (rows, weight)."""
+    size = max(1, size)
+    for i in range(0, len(rows), size):
+        part = rows[i:i + size]
+        yield part, len(part) / len(rows)
+
+
+def select(seqs: dict, rows: torch.Tensor) -> dict:
+    return {k: v[rows] for k, v in seqs.items()}

@@ -1,0 +1,80 @@
+"""Online DPO (Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback"): each step
+samples two responses per prompt from the current policy, lets the reward source pick the better one, and
+takes a DPO (or IPO) step on these fresh pairs against the frozen reference.
+
+    tinyrlhf online-dpo --config configs/family_tree/online_dpo.yaml reward=runs/family_tree/reward
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import losses as L
+from ..config import OnlineDPOConfig
+from .online import micro_batches, open_online, online_fit, sample_and_score, select, step_optimizer
+from .rl import KLController, check_finite, policy_forward, prompts_for_step, reference_token_logps
+
+
+def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
+    S = open_online(cfg)
+    if isinstance(S, dict):
+        return S
+    params = [p for p in S.policy.parameters() if p.requires_grad]
+    n_minibatches = -(-cfg.rollout.prompts_per_step // cfg.minibatch_size)
+
+    def update(step: int, kl: KLController) -> dict:
+        # 1. Two samples per prompt (rows 2i and 2i+1), scored by the reward source.
+        S.policy.eval()
+        prompts = prompts_for_step(S.prompts, step, cfg.rollout.prompts_per_step, cfg.seed)
+        ro, prompts, texts, scores, raw_scores = sample_and_score(S, prompts, step, n_per_prompt=2)
+        seqs, plen = {k: v.to(S.device) for k, v in ro.sequences().items()}, ro.prompt_ids.shape[1]
+        mask = ro.response_mask.to(S.device).float()
+        # 2. Chosen = the higher score. A tie carries no preference: that pair is dropped this step.
+        pair_scores = scores.view(-1, 2)
+        keep = pair_scores[:, 0] != pair_scores[:, 1]
+        first_wins = pair_scores[:, 0] > pair_scores[:, 1]
+        base = torch.arange(len(pair_scores), device=S.device) * 2
+        chosen_rows = torch.where(first_wins, base, base + 1)[keep]
+        rejected_rows = torch.where(first_wins, base + 1, base)[keep]
+        # 3. Reference log-probs (the model's own distribution, temperature 1: DPO's π_ref).
+        with torch.no_grad(), S.autocast():
+            ref_logprobs = reference_token_logps(S.policy, S.reference, seqs, 1.0)[:, plen - 1:]
+        ref_sums = (ref_logprobs * mask).sum(1)
+        # 4. DPO/IPO steps over the kept pairs, chosen and rejected in one forward.
+        S.policy.train()
+        stats: dict[str, list[float]] = {}
+        loss_fn = L.dpo_loss if cfg.loss == "dpo" else L.ipo_loss
+        pairs = torch.arange(len(chosen_rows), device=S.device)
+        g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+        for mb in pairs[torch.randperm(len(pairs), generator=g).to(S.device)].split(cfg.minibatch_size):
+            for part, weight in micro_batches(mb, cfg.train.batch_size):
+                rows = torch.cat([chosen_rows[part], rejected_rows[part]])
+                with S.autocast():
+                    logprobs, _ = policy_forward(S.policy, None, select(seqs, rows), plen, 1.0)
+                sums = (logprobs * mask[rows]).sum(1)
+                pc, pr = sums.chunk(2)
+                losses, metrics = loss_fn(pc, pr, ref_sums[chosen_rows[part]], ref_sums[rejected_rows[part]],
+                                          beta=cfg.beta)
+                loss = losses.mean()
+                check_finite("the DPO loss", loss.detach(), step, S.run.ckpt)
+                (loss * weight).backward()
+                for k, v in {"loss/dpo": loss.detach(), **metrics}.items():
+                    stats.setdefault(k, []).append(float(v))
+            stats.setdefault("grad_norm", []).append(step_optimizer(S, params, step))
+        out = {"episodes": len(texts),
+               "objective/scores": raw_scores.mean().item(),
+               "pairs/kept": int(keep.sum()), "pairs/tied": int((~keep).sum()),
+               "kl/seq": _sample_kl(ro, ref_logprobs, mask),
+               "response/length": mask.sum(1).mean().item(),
+               "response/ended": ro.finished.float().mean().item(),
+               **{k: sum(v) / len(v) for k, v in stats.items()}}
+        if S.task is not None:
+            out["objective/gold"] = sum(S.task.gold_reward(p, c) for p, c in zip(prompts, texts)) / len(texts)
+        return out
+
+    return online_fit(S, params, n_minibatches, update, desc=f"online-{cfg.loss}")
+
+
+def _sample_kl(ro, ref_logprobs, mask) -> float:
+    """KL(π‖π_ref) per response, k1 from the rollout's own log-probs (exact for rollout.temperature=1;
+    at another temperature it measures the tempered sampler against the reference)."""
+    return ((ro.logprobs.to(mask.device) - ref_logprobs) * mask).sum(1).mean().item()

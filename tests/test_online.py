@@ -1,0 +1,225 @@
+"""Online RL end to end on a tiny model: PPO (shared and separate value, LoRA), RLOO, GRPO and online DPO
+run and log; same seed same numbers; resume is exact; reward sources fail clearly; memory stays flat."""
+import json
+import os
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from tinyrlhf.cli import main
+from tinyrlhf.config import GroupConfig, OnlineDPOConfig, PPOConfig, SFTConfig, load_config
+from tinyrlhf.rollout import Rollout
+from tinyrlhf.tasks.generate import write_task_data
+from tinyrlhf.train.group import run_group
+from tinyrlhf.train.online import truncate_at_stop
+from tinyrlhf.train.online_dpo import run_online_dpo
+from tinyrlhf.train.ppo import run_ppo
+from tinyrlhf.train.rl import KLController, RewardSourceError, prompts_for_step, reward_source
+from tinyrlhf.train.sft import run_sft
+
+SMALL = dict(n_train_prompts=80, n_eval_prompts=8, n_pairs=64, n_rankings=4, n_binary=16, n_eval_pairs=8)
+COMMON = ["train.batch_size=8", "train.warmup_steps=0", "train.log_every=1", "train.eval_every=0",
+          "train.save_every=0", "train.progress=false", "eval.n_prompts=8", "eval.max_new_tokens=6",
+          "data.task=family_tree", "train.lr=1e-3"]
+ROLL = ["rollout.prompts_per_step=8", "rollout.max_new_tokens=8"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("online")
+    data = str(root / "data")
+    write_task_data("family_tree", data, seed=0, **SMALL)
+    sft = str(root / "sft")
+    run_sft(load_config(SFTConfig, None, [f"out_dir={sft}", "model.tokenizer_vocab=400", f"data.dir={data}",
+                                          "train.max_steps=4", *COMMON]))
+    # a module with reward callables, importable as 'toy_rewards:...'
+    (root / "toy_rewards.py").write_text(textwrap.dedent("""
+        def length(prompts, completions):
+            return [float(len(c)) / 10 for c in completions]
+        def wrong_shape(prompts, completions):
+            return [0.0]
+        def nan(prompts, completions):
+            return [float("nan")] * len(completions)
+        def boom(prompts, completions):
+            raise RuntimeError("service down")
+        def text(prompts, completions):
+            return "good"
+    """))
+    sys.path.insert(0, str(root))
+    yield root, data, f"{sft}/final"
+    sys.path.remove(str(root))
+
+
+def cfg(cls, root, data, model, name, *extra):
+    return load_config(cls, None, [f"out_dir={root / name}", f"model.path={model}", f"data.dir={data}",
+                                   *COMMON, *ROLL, *extra])
+
+
+def rows(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_ppo_runs_and_logs_every_detail(base):
+    root, data, model = base
+    summary = run_ppo(cfg(PPOConfig, root, data, model, "ppo", "reward=gold", "train.max_steps=3",
+                          "ppo.minibatch_size=4", "ppo.epochs=2"))
+    assert summary["finished"] and summary["steps"] == 3 and summary["episodes"] == 24
+    assert os.path.isfile(root / "ppo" / "final" / "config.json")
+    log = rows(root / "ppo")
+    assert [r["step"] for r in log] == [1, 2, 3]
+    for key in ("objective/scores", "objective/gold", "kl/seq", "kl/coef", "loss/policy", "loss/value",
+                "policy/clipfrac", "policy/approx_kl", "val/clipfrac", "response/length", "rollout/logprob_gap",
+                "ppo/minibatches", "episodes_per_s", "mem/rss_mib"):
+        assert key in log[0], key
+    # the score is the gold reward here, so the two columns must agree exactly
+    assert all(abs(r["objective/scores"] - r["objective/gold"]) < 1e-5 for r in log)
+    # sampling and the trainer's recompute agree on the log-probs of the sampled tokens
+    assert all(r["rollout/logprob_gap"] < 0.1 for r in log)
+    assert log[0]["ppo/minibatches"] == 4  # 2 epochs x (8 episodes / 4), no early stop configured
+    assert "gold/mean" in summary and "kl/ref" in summary
+
+
+def test_ppo_same_seed_same_numbers_and_exact_resume(base):
+    root, data, model = base
+    args = ("reward=gold", "train.max_steps=4", "ppo.minibatch_size=4", "ppo.epochs=1")
+    run_ppo(cfg(PPOConfig, root, data, model, "ppo_a", *args))
+    run_ppo(cfg(PPOConfig, root, data, model, "ppo_b", *args))
+    keys = ("objective/scores", "loss/policy", "loss/value", "kl/seq", "kl/coef")
+    a = [[r[k] for k in keys] for r in rows(root / "ppo_a")]
+    assert a == [[r[k] for k in keys] for r in rows(root / "ppo_b")]
+    first = run_ppo(cfg(PPOConfig, root, data, model, "ppo_r", *args, "train.stop_after=2"))
+    assert not first["finished"] and first["steps"] == 2
+    run_ppo(cfg(PPOConfig, root, data, model, "ppo_r", *args))
+    assert [[r[k] for k in keys] for r in rows(root / "ppo_r")] == a
+    run_ppo(cfg(PPOConfig, root, data, model, "ppo_s1", *args, "seed=1"))
+    assert [[r[k] for k in keys] for r in rows(root / "ppo_s1")] != a
+
+
+def test_adaptive_kl_controller_moves_beta_towards_target():
+    up = KLController(0.1, True, target=1.0, horizon=100)
+    up.update(5.0, 10)  # error clipped at +0.2 -> beta * (1 + 0.2 * 10 / 100)
+    assert up.value == pytest.approx(0.1 * 1.02)
+    down = KLController(0.1, True, target=1.0, horizon=100)
+    down.update(0.5, 10)  # error -0.5 clipped to -0.2
+    assert down.value == pytest.approx(0.1 * 0.98)
+    fixed = KLController(0.1, False, target=1.0, horizon=100)
+    fixed.update(5.0, 10)
+    assert fixed.value == 0.1
+
+
+def test_prompts_for_step_is_a_pure_function_of_step():
+    prompts = [f"p{i}" for i in range(10)]
+    first_epoch = prompts_for_step(prompts, 1, 4, 0) + prompts_for_step(prompts, 2, 4, 0) \
+        + prompts_for_step(prompts, 3, 4, 0)[:2]
+    assert sorted(first_epoch) == sorted(prompts)  # an epoch covers every prompt once
+    assert prompts_for_step(prompts, 3, 4, 0) == prompts_for_step(prompts, 3, 4, 0)
+    assert prompts_for_step(prompts, 1, 4, 0) != prompts_for_step(prompts, 1, 4, 1)
+
+
+def test_truncate_at_stop_token_ends_the_row():
+    ro = Rollout(prompt_ids=torch.zeros(2, 1, dtype=torch.long), prompt_mask=torch.ones(2, 1, dtype=torch.long),
+                 response_ids=torch.tensor([[5, 7, 9, 3], [5, 5, 5, 5]]),
+                 response_mask=torch.ones(2, 4, dtype=torch.long),
+                 logprobs=torch.full((2, 4), -1.0), finished=torch.tensor([False, False]))
+    truncate_at_stop(ro, stop_id=7, pad_id=0)
+    assert ro.response_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert ro.response_ids.tolist() == [[5, 7, 0, 0], [5, 5, 5, 5]]
+    assert ro.logprobs[0].tolist() == [-1.0, -1.0, 0.0, 0.0]
+    assert ro.finished.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("toy_rewards:wrong_shape", "returned shape (1,) for 3 completions"),
+    ("toy_rewards:nan", "non-finite"),
+    ("toy_rewards:boom", "failed: RuntimeError: service down"),
+    ("toy_rewards:text", "not numbers"),
+])
+def test_bad_reward_sources_fail_clearly(base, spec, message):
+    fn, _ = reward_source(spec, None, torch.device("cpu"), "fp32")
+    with pytest.raises(RewardSourceError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        fn(["a", "b", "c"], ["x", "y", "z"])
+
+
+def test_reward_source_specs_are_checked(base, tmp_path):
+    root, _, model = base
+    assert reward_source("toy_rewards:length", None, torch.device("cpu"), "fp32")[0](["p"], ["abcd"]).tolist() \
+        == [pytest.approx(0.4)]
+    with pytest.raises(Exception, match="cannot import"):
+        reward_source("no_such_module_xyz:f", None, torch.device("cpu"), "fp32")
+    with pytest.raises(Exception, match="not 'gold', not a reward run directory"):
+        reward_source(str(tmp_path), None, torch.device("cpu"), "fp32")
+    with pytest.raises(Exception, match="needs data.task"):
+        reward_source("gold", None, torch.device("cpu"), "fp32")
+
+
+def test_cli_reports_a_failing_reward_and_keeps_no_partial_final(base, capsys):
+    root, data, model = base
+    code = main(["ppo", f"out_dir={root / 'ppo_bad'}", f"model.path={model}", f"data.dir={data}", *COMMON, *ROLL,
+                 "reward=toy_rewards:wrong_shape", "train.max_steps=2"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error: reward 'toy_rewards:wrong_shape' returned shape (1,)")
+    assert "Traceback" not in err
+    assert not os.path.exists(root / "ppo_bad" / "final")
+
+
+def test_ppo_lora_uses_no_reference_copy_and_separate_critic(base):
+    root, data, model = base
+    summary = run_ppo(cfg(PPOConfig, root, data, model, "ppo_lora", "reward=toy_rewards:length",
+                          "train.max_steps=2", "lora.enabled=true", "lora.r=4", "ppo.value_model=separate",
+                          "ppo.minibatch_size=8", "ppo.epochs=1"))
+    assert summary["finished"]
+    assert os.path.isfile(root / "ppo_lora" / "final" / "adapter_config.json")
+    log = rows(root / "ppo_lora")
+    assert all(abs(r["kl/seq"]) < 5 for r in log) and log[0]["loss/value"] > 0
+
+
+@pytest.mark.parametrize("algo,extra", [("rloo", []), ("grpo", ["kl_in=loss", "epochs=2"])])
+def test_group_methods_run(base, algo, extra):
+    root, data, model = base
+    summary = run_group(cfg(GroupConfig, root, data, model, algo, f"algo={algo}", "reward=gold", "k=2",
+                            "train.max_steps=2", "minibatch_size=8", *extra))
+    assert summary["finished"] and summary["episodes"] == 2 * 8 * 2
+    log = rows(root / algo)
+    assert "adv/zero_groups" in log[0] and 0 <= log[0]["adv/zero_groups"] <= 1
+    assert ("loss/kl" in log[0]) == (algo == "grpo")
+
+
+def test_group_needs_two_samples(base):
+    root, data, model = base
+    with pytest.raises(Exception, match="k must be >= 2"):
+        run_group(cfg(GroupConfig, root, data, model, "rloo1", "reward=gold", "k=1", "train.max_steps=1"))
+
+
+def test_online_dpo_runs_and_drops_ties(base):
+    root, data, model = base
+    summary = run_online_dpo(cfg(OnlineDPOConfig, root, data, model, "odpo", "reward=toy_rewards:length",
+                                 "train.max_steps=2"))
+    assert summary["finished"] and summary["episodes"] == 2 * 16
+    log = rows(root / "odpo")
+    assert all(r["pairs/kept"] + r["pairs/tied"] == 8 for r in log)
+
+
+def test_memory_stays_flat_over_many_steps(base):
+    """60 PPO steps: resident memory after step 60 is within 25 MiB of what it was after step 15."""
+    root, data, model = base
+    run_ppo(cfg(PPOConfig, root, data, model, "ppo_mem", "reward=gold", "train.max_steps=60",
+                "ppo.minibatch_size=8", "ppo.epochs=1", "rollout.prompts_per_step=4", "rollout.max_new_tokens=6"))
+    rss = {r["step"]: r["mem/rss_mib"] for r in rows(root / "ppo_mem")}
+    assert rss[60] - rss[15] < 25, rss
+
+
+def test_dropout_is_off_in_every_model(base):
+    """RLHF detail: dropout off in policy, reference, reward and value models, even if the config set it."""
+    from tinyrlhf.train.online import open_online
+    from tinyrlhf.train.rl import build_value
+    root, data, model = base
+    S = open_online(cfg(PPOConfig, root, data, model, "ppo_dropout", "reward=gold", "train.max_steps=1",
+                        "model.dropout=0.3"))
+    critic = build_value(S.policy, "separate", "", None, torch.device("cpu"))
+    modules = [S.policy, S.reference, critic]
+    ps = [m.p for mod in modules for m in mod.modules() if isinstance(m, torch.nn.Dropout)]
+    assert ps and all(p == 0.0 for p in ps)
