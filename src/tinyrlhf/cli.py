@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import TinyRLHFError
@@ -69,6 +70,57 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    import dataclasses
+
+    from .config import _coerce, parse_overrides
+    from .eval.evaluate import EvalSettings, evaluate_model, format_report, write_result
+
+    fields = {f.name: f.type for f in dataclasses.fields(EvalSettings)}
+    kwargs = {}
+    for key, value in parse_overrides(args.overrides):
+        if key not in fields:
+            raise TinyRLHFError(f"unknown eval setting '{key}' (valid: {', '.join(fields)})")
+        kwargs[key] = _coerce(value, {"int": int, "float": float, "str": str}[fields[key]], key)
+    judge = None
+    if args.judge == "reward":
+        if not args.reward:
+            raise TinyRLHFError("--judge reward needs --reward (a reward run directory)")
+    if args.judge in ("reward", "chat"):
+        from .eval.judges import ChatJudge, ScoreJudge
+        if args.judge == "chat":
+            judge = ChatJudge(args.judge_url, model=args.judge_model)
+        else:
+            import torch
+
+            from .tasks import get_task
+            from .train.rl import reward_source
+            fn, _ = reward_source(args.reward, get_task(args.task), torch.device("cpu"), "auto")
+            judge = ScoreJudge(lambda p, c: fn(p, c).tolist())
+    result = evaluate_model(args.model, args.task, reward=args.reward or "",
+                            reference=args.reference, judge=judge, settings=EvalSettings(**kwargs))
+    out = args.out or os.path.join(args.model if os.path.isfile(os.path.join(args.model, "config.yaml"))
+                                   else ".", f"eval-{args.task}.json")
+    write_result(result, out)
+    print(format_report(result))
+    print(f"written: {out}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .eval.compare import parse_spec, run_compare
+    from .eval.report import format_table
+
+    spec = parse_spec(args.task, args.methods, args.seeds, args.out or f"runs/compare/{args.task}", args.budget,
+                      args.config_dir, args.eval_prompts, args.overrides)
+    print(f"compare {spec.task}: methods {', '.join(spec.methods)} x {spec.seeds} seed(s), budget {spec.budget} "
+          f"prompts per method -> {spec.out}", flush=True)
+    out = run_compare(spec, log=lambda line: print(line, flush=True))
+    print(format_table(spec, out["results"]))
+    print(f"report: {out['report']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyrlhf", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +129,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("overrides", nargs="*", help="seed=N and task options key=value")
     p.set_defaults(func=_cmd_data)
+    p = sub.add_parser("eval", help="score a model or run on a task's held-out prompts (gold with CI, KL, win rate...)")
+    p.add_argument("model", help="a run directory (its final/ is used) or a Hugging Face model directory")
+    p.add_argument("--task", required=True, help="family_tree or positive_review")
+    p.add_argument("--reward", default="", help="a reward run directory: also report its score")
+    p.add_argument("--reference", default=None,
+                   help="reference model or run for KL and win rate (default: the run's starting model; '' = none)")
+    p.add_argument("--judge", choices=("gold", "reward", "chat"), default="gold", help="who judges the win rate")
+    p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint (or $TINYRLHF_JUDGE_URL)")
+    p.add_argument("--judge-model", default="gpt-4o-mini", help="model name sent to the chat endpoint")
+    p.add_argument("--out", default=None, help="result JSON (default: RUN/eval-TASK.json)")
+    p.add_argument("overrides", nargs="*", help="n_prompts=, max_new_tokens=, temperature=, seed=, data_seed=")
+    p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("compare", help="run and evaluate several methods at an equal budget over seeds; write a report")
+    p.add_argument("--task", required=True, help="family_tree or positive_review")
+    p.add_argument("--methods", default="sft,ppo,dpo,ipo,kto",
+                   help="comma-separated: sft, ppo, rloo, grpo, online-dpo, dpo, ipo, cdpo, hinge, simpo, orpo, kto")
+    p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 (each with its own data, SFT and RM)")
+    p.add_argument("--budget", type=int, default=4800, help="training prompts (pairs, examples or rollout prompts) per method")
+    p.add_argument("--out", default=None, help="output directory (default runs/compare/TASK)")
+    p.add_argument("--config-dir", default="", help="base configs STAGE.yaml (default configs/TASK)")
+    p.add_argument("--eval-prompts", type=int, default=200, help="held-out prompts per evaluation")
+    p.add_argument("overrides", nargs="*", help="STAGE.key=value, e.g. sft.train.max_steps=600 ppo.kl.target=2")
+    p.set_defaults(func=_cmd_compare)
     for name, what in (("sft", "supervised fine-tuning"), ("reward", "reward model (Bradley-Terry)"),
                        ("dpo", "offline preference optimisation: loss=dpo|ipo|cdpo|hinge|simpo|orpo"),
                        ("kto", "KTO on unpaired good/bad feedback"),

@@ -33,6 +33,8 @@ def policy_eval(model, tokenizer, task, cfg, device, seed: int, data_seed: int, 
                 reference: Callable | None = None) -> dict:
     """gold/mean (samples at cfg.temperature), gold/greedy, and kl/ref when `reference(prompts,
     completions) -> (N,) log-probs` is given (the reference's log-probs of the policy's samples)."""
+    if cfg.n_prompts <= 0:  # evaluation off (tinyrlhf compare evaluates final models itself)
+        return {}
     prompts = task.prompts("eval", cfg.n_prompts, data_seed)
     out = {"gold/max": task.max_gold}
     for name, temp in (("gold/mean", cfg.temperature), ("gold/greedy", 0.0)):

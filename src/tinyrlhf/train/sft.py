@@ -18,7 +18,10 @@ from .engine import RunDir, autocast, fit
 
 
 def gold_eval(model, tokenizer, task, cfg, device, seed: int, data_seed: int) -> dict:
-    """Mean gold reward of completions sampled on held-out prompts (temperature from config) and greedy."""
+    """Mean gold reward of completions sampled on held-out prompts (temperature from config) and greedy.
+    eval.n_prompts=0 turns it off (e.g. when `tinyrlhf compare` evaluates the final model itself)."""
+    if cfg.n_prompts <= 0:
+        return {}
     prompts = task.prompts("eval", cfg.n_prompts, data_seed)
     out = {}
     for name, temp in (("gold/mean", cfg.temperature), ("gold/greedy", 0.0)):
@@ -103,7 +106,7 @@ def run_sft(cfg: SFTConfig) -> dict:
         return out
 
     before = _logged_step0(run)
-    if task is not None and not before:
+    if task is not None and not before and cfg.eval.n_prompts > 0:
         before = {f"before/{k}": v for k, v in gold_eval(model, tokenizer, task, cfg.eval, device,
                                                           cfg.seed, cfg.data.seed).items()}
         run.log({"step": 0, **before})
