@@ -117,7 +117,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     n_prompts: int = 200
-    """Held-out prompts sampled for the gold-reward score."""
+    """Held-out prompts sampled for the gold-reward score (0 = no evaluation during or after training)."""
     max_new_tokens: int = 32
     """Longest sampled completion."""
     temperature: float = 1.0
@@ -156,6 +156,12 @@ class RewardConfig(RunConfig):
     """Model dir (e.g. the SFT run's final/) whose samples set the gain/bias (mean 0, std 1); empty = SFT data."""
     normalize_samples: int = 256
     """Completions used to compute the normalisation."""
+    pool: Literal["last", "mean"] = "last"
+    """Where the scalar head reads the trunk: the last token (InstructGPT) or the mean over completion tokens."""
+    logp_feature: bool = False
+    """Add a learned weight (init 1) times the completion's mean token log-prob under the trunk's LM head."""
+    rankings: bool = False
+    """Also train on the task data directory's rankings.jsonl (each K-way ranking expands to K(K-1)/2 pairs)."""
 
 
 # ---------------------------------------------------------------- loading

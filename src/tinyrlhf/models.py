@@ -143,46 +143,87 @@ def save_hf(model, tokenizer, out: str, merge_lora: bool = True):
 # ---------------------------------------------------------------- reward model
 
 class RewardModel(nn.Module):
-    """Causal-LM trunk + linear head read at the last completion token (Ouyang et al. 2022, §3.5).
+    """Causal-LM trunk + scalar head (Ouyang et al. 2022, §3.5).
+
+    pool         where the head reads the trunk: "last" = the last real token (the default, InstructGPT's
+                 choice); "mean" = the mean of the hidden states over the completion tokens (needs
+                 `completion_mask`), so every answer token contributes its own evidence to the reward.
+    logp_feature add `logp_weight` (learned, initialised to 1) times the mean log-prob of the completion
+                 tokens under the trunk's own LM head (needs `completion_mask`). From an SFT trunk this
+                 starts the reward at the length-normalised SFT likelihood, a prior the pairs then refine.
 
     `gain` and `bias` are set after training so rewards on SFT samples have mean 0, std 1
     (Ziegler et al. 2019, §2.2 "reward normalisation")."""
 
-    def __init__(self, lm):
+    POOLS = ("last", "mean")
+
+    def __init__(self, lm, pool: str = "last", logp_feature: bool = False):
         super().__init__()
+        if pool not in self.POOLS:
+            raise ConfigError(f"reward model pool '{pool}' is unknown; valid: {', '.join(self.POOLS)}")
         self.lm = lm
+        self.pool = pool
+        self.logp_feature = logp_feature
         hidden = unwrap(lm).config.hidden_size if hasattr(unwrap(lm).config, "hidden_size") \
             else unwrap(lm).config.n_embd
         self.head = nn.Linear(hidden, 1)
         nn.init.normal_(self.head.weight, std=1 / (hidden + 1) ** 0.5)
         nn.init.zeros_(self.head.bias)
+        if logp_feature:
+            self.logp_weight = nn.Parameter(torch.ones(()))
         self.register_buffer("gain", torch.ones(()))
         self.register_buffer("bias", torch.zeros(()))
 
-    def raw(self, input_ids, attention_mask):
-        """Unnormalised rewards, (B,). Right padding: the last real token is at mask.sum() - 1."""
-        trunk, _ = trunk_and_head(self.lm)
+    @property
+    def needs_completion_mask(self) -> bool:
+        return self.pool != "last" or self.logp_feature
+
+    def raw(self, input_ids, attention_mask, completion_mask=None):
+        """Unnormalised rewards, (B,). Right padding: the last real token is at mask.sum() - 1.
+        `completion_mask` (B, T) marks the completion tokens (EOS included); needed unless pool="last"
+        and logp_feature is off."""
+        if self.needs_completion_mask and completion_mask is None:
+            raise ConfigError("this reward model (pool='mean' or logp_feature) needs completion_mask")
+        trunk, lm_head = trunk_and_head(self.lm)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden = trunk(input_ids=input_ids, attention_mask=attention_mask,
                        position_ids=positions).last_hidden_state  # (B, T, H)
-        last = attention_mask.sum(-1).clamp(min=1) - 1
-        h = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # (B, H)
-        return self.head(h.to(self.head.weight.dtype)).squeeze(-1).float()
+        if self.pool == "last":
+            last = attention_mask.sum(-1).clamp(min=1) - 1
+            h = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # (B, H)
+        else:
+            m = (completion_mask * attention_mask).to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+            h = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        r = self.head(h.to(self.head.weight.dtype)).squeeze(-1).float()
+        if self.logp_feature:
+            target = (completion_mask[:, 1:] * attention_mask[:, 1:]).bool()  # token t+1 predicted at t
+            logits = lm_head(hidden[:, :-1][target]).float()  # completion positions only: (N, V)
+            lp = -nn.functional.cross_entropy(logits, input_ids[:, 1:][target], reduction="none")
+            total = torch.zeros(r.shape, dtype=lp.dtype, device=lp.device)
+            total = total.index_add(0, target.nonzero()[:, 0], lp)
+            r = r + self.logp_weight * total / target.sum(-1).clamp(min=1)
+        return r
 
-    def forward(self, input_ids, attention_mask):
-        return self.raw(input_ids, attention_mask) * self.gain + self.bias
+    def forward(self, input_ids, attention_mask, completion_mask=None):
+        return self.raw(input_ids, attention_mask, completion_mask) * self.gain + self.bias
 
 
 def save_reward_model(rm: RewardModel, tokenizer, out: str):
-    """final/: the trunk as a causal-LM HF directory + reward_head.safetensors + reward_head.json."""
+    """final/: the trunk as a causal-LM HF directory + reward_head.safetensors + reward_head.json
+    (gain, bias and, when not the defaults, pool and logp_feature)."""
     from safetensors.torch import save_file
 
     save_hf(rm.lm, tokenizer, out, merge_lora=True)
-    save_file({"weight": rm.head.weight.detach().float().contiguous(),
-               "bias": rm.head.bias.detach().float().contiguous()},
-              os.path.join(out, "reward_head.safetensors"))
+    tensors = {"weight": rm.head.weight.detach().float().contiguous(),
+               "bias": rm.head.bias.detach().float().contiguous()}
+    if rm.logp_feature:
+        tensors["logp_weight"] = rm.logp_weight.detach().float().reshape(1).contiguous()
+    save_file(tensors, os.path.join(out, "reward_head.safetensors"))
+    meta = {"gain": float(rm.gain), "bias": float(rm.bias)}
+    if rm.pool != "last" or rm.logp_feature:
+        meta.update(pool=rm.pool, logp_feature=rm.logp_feature)
     with open(os.path.join(out, "reward_head.json"), "w") as f:
-        json.dump({"gain": float(rm.gain), "bias": float(rm.bias)}, f, indent=2)
+        json.dump(meta, f, indent=2)
 
 
 def load_reward_model(path: str) -> tuple[RewardModel, object]:
@@ -193,14 +234,16 @@ def load_reward_model(path: str) -> tuple[RewardModel, object]:
     head_file = os.path.join(path, "reward_head.safetensors")
     if not os.path.isfile(head_file):
         raise ConfigError(f"'{path}' is not a reward model directory (no reward_head.safetensors)")
+    with open(os.path.join(path, "reward_head.json")) as f:
+        norm = json.load(f)
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     _set_dropout(lm, 0.0)
-    rm = RewardModel(lm)
+    rm = RewardModel(lm, pool=norm.get("pool", "last"), logp_feature=norm.get("logp_feature", False))
     head = load_file(head_file)
     rm.head.weight.data.copy_(head["weight"])
     rm.head.bias.data.copy_(head["bias"])
-    with open(os.path.join(path, "reward_head.json")) as f:
-        norm = json.load(f)
+    if rm.logp_feature:
+        rm.logp_weight.data.copy_(head["logp_weight"].reshape(()))
     rm.gain.fill_(norm["gain"])
     rm.bias.fill_(norm["bias"])
     return rm.eval(), load_tokenizer(path)

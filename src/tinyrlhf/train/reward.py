@@ -10,6 +10,7 @@ import time
 import torch
 
 from ..config import RewardConfig
+from ..errors import ConfigError
 from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..losses import bradley_terry_loss
 from ..models import RewardModel, add_lora, build_model, load_tokenizer, save_reward_model
@@ -27,7 +28,8 @@ def score(rm: RewardModel, examples, pad_id, device, precision, batch_size=64, r
     for i in range(0, len(examples), batch_size):
         b = {k: v.to(device) for k, v in pad(examples[i:i + batch_size], pad_id).items()}
         with autocast(device, precision):
-            r = rm.raw(b["input_ids"], b["attention_mask"]) if raw else rm(b["input_ids"], b["attention_mask"])
+            args = (b["input_ids"], b["attention_mask"], b["completion_mask"])
+            r = rm.raw(*args) if raw else rm(*args)
         out.append(r.float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -56,15 +58,34 @@ def pair_accuracy(rm, pairs, tokenizer, task, cfg, device) -> dict:
     return out
 
 
+def ranking_pairs(cfg: RewardConfig) -> list:
+    """The pairs of the task data directory's rankings.jsonl (cfg.rankings), truncated like the pairs."""
+    import os
+
+    from ..data.records import pairs_from, read_records
+    from .data import task_data_dir
+    if cfg.data.train_file:
+        raise ConfigError("rankings=true reads the task data directory's rankings.jsonl; "
+                          "with data.train_file give the rankings in that file instead")
+    path = os.path.join(task_data_dir(cfg.data), "rankings.jsonl")
+    if not os.path.isfile(path):
+        raise ConfigError(f"rankings=true but there is no {path}")
+    pairs = pairs_from(read_records(path, "ranking", skip_bad=cfg.data.skip_bad))
+    return pairs[:cfg.data.max_train] if cfg.data.max_train else pairs
+
+
 def run_reward(cfg: RewardConfig) -> dict:
     start = begin_run(cfg, "pair")
     if isinstance(start, dict):
         return start
     run, device, task, t_start = start.run, start.device, start.task, start.t_start
     pairs, eval_pairs, data_metrics = start.train, start.evals[:1000], start.data_metrics
+    if cfg.rankings:
+        pairs = pairs + ranking_pairs(cfg)
+        data_metrics = {**data_metrics, "data/train_pairs": len(pairs)}
 
     lm, tokenizer = build_model(cfg.model, task_corpus(task, cfg.data.seed), seed=cfg.seed)
-    rm = RewardModel(add_lora(lm, cfg.lora)).to(device)
+    rm = RewardModel(add_lora(lm, cfg.lora), pool=cfg.pool, logp_feature=cfg.logp_feature).to(device)
 
     stats = TruncationStats()
     prompts = [p.prompt for p in pairs]
@@ -82,7 +103,7 @@ def run_reward(cfg: RewardConfig) -> dict:
         return batch
 
     def loss_fn(batch):
-        rewards = rm.raw(batch["input_ids"], batch["attention_mask"])  # (2B,)
+        rewards = rm.raw(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])  # (2B,)
         r_chosen, r_rejected = rewards.chunk(2)
         losses, metrics = bradley_terry_loss(r_chosen, r_rejected,
                                              margin=batch["margin"] if has_margin else None)

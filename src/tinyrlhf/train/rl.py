@@ -57,7 +57,7 @@ def reward_source(spec: str, task, device, precision: str, max_length: int = 256
             for i in range(0, len(examples), 64):
                 b = {k: v.to(device) for k, v in pad(examples[i:i + 64], rm_tok.pad_token_id).items()}
                 with autocast(device, precision):
-                    out.append(rm(b["input_ids"], b["attention_mask"]).float().cpu())
+                    out.append(rm(b["input_ids"], b["attention_mask"], b["completion_mask"]).float().cpu())
             return torch.cat(out)
     elif ":" in spec and not os.path.exists(spec):
         module, _, name = spec.partition(":")
