@@ -1,10 +1,13 @@
-"""Offline methods against SFT on family_tree over several seeds: gold reward and KL to the SFT model.
+"""Methods against SFT on family_tree over several seeds: gold reward and KL to the SFT model.
 
     .venv/bin/python experiments/offline_seeds.py --seeds 0 1 2 --methods dpo ipo kto
+    .venv/bin/python experiments/offline_seeds.py --methods ppo rloo --out runs/family_tree/online kl.target=2
 
-Uses the SFT run and task data of `make demo` (runs/family_tree/sft, runs/data/family_tree-seed0);
-each method starts from the same SFT model with its own seed (data order, sampling). Prints mean and
-spread (sample std) per method and the per-seed difference to SFT, evaluated on the same prompts.
+Uses the SFT run, reward run and task data of the family_tree configs (runs/family_tree/sft,
+runs/family_tree/reward, runs/data/family_tree-seed0); each method starts from the same SFT model (and
+the same reward model) with its own seed (data order, sampling). Prints mean and spread (sample std) per
+method and the per-seed difference to SFT, evaluated on the same prompts. Extra key=value arguments
+override every method's config.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import json
 import os
 import statistics
 
+from tinyrlhf.eval.compare import METHODS
 from tinyrlhf.config import KTOConfig, ModelConfig, PreferenceConfig, SFTConfig, load_config
 from tinyrlhf.eval.policy import policy_eval
 from tinyrlhf.models import build_model
@@ -21,6 +25,7 @@ from tinyrlhf.train.kto import run_kto
 from tinyrlhf.train.preference import run_preference
 
 SFT = "runs/family_tree/sft/final"
+ONLINE = {m: v for m, v in METHODS.items() if v[4]}  # methods that sample from the policy
 
 
 def sft_scores(seed: int) -> dict:
@@ -43,7 +48,13 @@ def main():
         rows.append({"method": "sft", "seed": seed, **base})
         for m in args.methods:
             common = [f"seed={seed}", f"out_dir={args.out}/{m}-seed{seed}", "train.progress=false", *overrides]
-            if m == "kto":
+            if m in ONLINE:
+                import importlib
+                config_name, cls, loop, extra, _ = ONLINE[m]
+                module, fn = loop.split(":")
+                run = getattr(importlib.import_module(f"tinyrlhf.train.{module}"), fn)
+                s = run(load_config(cls, f"configs/family_tree/{config_name}.yaml", [*extra, *common]))
+            elif m == "kto":
                 s = run_kto(load_config(KTOConfig, "configs/family_tree/kto.yaml", common))
             else:
                 s = run_preference(load_config(PreferenceConfig, f"configs/family_tree/{m}.yaml"

@@ -41,6 +41,25 @@ def _cmd_data(args) -> int:
     seed = kwargs.pop("seed", 0)
     if not isinstance(seed, int):
         raise TinyRLHFError(f"seed must be an integer, got {seed!r}")
+    if args.from_model:
+        from .tasks.policy_data import write_policy_data
+        if not args.base:
+            raise TinyRLHFError("--from-model needs --base (the task data directory whose annotators and prompts to use)")
+        valid = {"n_prompts": int, "k": int, "temperature": float, "max_new_tokens": int}
+        for key, value in kwargs.items():
+            if key not in valid or not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TinyRLHFError(f"with --from-model: bad option {key}={value!r} (valid: {', '.join(valid)})")
+        manifest = os.path.join(args.base, "manifest.json")
+        base_task = args.task
+        if os.path.isfile(manifest):  # a missing one is reported by write_policy_data
+            with open(manifest) as f:
+                base_task = json.load(f).get("task", args.task)
+        if base_task != args.task:
+            raise TinyRLHFError(f"--base '{args.base}' holds {base_task} data, not {args.task}")
+        counts = write_policy_data(args.from_model, args.base, args.out, seed=seed,
+                                   **{k: valid[k](v) for k, v in kwargs.items()})
+        print(json.dumps(counts, indent=2))
+        return 0
     counts = write_task_data(args.task, args.out, seed=seed, **kwargs)
     print(json.dumps(counts, indent=2))
     return 0
@@ -127,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="write a built-in task's SFT, pair, ranking and binary JSONL files")
     p.add_argument("task", help="family_tree or positive_review")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--from-model", default="", help="pairs and binary labels on THIS model's samples (e.g. the SFT "
+                   "model's final/), judged by the annotators of --base; options n_prompts= k= temperature=")
+    p.add_argument("--base", default="", help="with --from-model: the task data directory to take prompts and annotators from")
     p.add_argument("overrides", nargs="*", help="seed=N and task options key=value")
     p.set_defaults(func=_cmd_data)
     p = sub.add_parser("eval", help="score a model or run on a task's held-out prompts (gold with CI, KL, win rate...)")

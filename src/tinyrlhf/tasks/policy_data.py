@@ -1,0 +1,121 @@
+"""Preference data on the policy's own samples: the SFT model answers each training prompt k times and the
+same simulated annotators (the pool of the base task data) judge two different answers.
+
+    tinyrlhf data family_tree --out runs/data/ft-sftpairs --from-model runs/family_tree/sft/final \\
+        --base runs/data/family_tree-seed0 n_prompts=4000 k=4
+
+This is how InstructGPT collected its comparisons, and what DPO assumes when it sets π_ref = π_SFT
+(Rafailov et al. 2023, §4): the pairs come from the reference policy, not from scripted candidates.
+Written to `out_dir`: pairs.jsonl (two distinct samples of a prompt, ordered by an annotator's
+Bradley-Terry draw), binary.jsonl (one sample per prompt, labelled around the median sample gold), and
+sft.jsonl / eval_prompts.jsonl / eval_pairs.jsonl / rankings.jsonl copied from the base directory, so
+every loop can point data.dir here. A prompt whose k samples are all identical gives no pair (counted).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import statistics
+
+import torch
+
+from ..data.records import BinaryRecord, PairRecord, iter_jsonl, write_records
+from ..errors import ConfigError
+from . import get_task
+from .annotators import Annotator, AnnotatorPool, measured_agreement
+
+COPIED = ("sft.jsonl", "eval_prompts.jsonl", "eval_pairs.jsonl", "rankings.jsonl")
+
+
+def _pool(manifest: dict) -> AnnotatorPool:
+    ann = manifest["annotators"]
+    return AnnotatorPool(tuple(Annotator(a["id"], a["tau"]) for a in ann["pool"]), ann["base_tau"])
+
+
+@torch.no_grad()
+def sample_k(model_dir: str, prompts: list[str], k: int, *, temperature: float, max_new_tokens: int,
+             seed: int, batch_size: int = 64, precision: str = "auto") -> list[list[str]]:
+    """k sampled completions per prompt from a model directory (the project's rollout engine)."""
+    from transformers import AutoModelForCausalLM
+
+    from ..models import load_tokenizer
+    from ..rollout import encode_prompts, generate
+    from ..train.engine import autocast
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    tok = load_tokenizer(model_dir)
+    limit = model.config.max_position_embeddings - max_new_tokens
+    out: list[list[str]] = []
+    per_batch = max(1, batch_size // k)
+    for i in range(0, len(prompts), per_batch):
+        chunk = [p for p in prompts[i:i + per_batch] for _ in range(k)]
+        ids, mask = encode_prompts(tok, chunk, limit)
+        ro = generate(model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, temperature=temperature,
+                      seed=seed * 1_000_003 + i, autocast=lambda: autocast(device, precision))
+        texts = ro.texts(tok)
+        out += [texts[j:j + k] for j in range(0, len(texts), k)]
+    return out
+
+
+def write_policy_data(model_dir: str, base_dir: str, out_dir: str, *, seed: int = 0, n_prompts: int = 4000,
+                      k: int = 4, temperature: float = 1.0, max_new_tokens: int = 24) -> dict:
+    manifest_path = os.path.join(base_dir, "manifest.json")
+    if not os.path.isfile(manifest_path):
+        raise ConfigError(f"--base '{base_dir}': no manifest.json (write it with `tinyrlhf data TASK --out DIR`)")
+    if k < 2 or n_prompts < 1:
+        raise ConfigError(f"need k >= 2 and n_prompts >= 1, got k={k}, n_prompts={n_prompts}")
+    with open(manifest_path) as f:
+        base = json.load(f)
+    task = get_task(base["task"], **base["config"]["task"])
+    pool = _pool(base)
+    prompts = list(dict.fromkeys(o["prompt"] for _, o in iter_jsonl(os.path.join(base_dir, "sft.jsonl"))))
+    prompts = prompts[:n_prompts]
+    samples = sample_k(model_dir, prompts, k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+
+    rng = random.Random(f"policy_data:{seed}")
+    pairs, singles, identical = [], [], 0
+    for p, texts in zip(prompts, samples):
+        singles.append((p, texts[0], task.gold_reward(p, texts[0])))
+        distinct = list(dict.fromkeys(t for t in texts if t.strip()))
+        if len(distinct) < 2:
+            identical += 1
+            continue
+        a, b = rng.sample(distinct, 2)
+        ga, gb = task.gold_reward(p, a), task.gold_reward(p, b)
+        ann = pool.pick(rng)
+        if not ann.prefers_first(ga, gb, rng):
+            a, b, ga, gb = b, a, gb, ga
+        pairs.append(PairRecord(p, a, b, None, {"annotator": ann.id, "gold_chosen": round(ga, 6),
+                                                "gold_rejected": round(gb, 6), "source": "policy"}))
+    if not pairs:
+        raise ConfigError(f"all {len(prompts)} prompts gave {k} identical samples: no pairs (raise k or temperature)")
+    threshold = statistics.median(g for *_, g in singles)
+    binary = []
+    for p, c, g in singles:
+        if not c.strip():
+            continue
+        ann = pool.pick(rng)
+        binary.append(BinaryRecord(p, c, ann.is_good(g, threshold, rng),
+                                   {"annotator": ann.id, "gold": round(g, 6), "threshold": round(threshold, 6)}))
+    os.makedirs(out_dir, exist_ok=True)
+    counts = {"pairs": write_records(os.path.join(out_dir, "pairs.jsonl"), pairs),
+              "binary": write_records(os.path.join(out_dir, "binary.jsonl"), binary)}
+    for name in COPIED:
+        if os.path.isfile(os.path.join(base_dir, name)):
+            shutil.copyfile(os.path.join(base_dir, name), os.path.join(out_dir, name))
+    gaps = [(r.meta["gold_chosen"], r.meta["gold_rejected"]) for r in pairs]
+    nonzero = [g for g in gaps if g[0] != g[1]]
+    info = {**base, "source_model": model_dir, "base_dir": base_dir, "policy_data": {
+        "seed": seed, "k": k, "temperature": temperature, "prompts": len(prompts), "identical_samples": identical,
+        "pairs": len(pairs), "zero_gap_pairs": len(gaps) - len(nonzero),
+        "agreement_measured": measured_agreement(nonzero) if nonzero else None,
+        "sample_gold_mean": statistics.fmean(g for *_, g in singles), "binary_threshold": threshold}}
+    tmp = os.path.join(out_dir, f"manifest.json.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, os.path.join(out_dir, "manifest.json"))
+    return {**counts, "identical_samples": identical, "agreement": info["policy_data"]["agreement_measured"]}

@@ -1,0 +1,55 @@
+"""Preference data on a model's own samples, judged by the base data's annotator pool."""
+import json
+import os
+
+import pytest
+
+from tinyrlhf.cli import main
+from tinyrlhf.config import SFTConfig, load_config
+from tinyrlhf.data.records import read_records
+from tinyrlhf.tasks.generate import write_task_data
+from tinyrlhf.tasks.policy_data import write_policy_data
+from tinyrlhf.train.sft import run_sft
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pdata")
+    data = str(root / "data")
+    write_task_data("family_tree", data, seed=0, n_train_prompts=40, n_eval_prompts=8, n_pairs=40,
+                    n_rankings=4, n_binary=8, n_eval_pairs=8)
+    sft = str(root / "sft")
+    run_sft(load_config(SFTConfig, None, [f"out_dir={sft}", "model.tokenizer_vocab=400", "data.task=family_tree",
+                                          f"data.dir={data}", "train.max_steps=2", "train.batch_size=8",
+                                          "train.progress=false", "eval.n_prompts=0"]))
+    return root, data, f"{sft}/final"
+
+
+def test_pairs_come_from_the_model_and_the_base_annotators(base):
+    root, data, model = base
+    out = str(root / "p1")
+    counts = write_policy_data(model, data, out, seed=3, n_prompts=12, k=3, max_new_tokens=6)
+    pairs = read_records(os.path.join(out, "pairs.jsonl"), "pair")
+    base_ids = {a["id"] for a in json.load(open(os.path.join(data, "manifest.json")))["annotators"]["pool"]}
+    assert counts["pairs"] == len(pairs) == 12 - counts["identical_samples"]
+    assert all(p.chosen != p.rejected and p.meta["source"] == "policy" for p in pairs)
+    assert {p.meta["annotator"] for p in pairs} <= base_ids
+    sft_prompts = [json.loads(line)["prompt"] for line in open(os.path.join(data, "sft.jsonl"))][:12]
+    assert {p.prompt for p in pairs} <= set(sft_prompts)
+    assert len(read_records(os.path.join(out, "binary.jsonl"), "binary")) == 12
+    for name in ("sft.jsonl", "eval_pairs.jsonl", "eval_prompts.jsonl", "manifest.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    # same seed -> same bytes; another seed -> other samples
+    write_policy_data(model, data, str(root / "p2"), seed=3, n_prompts=12, k=3, max_new_tokens=6)
+    assert open(os.path.join(out, "pairs.jsonl")).read() == open(str(root / "p2" / "pairs.jsonl")).read()
+    write_policy_data(model, data, str(root / "p3"), seed=4, n_prompts=12, k=3, max_new_tokens=6)
+    assert open(os.path.join(out, "pairs.jsonl")).read() != open(str(root / "p3" / "pairs.jsonl")).read()
+
+
+def test_cli_checks_its_arguments(base, capsys, tmp_path):
+    root, data, model = base
+    args = ["data", "family_tree", "--out", str(tmp_path / "o"), "--from-model", model]
+    assert main(args) == 2 and "needs --base" in capsys.readouterr().err
+    assert main([*args, "--base", str(tmp_path)]) == 2 and "no manifest.json" in capsys.readouterr().err
+    assert main([*args, "--base", data, "k=1"]) == 2 and "need k >= 2" in capsys.readouterr().err
+    assert main([*args, "--base", data, "n_prompts=4", "k=2", "max_new_tokens=4"]) == 0
