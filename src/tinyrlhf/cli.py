@@ -131,7 +131,7 @@ def _cmd_compare(args) -> int:
     from .eval.report import format_table
 
     spec = parse_spec(args.task, args.methods, args.seeds, args.out or f"runs/compare/{args.task}", args.budget,
-                      args.config_dir, args.eval_prompts, args.overrides)
+                      args.config_dir, args.eval_prompts, args.overrides, args.offline_data)
     print(f"compare {spec.task}: methods {', '.join(spec.methods)} x {spec.seeds} seed(s), budget {spec.budget} "
           f"prompts per method -> {spec.out}", flush=True)
     out = run_compare(spec, log=lambda line: print(line, flush=True))
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default runs/compare/TASK)")
     p.add_argument("--config-dir", default="", help="base configs STAGE.yaml (default configs/TASK)")
     p.add_argument("--eval-prompts", type=int, default=200, help="held-out prompts per evaluation")
+    p.add_argument("--offline-data", choices=("policy", "task"), default="policy",
+                   help="offline methods learn from SFT samples judged by the annotators (policy) or the task's pairs")
     p.add_argument("overrides", nargs="*", help="STAGE.key=value, e.g. sft.train.max_steps=600 ppo.kl.target=2")
     p.set_defaults(func=_cmd_compare)
     for name, what in (("sft", "supervised fine-tuning"), ("reward", "reward model (Bradley-Terry)"),

@@ -3,7 +3,9 @@
     tinyrlhf compare --task family_tree --methods sft,ppo,dpo,ipo,kto --seeds 2 --budget 4800
 
 For each seed s it runs what is missing, in order: the task data (seed s), SFT, the reward model (when a
-method needs one), then each method from that seed's SFT model, each for the same number of training
+method needs one), the offline methods' preference data (stage "pairs": the SFT model's own samples judged
+by the simulated annotators, as InstructGPT collected comparisons; --offline-data task uses the task's
+scripted candidate pairs instead), then each method from that seed's SFT model, each for the same number of training
 prompts (`--budget`: preference pairs or binary examples for offline methods, rollout prompts for online
 ones). Every finished run is reused, an interrupted one resumes from its checkpoint, so running the
 command again after an interruption continues where it stopped. Each final model is scored with
@@ -30,7 +32,8 @@ METHODS = {
     **{loss: ("dpo" if loss != "ipo" else "ipo", C.PreferenceConfig, "preference:run_preference", [f"loss={loss}"],
               False) for loss in ("dpo", "ipo", "cdpo", "hinge", "simpo", "orpo")},
 }
-STAGE_WEIGHT = {"data": 0.1, "sft": 1.0, "reward": 1.0, "eval": 0.15}  # rough relative cost, for the ETA
+STAGE_WEIGHT = {"data": 0.1, "sft": 1.0, "reward": 1.0, "pairs": 0.5, "eval": 0.15}  # rough relative cost (ETA)
+POLICY_PAIRS = {"k": 2, "temperature": 1.0, "max_new_tokens": 24}  # defaults of the "pairs" stage
 METHOD_WEIGHT = {"ppo": 1.0, "rloo": 1.0, "grpo": 1.0, "online-dpo": 0.5}
 
 
@@ -44,10 +47,12 @@ class CompareSpec:
     config_dir: str = ""
     eval_prompts: int = 200
     overrides: tuple[str, ...] = ()  # "stage.key=value", e.g. "sft.train.max_steps=600", "ppo.kl.target=2"
+    offline_data: str = "policy"  # offline methods learn from: "policy" = SFT samples judged by the annotators
+    #                               (stage "pairs"), "task" = the task's scripted candidate pairs
 
 
 def parse_spec(task: str, methods: str, seeds: int, out: str, budget: int, config_dir: str, eval_prompts: int,
-               overrides: list[str]) -> CompareSpec:
+               overrides: list[str], offline_data: str = "policy") -> CompareSpec:
     from ..tasks import task_names
     if task not in task_names():
         raise ConfigError(f"unknown task '{task}' (valid: {', '.join(task_names())})")
@@ -58,7 +63,9 @@ def parse_spec(task: str, methods: str, seeds: int, out: str, budget: int, confi
     if seeds < 1 or budget < 1 or eval_prompts < 1:
         raise ConfigError("--seeds, --budget and --eval-prompts must be >= 1")
     config_dir = config_dir or os.path.join("configs", task)
-    stages = {"data", "sft", "reward", *METHODS}
+    if offline_data not in ("policy", "task"):
+        raise ConfigError(f"--offline-data must be 'policy' or 'task', got '{offline_data}'")
+    stages = {"data", "sft", "reward", "pairs", *METHODS}
     for o in overrides:
         stage = o.split(".", 1)[0]
         if "=" not in o or "." not in o.split("=", 1)[0] or stage not in stages:
@@ -66,7 +73,7 @@ def parse_spec(task: str, methods: str, seeds: int, out: str, budget: int, confi
     if "sft" not in names:
         names.insert(0, "sft")  # the baseline every comparison is made against
     return CompareSpec(task, tuple(dict.fromkeys(names)), seeds, out, budget, config_dir, eval_prompts,
-                       tuple(overrides))
+                       tuple(overrides), offline_data)
 
 
 def _stage_overrides(spec: CompareSpec, stage: str) -> list[str]:
@@ -88,9 +95,11 @@ def _steps_for_budget(cfg, method: str, budget: int) -> tuple[int, int]:
 
 def plan(spec: CompareSpec) -> list[tuple[int, str]]:
     needs_rm = any(METHODS[m][4] for m in spec.methods if m != "sft")
+    needs_pairs = spec.offline_data == "policy" and any(not METHODS[m][4] for m in spec.methods if m != "sft")
     stages = []
     for seed in range(spec.seeds):
         stages += [(seed, "data"), (seed, "sft")] + ([(seed, "reward")] if needs_rm else [])
+        stages += [(seed, "pairs")] if needs_pairs else []
         stages += [(seed, m) for m in spec.methods if m != "sft"]
         stages += [(seed, f"eval:{m}") for m in spec.methods]
     return stages
@@ -118,9 +127,18 @@ def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
         from ..train.reward import run_reward
         return run_reward(_config(spec, "reward", C.RewardConfig, [
             f"out_dir={root}/reward", f"model.path={sft_final}", f"normalize_on={sft_final}", *common]))
+    pairs_dir = os.path.join(spec.out, f"pairs-seed{seed}")
+    if stage == "pairs":
+        from ..tasks.policy_data import write_policy_data
+        if os.path.isfile(os.path.join(pairs_dir, "manifest.json")):
+            return {"reused": True}
+        opts = {**POLICY_PAIRS, **dict(C.parse_overrides(_stage_overrides(spec, "pairs")))}
+        return write_policy_data(sft_final, data_dir, pairs_dir, seed=seed, n_prompts=spec.budget, **opts)
     if stage.startswith("eval:"):
         return _evaluate(spec, seed, stage.split(":", 1)[1])
     config_name, cls, loop, extra, needs_rm = METHODS[stage]
+    if not needs_rm and spec.offline_data == "policy":
+        common = [c if not c.startswith("data.dir=") else f"data.dir={pairs_dir}" for c in common]
     args = [f"out_dir={root}/{stage}", f"model.path={sft_final}", *common, *extra]
     if needs_rm:
         args.append(f"reward={root}/reward")

@@ -175,7 +175,10 @@ def write_report(spec, results: dict) -> str:
     lines = [f"# Method comparison on `{spec.task}`", "",
              f"Seeds: {spec.seeds}. Budget: **{spec.budget} training prompts per method** (preference pairs or "
              f"binary examples for offline methods; rollout prompts for online ones; RLOO/GRPO sample several "
-             f"completions per prompt and online DPO two). Evaluation: {spec.eval_prompts} held-out prompts per "
+             f"completions per prompt and online DPO two). Offline methods learn from "
+             + ("the SFT model's own samples judged by the simulated annotators" if spec.offline_data == "policy"
+                else "the task's scripted candidate pairs") + "; the reward model from the task's annotated pairs. "
+             f"Evaluation: {spec.eval_prompts} held-out prompts per "
              "seed, one sample each at T=1, gold judge, against the same seed's SFT model.", "",
              "| method | gold (mean of seeds) | per seed | Δ vs SFT [95% CI] | KL to SFT | win rate vs SFT [95% CI] | RM score |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
