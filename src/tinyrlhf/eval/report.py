@@ -95,6 +95,15 @@ def _overoptimised(curves: list[list[dict]]) -> dict | None:
     return {"proxy_change": proxy, "gold_change": gold, "flag": proxy > 0 and gold < 0}
 
 
+def _smooth(ys: list[float], window: int = 5) -> list[float]:
+    """Trailing moving average, so the trend of noisy per-batch rewards is visible."""
+    out = []
+    for i in range(len(ys)):
+        part = ys[max(0, i - window + 1):i + 1]
+        out.append(sum(part) / len(part))
+    return out
+
+
 def _plots(spec, results: dict) -> dict:
     import matplotlib
     matplotlib.use("Agg")
@@ -145,11 +154,12 @@ def _plots(spec, results: dict) -> dict:
         for m, runs in results["curves"].items():
             for j, c in enumerate(runs):
                 steps = [r["step"] for r in c]
-                kw = dict(color=colors[m], alpha=0.8, label=m if j == 0 else None)
-                axes[0].plot(steps, [r.get("objective/scores") for r in c], **kw)
-                axes[1].plot(steps, [r.get("objective/gold") for r in c], **kw)
+                for ax, key in ((axes[0], "objective/scores"), (axes[1], "objective/gold")):
+                    ys = [r.get(key, float("nan")) for r in c]
+                    ax.plot(steps, ys, color=colors[m], alpha=0.25, lw=0.8)  # raw: one rollout batch per point
+                    ax.plot(steps, _smooth(ys), color=colors[m], lw=2, label=m if j == 0 else None)
         axes[0].set_title("proxy reward (reward model) of rollouts")
-        axes[1].set_title("gold reward of the same rollouts")
+        axes[1].set_title("gold of the same rollouts (thick: 5-step mean)")
         for ax in axes:
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
@@ -190,7 +200,9 @@ def write_report(spec, results: dict) -> str:
         rm = f"{e['rm_score']:.3f}" if "rm_score" in e else "–"
         per_seed = ", ".join(f"{g:.3f}" for g in e["gold_per_seed"])
         lines.append(f"| {m} | {e['gold']:.3f} | {per_seed} | {delta} | {e['kl']:.3f} | {win} | {rm} |")
-    lines += ["", "\\* the paired 95 % CI of the gold difference excludes 0.", "", "## What the numbers say", ""]
+    lines += ["", "\\* the paired 95 % CI of the gold difference excludes 0. The CIs resample held-out prompts "
+              "(pooled over seeds); they do not contain the seed-to-seed spread, which the per-seed column shows.",
+              "", "## What the numbers say", ""]
     lines += [_sentence(m, ms[m]) for m in spec.methods if m != "sft"]
     flagged = [m for m in spec.methods if (ms[m].get("overoptimised") or {}).get("flag")]
     for m in spec.methods:
