@@ -112,3 +112,7 @@ def test_compare_runs_resumes_and_reports(tmp_path, monkeypatch):
     for png in ("frontier.png", "vs_sft.png"):
         assert (out / png).stat().st_size > 1000
     assert (out / "results.csv").read_text().startswith("method,seed,gold")
+    ratings = json.load(open(out / "results.json"))["ratings"]
+    assert ratings["matches"] == 3 * 8  # 3 pairs of methods x 8 prompts x 1 seed
+    assert ratings["bradley_terry"]["sft"]["rating"] == pytest.approx(1000.0)
+    assert set(ratings["elo"]) == {"sft", "dpo", "kto"} and "Bradley–Terry" in report

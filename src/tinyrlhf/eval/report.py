@@ -35,7 +35,7 @@ def _curve(run_dir: str) -> list[dict]:
 
 
 def collect(spec) -> dict:
-    rows, per_prompt, verdict_pool, curves = [], {}, {}, {}
+    rows, per_prompt, verdict_pool, curves, golds = [], {}, {}, {}, {}
     for seed in range(spec.seeds):
         root = os.path.join(spec.out, f"seed{seed}")
         sft_gold = _read_json(os.path.join(root, "sft", f"eval-{spec.task}.json"))["per_prompt"]["gold"]
@@ -44,6 +44,7 @@ def collect(spec) -> dict:
             ev = _read_json(os.path.join(run_dir, f"eval-{spec.task}.json"))
             summary = _read_json(os.path.join(run_dir, "summary.json"))
             gold = ev["per_prompt"]["gold"]
+            golds[(seed, method)] = gold
             per_prompt.setdefault(method, []).extend(g - s for g, s in zip(gold, sft_gold))
             win = ev.get("win_rate", {})
             rows.append({"method": method, "seed": seed, "gold": ev["gold"]["mean"], "gold_low": ev["gold"]["low"],
@@ -72,14 +73,31 @@ def collect(spec) -> dict:
             entry["win_rate"], entry["win_low"], entry["win_high"] = M.win_rate(verdict_pool[method], seed=0)
         entry["overoptimised"] = _overoptimised(curves.get(method, []))
         methods[method] = entry
-    results = {"rows": rows, "methods": methods, "curves": curves}
+    results = {"rows": rows, "methods": methods, "curves": curves, "ratings": _ratings(spec, golds)}
     with open(os.path.join(spec.out, "results.json"), "w") as f:
-        json.dump({"rows": rows, "methods": methods, "budget": spec.budget, "seeds": spec.seeds}, f, indent=2)
+        json.dump({"rows": rows, "methods": methods, "ratings": results["ratings"], "budget": spec.budget,
+                   "seeds": spec.seeds}, f, indent=2)
     with open(os.path.join(spec.out, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=ROW_KEYS)
         w.writeheader()
         w.writerows(rows)
     return results
+
+
+def _ratings(spec, golds: dict) -> dict | None:
+    """Bradley-Terry and Elo ratings (SFT = 1000) from every pair of methods judged by the gold reward on
+    the same held-out prompt and seed: one match per (pair of methods, prompt, seed), ties counted half."""
+    from .ratings import bradley_terry_ratings, elo_ratings
+    if len(spec.methods) < 2:
+        return None
+    matches = []
+    for seed in range(spec.seeds):
+        for i, a in enumerate(spec.methods):
+            for b in spec.methods[i + 1:]:
+                for ga, gb in zip(golds[(seed, a)], golds[(seed, b)]):
+                    matches.append((a, b, 1.0 if ga > gb else 0.0 if ga < gb else 0.5))
+    return {"matches": len(matches), "bradley_terry": bradley_terry_ratings(matches, anchor="sft"),
+            "elo": elo_ratings(matches)}
 
 
 def _overoptimised(curves: list[list[dict]]) -> dict | None:
@@ -213,6 +231,18 @@ def write_report(spec, results: dict) -> str:
                          + (" — **reward-model over-optimisation** (proxy up, gold down)." if o["flag"] else "."))
     if not flagged:
         lines.append("- No run shows proxy up while gold goes down over training.")
+    if results.get("ratings"):
+        r = results["ratings"]
+        lines += ["", f"## Ratings from all pairwise judgments ({r['matches']} matches: every pair of methods on "
+                  "every held-out prompt and seed, gold judge, ties half)", "",
+                  "SFT anchors the Bradley–Terry scale (so its interval has no width). The intervals resample "
+                  "matches as if independent, though each sample plays against every other method: read them "
+                  "as a lower bound on the uncertainty.", "",
+                  "| method | Bradley–Terry (SFT = 1000) [95% CI] | Elo [95% CI] |", "| --- | --- | --- |"]
+        bt, elo = r["bradley_terry"], r["elo"]
+        for m in sorted(spec.methods, key=lambda m: -bt[m]["rating"]):
+            lines.append(f"| {m} | {bt[m]['rating']:.0f} [{bt[m]['low']:.0f}, {bt[m]['high']:.0f}] | "
+                         f"{elo[m]['rating']:.0f} [{elo[m]['low']:.0f}, {elo[m]['high']:.0f}] |")
     lines += ["", "## Plots", ""]
     captions = {"frontier": "Gold reward against KL to the SFT model, one point per run.",
                 "vs_sft": "Gold difference to SFT and win rate against SFT, with 95 % CIs.",
