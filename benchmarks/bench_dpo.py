@@ -38,10 +38,11 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from _common import child_env, run_subprocess, versions  # benchmarks/ is on sys.path (run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET_SPEED, TARGET_RSS = 2.5, 0.6
@@ -204,17 +205,6 @@ def cut_data(meta: dict, method: str, n: int, workdir: str) -> tuple[str, float]
 
 # ---------------------------------------------------------------- parent
 
-def versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    out = []
-    for pkg in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tinyrlhf"):
-        try:
-            out.append(f"{pkg} {version(pkg)}")
-        except PackageNotFoundError:
-            out.append(f"{pkg} (not installed)")
-    return ", ".join(out)
-
-
 def ours_available(method: str) -> bool:
     import importlib.util
     mod = "tinyrlhf.train.preference" if method == "dpo" else "tinyrlhf.train.kto"
@@ -227,28 +217,9 @@ def run_child(side: str, method: str, spec: dict, workdir: str, tag: str, timeou
     log_path = os.path.join(workdir, f"{tag}.log")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", HF_HOME=os.path.join(workdir, "hf_home"), WANDB_DISABLED="true",
-               PYTHONWARNINGS="ignore")
-    t = time.time()
-    with open(log_path, "w") as log:
-        try:
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", side, "--method", method,
-                                   "--spec", spec_path, "--result", result_path],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
-            rc = proc.returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-    wall = time.time() - t
-    if rc == 0 and os.path.isfile(result_path):
-        with open(result_path) as f:
-            return {**json.load(f), "wall_s": wall}
-    with open(log_path) as f:
-        tail = f.read().strip().splitlines()[-15:]
-    print(f"  {tag}: FAILED (exit {rc}); last lines of {log_path}:", file=sys.stderr)
-    for line in tail:
-        print("    " + line, file=sys.stderr)
-    return {"error": f"exit {rc}", "wall_s": wall}
+    env = child_env(workdir)
+    return run_subprocess(__file__, ["--child", side, "--method", method, "--spec", spec_path, "--result",
+                                     result_path], env, log_path, result_path, tag, timeout)
 
 
 def main():

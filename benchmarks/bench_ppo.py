@@ -60,10 +60,11 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
+
+from _common import child_env, run_subprocess, versions  # benchmarks/ is on sys.path (run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET_SPEED, TARGET_RSS = 3.0, 0.5
@@ -310,48 +311,19 @@ def cut_prompts(meta: dict, n: int, workdir: str, preset: str) -> str:
 
 # ---------------------------------------------------------------- parent
 
-def versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    out = []
-    for pkg in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tinyrlhf"):
-        try:
-            out.append(f"{pkg} {version(pkg)}")
-        except PackageNotFoundError:
-            out.append(f"{pkg} (not installed)")
-    return ", ".join(out)
-
-
 def run_child(side: str, spec: dict, workdir: str, tag: str, timeout: int) -> dict:
     spec_path, result_path, log_path = (os.path.join(workdir, f"{tag}.{x}")
                                         for x in ("spec.json", "result.json", "log"))
     with open(spec_path, "w") as f:
         json.dump(spec, f)
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", HF_HOME=os.path.join(workdir, "hf_home"), WANDB_DISABLED="true",
-               PYTHONWARNINGS="ignore", TRL_EXPERIMENTAL_SILENCE="1")
+    env = child_env(workdir, TRL_EXPERIMENTAL_SILENCE="1")
     if spec["threads"]:
         env["OMP_NUM_THREADS"] = str(spec["threads"])
     if side == "trl" and spec["precision"] == "bf16":
         # TRL's PPOTrainer builds its Accelerator() itself: bf16=True alone is ignored
         env["ACCELERATE_MIXED_PRECISION"] = "bf16"
-    t = time.time()
-    with open(log_path, "w") as log:
-        try:
-            rc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", side, "--spec", spec_path,
-                                 "--result", result_path], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-    wall = time.time() - t
-    if rc == 0 and os.path.isfile(result_path):
-        with open(result_path) as f:
-            return {**json.load(f), "wall_s": wall}
-    with open(log_path) as f:
-        tail = f.read().strip().splitlines()[-15:]
-    print(f"  {tag}: FAILED (exit {rc}); last lines of {log_path}:", file=sys.stderr)
-    for line in tail:
-        print("    " + line, file=sys.stderr)
-    return {"error": f"exit {rc}", "wall_s": wall}
+    return run_subprocess(__file__, ["--child", side, "--spec", spec_path, "--result", result_path], env,
+                          log_path, result_path, tag, timeout)
 
 
 PHASES = ("generate", "reward", "reference", "value|old", "upd fwd", "optimizer", "bwd+rest")

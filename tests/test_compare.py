@@ -4,12 +4,10 @@ import os
 
 import pytest
 
+from conftest import tiny_sft
 from tinyrlhf.cli import main
-from tinyrlhf.config import SFTConfig, load_config
 from tinyrlhf.eval import compare as C
 from tinyrlhf.eval.evaluate import EvalSettings, evaluate_model
-from tinyrlhf.tasks.generate import write_task_data
-from tinyrlhf.train.sft import run_sft
 
 TINY_DATA = ["data.n_train_prompts=60", "data.n_pairs=80", "data.n_binary=40", "data.n_rankings=4",
              "data.n_eval_pairs=8", "data.n_eval_prompts=8"]
@@ -20,15 +18,9 @@ TINY = [*TINY_DATA, "sft.train.max_steps=3", "sft.model.tokenizer_vocab=400", "d
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalrun")
-    data = str(root / "data")
-    write_task_data("family_tree", data, seed=0, n_train_prompts=60, n_eval_prompts=8, n_pairs=40,
-                    n_rankings=4, n_binary=8, n_eval_pairs=8)
-    out = str(root / "sft")
-    run_sft(load_config(SFTConfig, None, [f"out_dir={out}", "model.tokenizer_vocab=400", "data.task=family_tree",
-                                          f"data.dir={data}", "train.max_steps=3", "train.batch_size=8",
-                                          "train.progress=false", "eval.n_prompts=0"]))
-    return out
-
+    tiny_sft(root, steps=3, sizes=dict(n_train_prompts=60, n_eval_prompts=8, n_pairs=40, n_rankings=4,
+                                       n_binary=8, n_eval_pairs=8))
+    return str(root / "sft")
 
 def test_eval_against_itself_has_zero_kl_and_only_ties(sft_run):
     s = EvalSettings(n_prompts=12, max_new_tokens=6)

@@ -8,16 +8,15 @@ import textwrap
 import pytest
 import torch
 
+from conftest import tiny_sft
 from tinyrlhf.cli import main
-from tinyrlhf.config import GroupConfig, OnlineDPOConfig, PPOConfig, SFTConfig, load_config
+from tinyrlhf.config import GroupConfig, OnlineDPOConfig, PPOConfig, load_config
 from tinyrlhf.rollout import Rollout
-from tinyrlhf.tasks.generate import write_task_data
 from tinyrlhf.train.group import run_group
 from tinyrlhf.train.online import truncate_at_stop
 from tinyrlhf.train.online_dpo import run_online_dpo
 from tinyrlhf.train.ppo import run_ppo
 from tinyrlhf.train.rl import KLController, RewardSourceError, prompts_for_step, reward_source
-from tinyrlhf.train.sft import run_sft
 
 SMALL = dict(n_train_prompts=80, n_eval_prompts=8, n_pairs=64, n_rankings=4, n_binary=16, n_eval_pairs=8)
 COMMON = ["train.batch_size=8", "train.warmup_steps=0", "train.log_every=1", "train.eval_every=0",
@@ -29,11 +28,7 @@ ROLL = ["rollout.prompts_per_step=8", "rollout.max_new_tokens=8"]
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("online")
-    data = str(root / "data")
-    write_task_data("family_tree", data, seed=0, **SMALL)
-    sft = str(root / "sft")
-    run_sft(load_config(SFTConfig, None, [f"out_dir={sft}", "model.tokenizer_vocab=400", f"data.dir={data}",
-                                          "train.max_steps=4", *COMMON]))
+    data, model = tiny_sft(root, steps=4, sizes=SMALL, extra=("train.warmup_steps=0", "train.lr=1e-3"))
     # a module with reward callables, importable as 'toy_rewards:...'
     (root / "toy_rewards.py").write_text(textwrap.dedent("""
         def length(prompts, completions):
@@ -48,7 +43,7 @@ def base(tmp_path_factory):
             return "good"
     """))
     sys.path.insert(0, str(root))
-    yield root, data, f"{sft}/final"
+    yield root, data, model
     sys.path.remove(str(root))
 
 

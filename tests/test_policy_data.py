@@ -4,26 +4,18 @@ import os
 
 import pytest
 
+from conftest import tiny_sft
 from tinyrlhf.cli import main
-from tinyrlhf.config import SFTConfig, load_config
 from tinyrlhf.data.records import read_records
-from tinyrlhf.tasks.generate import write_task_data
 from tinyrlhf.tasks.policy_data import write_policy_data
-from tinyrlhf.train.sft import run_sft
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("pdata")
-    data = str(root / "data")
-    write_task_data("family_tree", data, seed=0, n_train_prompts=40, n_eval_prompts=8, n_pairs=40,
-                    n_rankings=4, n_binary=8, n_eval_pairs=8)
-    sft = str(root / "sft")
-    run_sft(load_config(SFTConfig, None, [f"out_dir={sft}", "model.tokenizer_vocab=400", "data.task=family_tree",
-                                          f"data.dir={data}", "train.max_steps=2", "train.batch_size=8",
-                                          "train.progress=false", "eval.n_prompts=0"]))
-    return root, data, f"{sft}/final"
-
+    data, model = tiny_sft(root, steps=2, sizes=dict(n_train_prompts=40, n_eval_prompts=8, n_pairs=40,
+                                                     n_rankings=4, n_binary=8, n_eval_pairs=8))
+    return root, data, model
 
 def test_pairs_come_from_the_model_and_the_base_annotators(base):
     root, data, model = base

@@ -181,6 +181,7 @@ def run_compare(spec: CompareSpec, log=print) -> dict:
     stages = plan(spec)
     weight = [STAGE_WEIGHT.get(s.split(":")[0], METHOD_WEIGHT.get(s, 0.3)) for _, s in stages]
     total, done_w, t0 = sum(weight), 0.0, time.time()
+    worked_w = worked_s = 0.0  # stages that really ran (reused ones take no time and would fool the ETA)
     os.makedirs(spec.out, exist_ok=True)
     with open(os.path.join(spec.out, "compare.json"), "w") as f:
         json.dump({k: list(v) if isinstance(v, tuple) else v for k, v in spec.__dict__.items()}, f, indent=2)
@@ -193,9 +194,12 @@ def run_compare(spec: CompareSpec, log=print) -> dict:
         if isinstance(summary, dict) and summary.get("finished") is False:
             raise TinyRLHFError(f"stage '{stage}' (seed {seed}) stopped early; run the command again to continue")
         done_w += w
+        took = time.time() - t
+        if took > 0.5:
+            worked_w, worked_s = worked_w + w, worked_s + took
         elapsed = time.time() - t0
-        eta = elapsed / done_w * (total - done_w)
-        log(f"[{i}/{len(stages)}] seed {seed} {stage:14s} {time.time() - t:6.1f} s   "
+        eta = worked_s / worked_w * (total - done_w) if worked_w else 0.0
+        log(f"[{i}/{len(stages)}] seed {seed} {stage:14s} {took:6.1f} s   "
             f"elapsed {_fmt(elapsed)}   ETA {_fmt(eta)}")
     results = collect(spec)
     report = write_report(spec, results)

@@ -19,7 +19,7 @@ from ..rollout import Rollout, encode_prompts, generate
 from .data import begin_run
 from .engine import autocast, build_optimizer, build_scheduler, current_rss_mib, peak_memory_mib
 from .reference import reference_disabled
-from .rl import KLController, check_finite, frozen_reference, prompts_for_step, reward_source
+from .rl import KLController, check_finite, frozen_reference, reward_source
 from .sft import task_corpus
 
 

@@ -14,7 +14,7 @@ import torch
 from .. import losses as L
 from ..config import PPOConfig
 from .online import micro_batches, open_online, online_fit, sample_and_score, select, step_optimizer
-from .rl import KLController, build_value, check_finite, policy_forward, reference_token_logps
+from .rl import KLController, build_value, check_finite, policy_forward, prompts_for_step, reference_token_logps
 
 
 def run_ppo(cfg: PPOConfig) -> dict:
@@ -31,7 +31,7 @@ def run_ppo(cfg: PPOConfig) -> dict:
     def update(step: int, kl: KLController) -> dict:
         # 1. Rollout: sample responses from the current policy (dropout is off everywhere [details]).
         S.policy.eval()
-        prompts = _prompts(S, step)
+        prompts = prompts_for_step(S.prompts, step, R.prompts_per_step, cfg.seed)
         ro, prompts, texts, scores, raw_scores = sample_and_score(S, prompts, step)
         seqs, plen = ro.sequences(), ro.prompt_ids.shape[1]
         seqs = {k: v.to(S.device) for k, v in seqs.items()}
@@ -105,7 +105,3 @@ def run_ppo(cfg: PPOConfig) -> dict:
     return online_fit(S, params, P.epochs * n_minibatches, update, kl_ctl,
                       modules={"value": value}, desc="ppo")
 
-
-def _prompts(S, step):
-    from .rl import prompts_for_step
-    return prompts_for_step(S.prompts, step, S.cfg.rollout.prompts_per_step, S.cfg.seed)
