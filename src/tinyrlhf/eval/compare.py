@@ -122,7 +122,8 @@ def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
         return write_task_data(spec.task, data_dir, seed=seed, **kwargs)
     if stage == "sft":
         from ..train.sft import run_sft
-        return run_sft(_config(spec, "sft", C.SFTConfig, [f"out_dir={root}/sft", *common]))
+        # SFT keeps its own before/after gold evaluation (the untrained model's score is only known here)
+        return run_sft(_config(spec, "sft", C.SFTConfig, [f"out_dir={root}/sft", *common, "eval.n_prompts=200"]))
     if stage == "reward":
         from ..train.reward import run_reward
         return run_reward(_config(spec, "reward", C.RewardConfig, [
@@ -169,6 +170,23 @@ def _evaluate(spec: CompareSpec, seed: int, method: str) -> dict:
     return {k: v for k, v in result.items() if k != "samples"}
 
 
+def _note(stage: str, summary) -> str:
+    """What a stage measured, for its progress line."""
+    if not isinstance(summary, dict):
+        return ""
+    if stage == "sft" and "gold/mean" in summary:
+        return (f"   gold {summary.get('before/gold/mean', float('nan')):.3f} -> {summary['gold/mean']:.3f} "
+                f"(greedy {summary.get('gold/greedy', float('nan')):.3f})")
+    if stage == "reward" and "eval/accuracy_gold" in summary:
+        return (f"   held-out accuracy vs gold {summary['eval/accuracy_gold']:.3f}, "
+                f"vs labels {summary.get('eval/accuracy_labels', float('nan')):.3f}")
+    if stage == "pairs" and "pairs" in summary:
+        return f"   {summary['pairs']} pairs on SFT samples"
+    if stage.startswith("eval:") and "gold" in summary:
+        return f"   gold {summary['gold']['mean']:.3f} [{summary['gold']['low']:.3f}, {summary['gold']['high']:.3f}]"
+    return ""
+
+
 def _fmt(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -200,7 +218,7 @@ def run_compare(spec: CompareSpec, log=print) -> dict:
         elapsed = time.time() - t0
         eta = worked_s / worked_w * (total - done_w) if worked_w else 0.0
         log(f"[{i}/{len(stages)}] seed {seed} {stage:14s} {took:6.1f} s   "
-            f"elapsed {_fmt(elapsed)}   ETA {_fmt(eta)}")
+            f"elapsed {_fmt(elapsed)}   ETA {_fmt(eta)}{_note(stage, summary)}")
     results = collect(spec)
     report = write_report(spec, results)
     return {"results": results, "report": report}

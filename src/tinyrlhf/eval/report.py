@@ -73,7 +73,8 @@ def collect(spec) -> dict:
             entry["win_rate"], entry["win_low"], entry["win_high"] = M.win_rate(verdict_pool[method], seed=0)
         entry["overoptimised"] = _overoptimised(curves.get(method, []))
         methods[method] = entry
-    results = {"rows": rows, "methods": methods, "curves": curves, "ratings": _ratings(spec, golds)}
+    results = {"rows": rows, "methods": methods, "curves": curves, "ratings": _ratings(spec, golds),
+               "stages": _stages(spec)}
     with open(os.path.join(spec.out, "results.json"), "w") as f:
         json.dump({"rows": rows, "methods": methods, "ratings": results["ratings"], "budget": spec.budget,
                    "seeds": spec.seeds}, f, indent=2)
@@ -82,6 +83,27 @@ def collect(spec) -> dict:
         w.writeheader()
         w.writerows(rows)
     return results
+
+
+def _stages(spec) -> dict:
+    """What SFT, the reward model and the on-policy pairs measured for each seed (for the report)."""
+    out = {}
+    for seed in range(spec.seeds):
+        st, root = {}, os.path.join(spec.out, f"seed{seed}")
+        sft = os.path.join(root, "sft", "summary.json")
+        if os.path.isfile(sft) and "gold/mean" in (s := _read_json(sft)):
+            st["sft"] = f"{s.get('before/gold/mean', float('nan')):.3f} -> {s['gold/mean']:.3f} ({s.get('gold/greedy', float('nan')):.3f})"
+        rm = os.path.join(root, "reward", "summary.json")
+        if os.path.isfile(rm) and "eval/accuracy_gold" in (s := _read_json(rm)):
+            st["reward"] = f"{s['eval/accuracy_gold']:.3f} / {s.get('eval/accuracy_labels', float('nan')):.3f}"
+        pairs = os.path.join(spec.out, f"pairs-seed{seed}", "manifest.json")
+        if os.path.isfile(pairs):
+            p = _read_json(pairs)["policy_data"]
+            st["pairs"] = (f"{p['pairs']} pairs from {p['prompts']} prompts, {p['zero_gap_pairs']} with equal gold, "
+                           f"annotator agreement {p['agreement_measured']:.3f}" if p.get("agreement_measured") else
+                           f"{p['pairs']} pairs")
+        out[seed] = st
+    return out
 
 
 def _ratings(spec, golds: dict) -> dict | None:
@@ -231,6 +253,12 @@ def write_report(spec, results: dict) -> str:
                          + (" — **reward-model over-optimisation** (proxy up, gold down)." if o["flag"] else "."))
     if not flagged:
         lines.append("- No run shows proxy up while gold goes down over training.")
+    if results.get("stages"):
+        lines += ["", "## The shared stages, per seed", "",
+                  "| seed | SFT gold: untrained -> trained (greedy) | reward model accuracy vs gold / vs labels | "
+                  "preference pairs on SFT samples |", "| --- | --- | --- | --- |"]
+        for seed, st in sorted(results["stages"].items()):
+            lines.append(f"| {seed} | {st.get('sft', '–')} | {st.get('reward', '–')} | {st.get('pairs', '–')} |")
     if results.get("ratings"):
         r = results["ratings"]
         lines += ["", f"## Ratings from all pairwise judgments ({r['matches']} matches: every pair of methods on "
