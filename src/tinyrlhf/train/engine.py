@@ -54,9 +54,11 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, extra_params=()):
-    """AdamW; no weight decay on biases and norm weights (1-D tensors)."""
-    params = [p for p in model.parameters() if p.requires_grad] + [p for p in extra_params if p.requires_grad]
+def build_optimizer(model: torch.nn.Module | None, cfg: TrainConfig, extra_params=()):
+    """AdamW over the trainable parameters of `model` (may be None) and `extra_params`; no weight decay
+    on biases and norm weights (1-D tensors)."""
+    own = list(model.parameters()) if model is not None else []
+    params = [p for p in own + list(extra_params) if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},

@@ -115,7 +115,7 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
     steps = cfg.train.max_steps
     if steps < 1:
         raise ConfigError("train.max_steps must be >= 1 for online methods (one step = one rollout batch)")
-    S.optimizer = build_optimizer(torch.nn.Module(), cfg.train, extra_params=params)
+    S.optimizer = build_optimizer(None, cfg.train, extra_params=params)
     S.scheduler = build_scheduler(S.optimizer, cfg.train, steps * updates_per_step)
     modules = {"policy": S.policy, **(modules or {})}
     kl = kl or KLController(0.0, False, 1.0, 1)
