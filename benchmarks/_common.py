@@ -47,3 +47,17 @@ def run_subprocess(script: str, args: list[str], env: dict, log_path: str, resul
     for line in tail:
         print("    " + line, file=sys.stderr)
     return {"error": f"exit {rc}", "wall_s": wall}
+
+
+def timed(phases, fn, label_of, before=None):
+    """Wrap `fn` so each call adds its seconds to `phases` under `label_of(*args)` (None: not counted);
+    `before()` runs first (e.g. to note the memory before the first rollout)."""
+    def wrapped(*args, **kwargs):
+        if before is not None:
+            before()
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        if (label := label_of(*args)) is not None:
+            phases.add(label, time.perf_counter() - t)
+        return out
+    return wrapped

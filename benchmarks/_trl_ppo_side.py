@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
+
+from _common import timed  # benchmarks/ is on sys.path in the child
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -27,21 +28,12 @@ def _time_phases(module, phases, reward_model):
     (get_reward on the critic / on the reward model)."""
     import torch
 
-    def timed(fn, label_of, before=None):
-        def wrapped(*args, **kwargs):
-            if before is not None:
-                before()
-            t = time.perf_counter()
-            out = fn(*args, **kwargs)
-            label = label_of(*args)
-            if label:
-                phases.add(label, time.perf_counter() - t)
-            return out
-        return wrapped
-
-    module.batch_generation = timed(module.batch_generation, lambda *a: "generate", before=phases.first_rollout)
-    module.forward = timed(module.forward, lambda *a: "update forward" if torch.is_grad_enabled() else "reference")
-    module.get_reward = timed(module.get_reward, lambda model, *a: "reward" if model is reward_model else "value")
+    module.batch_generation = timed(phases, module.batch_generation, lambda *a: "generate",
+                                    before=phases.first_rollout)
+    module.forward = timed(phases, module.forward,
+                           lambda *a: "update forward" if torch.is_grad_enabled() else "reference")
+    module.get_reward = timed(phases, module.get_reward,
+                              lambda model, *a: "reward" if model is reward_model else "value")
 
 
 def run_trl(spec: dict, phases):

@@ -162,69 +162,12 @@ def child_main(side: str, spec_path: str, result_path: str):
         from _trl_ppo_side import run_trl
         run_trl(spec, phases)
     else:
+        sys.path.insert(0, HERE)
+        from _ours_ppo_side import run_ours
         run_ours(spec, phases)
     print(f"error: the trainer stopped after fewer than {spec['warmup'] + spec['steps']} rollout batches",
           file=sys.stderr)
     sys.exit(3)
-
-
-def _timed(phases: Phases, fn, label_of, before=None):
-    def wrapped(*args, **kwargs):
-        if before is not None:
-            before()
-        t = time.perf_counter()
-        out = fn(*args, **kwargs)
-        if (label := label_of()) is not None:
-            phases.add(label, time.perf_counter() - t)
-        return out
-    return wrapped
-
-
-def _time_our_phases(phases: Phases):
-    """Wrap the rollout helpers the PPO loop calls by module-level name: generate (in online), the reward
-    function (built by online.reward_source), policy_forward under no_grad (old log-probs + values) and
-    reference_token_logps (in ppo). The rest of a step is the PPO update."""
-    import torch
-
-    from tinyrlhf.train import online, ppo
-
-    online.generate = _timed(phases, online.generate, lambda: "generate", before=phases.first_rollout)
-    inner_source = online.reward_source
-
-    def reward_source(*args, **kwargs):
-        fn, rm = inner_source(*args, **kwargs)
-        return _timed(phases, fn, lambda: "reward"), rm
-
-    online.reward_source = reward_source
-    ppo.policy_forward = _timed(phases, ppo.policy_forward,
-                                lambda: "update forward" if torch.is_grad_enabled() else "old logprobs+values")
-    ppo.reference_token_logps = _timed(phases, ppo.reference_token_logps, lambda: "reference")
-
-
-def run_ours(spec: dict, phases: Phases):
-    from tinyrlhf.config import PPOConfig, load_config
-    from tinyrlhf.train import ppo
-
-    _time_our_phases(phases)
-    b = spec["batch"]
-    overrides = [f"model.path={spec['policy_dir']}", f"reward={spec['ours_reward_dir']}",
-                 f"data.dir={spec['data_dir']}",
-                 f"data.max_length={spec['prompt_tokens'] + spec['response_tokens'] + 8}",
-                 f"out_dir={spec['out_dir']}", "seed=0",
-                 f"train.max_steps={spec['warmup'] + spec['steps']}", f"train.batch_size={b}", "train.grad_accum=1",
-                 "train.lr=3e-6", "train.schedule=linear", "train.warmup_steps=0",
-                 f"train.precision={spec['precision']}", "train.device=cpu", "train.progress=false",
-                 "train.eval_every=0", "train.save_every=0", "train.log_every=1000", "train.resume=false",
-                 f"train.threads={spec['threads']}",
-                 f"rollout.prompts_per_step={b}", f"rollout.max_new_tokens={spec['response_tokens']}",
-                 f"rollout.max_prompt_tokens={spec['prompt_tokens']}", "rollout.temperature=1.0",
-                 "rollout.missing_eos_penalty=0", "kl.coef=0.05", "kl.adaptive=false", "kl.estimator=k1",
-                 f"ppo.epochs={spec['epochs']}", f"ppo.minibatch_size={b}", "ppo.early_stop_kl=0",
-                 "ppo.clip=0.2", "ppo.value_clip=0.2", "ppo.vf_coef=0.1", "ppo.gamma=1.0", "ppo.lam=0.95",
-                 "ppo.whiten_rewards=false", "ppo.whiten_advantages=true", f"ppo.value_model={spec['value']}",
-                 f"lora.enabled={str(spec['lora']).lower()}", "lora.r=16", "lora.alpha=32",
-                 f"model.gradient_checkpointing={str(spec['gradient_checkpointing']).lower()}"]
-    ppo.run_ppo(load_config(PPOConfig, None, overrides))
 
 
 # ---------------------------------------------------------------- setup (parent)
