@@ -87,10 +87,10 @@ def _config(spec: CompareSpec, stage: str, cls, extra: list[str]):
     return C.load_config(cls, path, extra + _stage_overrides(spec, stage))
 
 
-def _steps_for_budget(cfg, method: str, budget: int) -> tuple[int, int]:
-    """(max_steps, prompts per step) so that max_steps * prompts per step ~= budget."""
+def _steps_for_budget(cfg, budget: int) -> int:
+    """max_steps so that max_steps x training prompts per step ~= budget."""
     per_step = cfg.rollout.prompts_per_step if hasattr(cfg, "rollout") else cfg.train.batch_size * cfg.train.grad_accum
-    return max(1, round(budget / per_step)), per_step
+    return max(1, round(budget / per_step))
 
 
 def plan(spec: CompareSpec) -> list[tuple[int, str]]:
@@ -144,7 +144,7 @@ def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
     if needs_rm:
         args.append(f"reward={root}/reward")
     cfg = _config(spec, config_name, cls, args)
-    steps, _ = _steps_for_budget(cfg, stage, spec.budget)
+    steps = _steps_for_budget(cfg, spec.budget)
     cfg = C.replace(cfg, **{"train.max_steps": steps, "train.save_every": max(1, steps // 4),
                            "train.log_every": max(1, steps // 60)})
     module, fn = loop.split(":")

@@ -12,7 +12,6 @@ from ..config import SFTConfig
 from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..logprobs import token_logps
 from ..models import add_lora, build_model, save_hf
-from ..sampling import sample
 from .data import begin_run
 from .engine import RunDir, autocast, fit
 
@@ -20,16 +19,8 @@ from .engine import RunDir, autocast, fit
 def gold_eval(model, tokenizer, task, cfg, device, seed: int, data_seed: int) -> dict:
     """Mean gold reward of completions sampled on held-out prompts (temperature from config) and greedy.
     eval.n_prompts=0 turns it off (e.g. when `tinyrlhf compare` evaluates the final model itself)."""
-    if cfg.n_prompts <= 0:
-        return {}
-    prompts = task.prompts("eval", cfg.n_prompts, data_seed)
-    out = {}
-    for name, temp in (("gold/mean", cfg.temperature), ("gold/greedy", 0.0)):
-        completions = sample(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                             temperature=temp, batch_size=cfg.batch_size, seed=seed, device=device)
-        out[name] = sum(task.gold_reward(p, c) for p, c in zip(prompts, completions)) / len(prompts)
-    out["gold/max"] = task.max_gold
-    return out
+    from ..eval.policy import policy_eval
+    return policy_eval(model, tokenizer, task, cfg, device, seed, data_seed)
 
 
 def task_corpus(task, data_seed: int) -> list[str] | None:
