@@ -28,6 +28,10 @@ What is compared, and how (identical for both sides):
   tinyrlhf computes them once before training (cached). That pass is timed in the child and charged
   to the timed window per example it covered (time / examples x timed examples), so both sides pay
   for one reference forward per example. The table shows the loop time and the charged share apart.
+- Prefix sharing: tinyrlhf (train.share_prompt, on by default) runs each prompt once and its completions
+  (chosen + rejected; KTO's matched + mismatched) on the prompt's key/value cache; TRL runs every
+  prompt+completion as its own row. Same log-probs and gradients (tests/test_grouped.py), less compute,
+  and the saving grows with the prompt's share of the tokens (printed). --no-share-prompt turns it off.
 - tokens/s = timed steps x batch x mean non-pad tokens per example of the training file (DPO:
   chosen + rejected sequences, KTO: the labelled sequence; KL/reference passes are not counted) /
   (loop time + charged reference share). Same formula both sides.
@@ -124,7 +128,8 @@ def run_ours(method: str, spec: dict):
                  f"train.threads={spec['threads']}", f"data.max_length={spec['max_length']}",
                  f"lora.enabled={str(spec['lora']).lower()}", "lora.r=16", "lora.alpha=32",
                  f"model.gradient_checkpointing={str(spec['gradient_checkpointing']).lower()}", "beta=0.1",
-                 f"ref_cache_dir={spec['out_dir']}-ref_cache"]  # fresh per run: no cache hit across runs
+                 f"ref_cache_dir={spec['out_dir']}-ref_cache",
+                 f"train.share_prompt={str(spec['share_prompt']).lower()}"]  # fresh per run: no cache hit across runs
     if method == "dpo":
         from tinyrlhf.config import PreferenceConfig
         from tinyrlhf.train import preference
@@ -189,9 +194,9 @@ def setup(workdir: str, max_length: int) -> dict:
     return meta
 
 
-def cut_data(meta: dict, method: str, n: int, workdir: str) -> tuple[str, float]:
+def cut_data(meta: dict, method: str, n: int, workdir: str) -> tuple[str, float, float]:
     """A data directory holding exactly the first `n` pool records of `method` (what the run consumes),
-    and their mean token count per example."""
+    their mean token count per example, and the share of those tokens that are prompt tokens."""
     name = "pairs.jsonl" if method == "dpo" else "binary.jsonl"
     with open(os.path.join(meta["pool_dir"], name)) as f:
         lines = f.readlines()
@@ -203,7 +208,13 @@ def cut_data(meta: dict, method: str, n: int, workdir: str) -> tuple[str, float]
     with open(os.path.join(out, name), "w") as f:
         f.writelines(lines[:n])
     shutil.copy(os.path.join(meta["pool_dir"], "manifest.json"), os.path.join(out, "manifest.json"))
-    return out, statistics.fmean(json.loads(x)["meta"]["bench_tokens"] for x in lines[:n])
+    from tinyrlhf.models import load_tokenizer
+    tok = load_tokenizer(meta["model_dir"])
+    records = [json.loads(x) for x in lines[:n]]
+    per_example = statistics.fmean(r["meta"]["bench_tokens"] for r in records)
+    seqs = 2 if method == "dpo" else 1
+    prompt = statistics.fmean(len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in records)
+    return out, per_example, seqs * prompt / per_example
 
 
 # ---------------------------------------------------------------- parent
@@ -241,6 +252,8 @@ def main():
                          "2 threads competing with other work stall each other and step times swung 2-4x between "
                          "runs; 1 thread was stable. Use 0 or 2 on an idle machine.")
     ap.add_argument("--sides", default="trl,ours", help="comma list of trl,ours")
+    ap.add_argument("--no-share-prompt", dest="share_prompt", action="store_false",
+                    help="tinyrlhf: one prompt+completion row per sequence, as TRL does (no prefix sharing)")
     ap.add_argument("--workdir", help="keep the model, data and logs here (reused if set up already)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per trainer run")
     ap.add_argument("--child", choices=["trl", "ours"], help=argparse.SUPPRESS)
@@ -274,7 +287,10 @@ def main():
           f"vocab {meta['vocab']}, tinyrlhf BPE tokenizer); torch threads {args.threads or meta['torch_threads']}")
     print("data: family_tree, " + "; ".join(
         f"{m.upper()} {n_examples} {'pairs' if m == 'dpo' else 'binary examples'}, "
-        f"{data[m][1]:.1f} tokens per {'pair (chosen + rejected)' if m == 'dpo' else 'example'}" for m in methods))
+        f"{data[m][1]:.1f} tokens per {'pair (chosen + rejected)' if m == 'dpo' else 'example'} "
+        f"({100 * data[m][2]:.0f}% prompt)" for m in methods))
+    print(f"tinyrlhf prefix sharing (train.share_prompt): {'on' if args.share_prompt else 'off'}: each prompt "
+          "runs once and its completions on its key/value cache, so the saving grows with the prompt share")
     print(f"batch {args.batch}, max_length {args.max_length}, {args.precision} autocast on CPU, "
           f"{args.warmup} warmup + {args.steps} timed optimizer steps per run, gradient checkpointing "
           f"{'on' if args.gradient_checkpointing else 'off'} (both sides)\n")
@@ -294,7 +310,8 @@ def main():
                         "out_dir": os.path.join(workdir, "runs", tag), "batch": args.batch,
                         "warmup": args.warmup, "steps": args.steps, "max_length": args.max_length,
                         "precision": args.precision, "lora": mode == "lora", "threads": args.threads,
-                        "gradient_checkpointing": args.gradient_checkpointing}
+                        "gradient_checkpointing": args.gradient_checkpointing,
+                        "share_prompt": args.share_prompt}
                 shutil.rmtree(spec["out_dir"], ignore_errors=True)
                 shutil.rmtree(spec["out_dir"] + "-ref_cache", ignore_errors=True)
                 load_before = os.getloadavg()[0]

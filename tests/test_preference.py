@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tinyrlhf.config import KTOConfig, PreferenceConfig, SFTConfig, load_config
-from tinyrlhf.data.collate import encode
+from tinyrlhf.data.collate import encode_groups
 from tinyrlhf.errors import DataError
 from tinyrlhf.models import add_lora, build_model
 from tinyrlhf.config import LoRAConfig, ModelConfig
@@ -63,10 +63,10 @@ def test_reference_is_cached_and_reused(base):
     root, data, model_dir = base
     model, tok = build_model(ModelConfig(path=model_dir))
     answers = [" Ann, Bob.", " Bob.", " None."]
-    ex = encode(tok, ["- Cal(m): Ann(f), Bob(m)\nQ: parents of Cal?\nA:"] * 3, answers, 64)
+    ex = encode_groups(tok, ["- Cal(m): Ann(f), Bob(m)\nQ: parents of Cal?\nA:"], [answers], 64)
     cache = str(root / "refcache")
     sums, counts = reference_logps(model, ex, tok.pad_token_id, torch.device("cpu"), "fp32", cache)
-    expected = [len(tok(a, add_special_tokens=False).input_ids) + 1 for a in answers]  # + EOS
+    expected = [[len(tok(a, add_special_tokens=False).input_ids) + 1] for a in answers]  # + EOS
     assert len(os.listdir(cache)) == 1 and counts.tolist() == expected
     with torch.no_grad():  # poison the weights: a cache hit must not recompute
         for p in model.parameters():
@@ -81,7 +81,7 @@ def test_reference_is_cached_and_reused(base):
 def test_lora_reference_is_the_adapter_disabled_network(base):
     root, data, model_dir = base
     model, tok = build_model(ModelConfig(path=model_dir))
-    ex = encode(tok, ["- Cal(m): Ann(f), Bob(m)\nQ: parents of Cal?\nA:"], [" Ann, Bob."], 64)
+    ex = encode_groups(tok, ["- Cal(m): Ann(f), Bob(m)\nQ: parents of Cal?\nA:"], [[" Ann, Bob."]], 64)
     plain, _ = reference_logps(model, ex, tok.pad_token_id, torch.device("cpu"), "fp32", str(root / "c1"))
     lora = add_lora(model, LoRAConfig(enabled=True, r=4))
     with torch.no_grad():  # make the adapters matter
@@ -126,3 +126,21 @@ def test_identical_chosen_and_rejected_is_a_clear_data_error(base, tmp_path):
                    + json.dumps({"prompt": "Q", "chosen": " A.", "rejected": " A."}) + "\n")
     with pytest.raises(DataError, match=r"same.jsonl:2.*identical"):
         run_preference(cfg(PreferenceConfig, root, data, model, "same", f"data.train_file={bad}"))
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_prefix_sharing_trains_like_separate_rows(base, method):
+    """train.share_prompt changes how the work is laid out, not the numbers (fp32: same losses to 1e-5);
+    gradient checkpointing (which turns the KV cache off) falls back to separate rows and runs."""
+    root, data, model = base
+    cls, run = (PreferenceConfig, run_preference) if method == "dpo" else (KTOConfig, run_kto)
+    losses = {}
+    for name, extra in (("on", []), ("off", ["train.share_prompt=false"]),
+                        ("ckpt", ["model.gradient_checkpointing=true"])):
+        run(cfg(cls, root, data, model, f"share-{method}-{name}", "train.precision=fp32", "eval.n_prompts=0",
+                *extra))
+        rows = [json.loads(x) for x in open(root / f"share-{method}-{name}" / "metrics.jsonl")]
+        losses[name] = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses["on"]) == 3
+    assert losses["on"] == pytest.approx(losses["off"], abs=1e-5)
+    assert losses["ckpt"] == pytest.approx(losses["off"], abs=1e-5)

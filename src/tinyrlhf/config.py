@@ -112,6 +112,10 @@ class TrainConfig:
     A random-init preset has had no pretraining; a small weight teaches it to read the prompt."""
     stop_after: int = 0
     """Stop after this many steps, keeping a checkpoint (time-boxed runs: run again to continue)."""
+    share_prompt: bool = True
+    """DPO family, KTO, RLOO/GRPO and online DPO: run each prompt once and its completions on its key/value
+    cache (prefix sharing) instead of prompt+completion per row. Same numbers, less compute when prompts
+    are long; ignored (off) under model.gradient_checkpointing, which disables the cache."""
 
 
 @dataclass(frozen=True)

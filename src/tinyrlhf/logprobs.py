@@ -38,21 +38,86 @@ def token_logps(model, input_ids, attention_mask, completion_mask, *, temperatur
     trunk, head = trunk_and_head(model)
     hidden = trunk(input_ids=input_ids, attention_mask=attention_mask,
                    position_ids=position_ids(attention_mask)).last_hidden_state  # (B, T, H)
-    target_mask = completion_mask[:, 1:].bool()  # token t+1 is predicted at position t
-    h = hidden[:, :-1][target_mask]  # (N, H)
-    targets = input_ids[:, 1:][target_mask]  # (N,)
+    # token t+1 is predicted at position t
+    out = _head_logps(head, hidden[:, :-1], input_ids[:, 1:], completion_mask[:, 1:].bool(), temperature)
+    return (out, hidden) if return_hidden else out
+
+
+def _head_logps(head, predictors, targets, target_mask, temperature: float):
+    """(B, T) fp32 log-probs of `targets` where `target_mask`, 0 elsewhere, from the (B, T, H) hidden
+    states that predict them; the LM head runs on masked rows only, CHUNK_ROWS at a time."""
+    h, tg = predictors[target_mask], targets[target_mask]  # (N, H), (N,)
     vocab = head.weight.shape[0]
     pieces = []
     for i in range(0, h.shape[0], CHUNK_ROWS):
-        hc, tc = h[i:i + CHUNK_ROWS], targets[i:i + CHUNK_ROWS]
+        hc, tc = h[i:i + CHUNK_ROWS], tg[i:i + CHUNK_ROWS]
         if torch.is_grad_enabled() and hc.requires_grad and hc.shape[0] * vocab > RECOMPUTE_ABOVE:
             pieces.append(checkpoint(_chunk_logps, head, hc, tc, temperature, use_reentrant=False))
         else:
             pieces.append(_chunk_logps(head, hc, tc, temperature))
-    flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    out = torch.zeros(target_mask.shape, dtype=torch.float32, device=hidden.device)
-    out = out.masked_scatter(target_mask, flat)
-    return (out, hidden) if return_hidden else out
+    flat = torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
+    out = torch.zeros(target_mask.shape, dtype=torch.float32, device=predictors.device)
+    return out.masked_scatter(target_mask, flat)
+
+
+def _per_prompt(batch) -> int:
+    """k, the completions per prompt of a `pad_groups` batch."""
+    return batch["completion_mask"].shape[0] // max(batch["prompt_mask"].shape[0], 1)
+
+
+def scored_mask(batch):
+    """(B*k, C) bool: completion tokens that get a log-prob (all real ones, except the first token of a
+    row whose prompt is empty: nothing precedes it)."""
+    mask = batch["completion_mask"].bool().clone()
+    if batch["prompt_mask"].shape[1]:
+        last = batch["prompt_mask"][:, -1].bool().repeat_interleave(_per_prompt(batch))
+        mask[:, 0] &= last  # left-padded: the last column is real iff the prompt is not empty
+    else:
+        mask[:, 0] = False
+    return mask
+
+
+def scored_tokens(batch):
+    """(B*k,) number of scored tokens per completion row (the length divisor of SimPO / ORPO)."""
+    return scored_mask(batch).sum(-1)
+
+
+def grouped_token_logps(model, batch, *, share_prompt: bool = True, temperature: float = 1.0):
+    """Per-token log-probs of k completions per prompt (a `collate.pad_groups` batch): (B*k, C), row
+    i*k + j for completion j of prompt i, zero on padding.
+
+    With `share_prompt` the prompt goes through the trunk ONCE and its key/value cache is repeated for
+    its k completions, which then run attending to it (prefix sharing; Wang et al. 2024, "Accelerating
+    Direct Preference Optimization with Prefix Sharing"). Gradients reach the prompt through the cache
+    from every completion, so the result and its gradient equal the k separate prompt+completion
+    forwards, at the cost of P + k*C tokens instead of k*(P + C). Without it (needed under gradient
+    checkpointing, which turns the cache off) each prompt+completion runs as its own row.
+    The first completion token of a row with an empty prompt has no predictor and is not scored,
+    as in `token_logps`."""
+    trunk, head = trunk_and_head(model)
+    pmask, cids, cmask = batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"]
+    p_width = pmask.shape[1]
+    k = _per_prompt(batch)
+    full_mask = torch.cat([pmask.repeat_interleave(k, 0), cmask], 1)
+    targets = scored_mask(batch)
+    if not share_prompt or p_width == 0:
+        ids = torch.cat([batch["prompt_ids"].repeat_interleave(k, 0), cids], 1)
+        hidden = trunk(input_ids=ids, attention_mask=full_mask,
+                       position_ids=position_ids(full_mask)).last_hidden_state
+        if p_width == 0:  # no prompt at all: a placeholder predictor for the (unscored) first tokens
+            hidden = torch.cat([hidden[:, :1], hidden], 1)
+        predictors = hidden[:, max(p_width - 1, 0):-1]
+    else:
+        out = trunk(input_ids=batch["prompt_ids"], attention_mask=pmask, position_ids=position_ids(pmask),
+                    use_cache=True)
+        cache = out.past_key_values
+        # the prompt's keys/values once per completion; repeat_interleave stays in the graph, and its
+        # backward is a sum over the k copies (an index-select's would be a slow scatter-add on CPU)
+        cache.batch_repeat_interleave(k)
+        hidden = trunk(input_ids=cids, attention_mask=full_mask, position_ids=position_ids(full_mask)[:, p_width:],
+                       past_key_values=cache, use_cache=True).last_hidden_state
+        predictors = torch.cat([out.last_hidden_state[:, -1:].repeat_interleave(k, 0), hidden[:, :-1]], 1)
+    return _head_logps(head, predictors, cids, targets, temperature)
 
 
 def sequence_logps(model, batch, *, average: bool = False, temperature: float = 1.0):

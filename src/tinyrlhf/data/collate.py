@@ -64,6 +64,69 @@ def pad(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, t
     return {"input_ids": ids, "attention_mask": attn, "completion_mask": comp}
 
 
+def truncate_group(prompt_ids: list[int], completions: list[list[int]], max_length: int,
+                   stats: TruncationStats | None = None, counted: int | None = None
+                   ) -> tuple[list[int], list[list[int]]]:
+    """Truncate one prompt shared by several completions (a preference pair, KTO's matched and mismatched
+    completion) so that every completion keeps the SAME prompt: the pair compares pi(y_w|x) with
+    pi(y_l|x) under one x. The prompt gets the budget the longest completion leaves it. `stats` counts
+    the first `counted` completions (default all) as examples."""
+    prompt, _ = truncate(prompt_ids, max(completions, key=len), max_length)
+    room = max_length - len(prompt)
+    if stats is not None:
+        counted_cs = completions[:counted]
+        stats.examples += len(counted_cs)
+        stats.prompt_truncated += len(counted_cs) * (len(prompt) < len(prompt_ids))
+        stats.completion_truncated += sum(len(c) > room for c in counted_cs)
+    return prompt, [c[:room] for c in completions]
+
+
+def encode_groups(tokenizer, prompts: list[str], completions: list[list[str]], max_length: int,
+                  stats: TruncationStats | None = None, counted: int | None = None
+                  ) -> list[tuple[list[int], list[list[int]]]]:
+    """Like `encode`, for prompts that each have k completions: [(prompt_ids, [completion_ids] * k)]."""
+    k = len(completions[0]) if completions else 0
+    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+    flat = [c for cs in completions for c in cs]
+    c_ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    eos = [tokenizer.eos_token_id]
+    return [truncate_group(p, [c + eos for c in c_ids[i * k:(i + 1) * k]], max_length, stats, counted)
+            for i, p in enumerate(p_ids)]
+
+
+def pad_groups(groups: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Batch prompts that each have k completions, for `logprobs.grouped_token_logps`.
+
+    prompt_ids / prompt_mask (B, P): prompts LEFT-padded, so every prompt ends at column P-1.
+    completion_ids / completion_mask (B*k, C): completions right-padded; row i*k + j is completion j of
+    prompt i (so `.view(B, k)` of per-row values puts each prompt's completions in one row)."""
+    k = len(groups[0][1])
+    if any(len(cs) != k for _, cs in groups):
+        raise ValueError("every prompt in a group batch needs the same number of completions")
+    p_width = max(len(p) for p, _ in groups)
+    rows = [c for _, cs in groups for c in cs]
+    c_width = max(len(c) for c in rows)
+    pids = torch.full((len(groups), p_width), pad_id, dtype=torch.long)
+    pmask = torch.zeros((len(groups), p_width), dtype=torch.long)
+    for i, (p, _) in enumerate(groups):
+        if p:
+            pids[i, p_width - len(p):] = torch.tensor(p, dtype=torch.long)
+            pmask[i, p_width - len(p):] = 1
+    cids = torch.full((len(rows), c_width), pad_id, dtype=torch.long)
+    cmask = torch.zeros((len(rows), c_width), dtype=torch.long)
+    for r, c in enumerate(rows):
+        cids[r, :len(c)] = torch.tensor(c, dtype=torch.long)
+        cmask[r, :len(c)] = 1
+    return {"prompt_ids": pids, "prompt_mask": pmask, "completion_ids": cids, "completion_mask": cmask}
+
+
+def group_slot(batch: dict[str, torch.Tensor], j: int) -> dict[str, torch.Tensor]:
+    """The k=1 `pad_groups` batch of each prompt's j-th completion."""
+    k = batch["completion_ids"].shape[0] // max(batch["prompt_ids"].shape[0], 1)
+    return {**batch, "completion_ids": batch["completion_ids"][j::k],
+            "completion_mask": batch["completion_mask"][j::k]}
+
+
 @dataclass
 class BatchPlan:
     """Deterministic micro-batches of example indices, bucketed by length so padding is not wasted.

@@ -188,6 +188,15 @@ def total_steps(cfg: TrainConfig, plan: BatchPlan) -> int:
     return max(1, int(cfg.epochs * plan.per_epoch() / cfg.grad_accum))
 
 
+def batch_tokens(batch) -> int:
+    """Tokens of the sequences in a batch: flat rows, or a `pad_groups` batch counted as its k*B
+    prompt+completion sequences (what a tokens/s figure is quoted in, however the prompt is shared)."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    k = batch["completion_mask"].shape[0] // max(batch["prompt_mask"].shape[0], 1)
+    return int(k * batch["prompt_mask"].sum() + batch["completion_mask"].sum())
+
+
 def fit(run: RunDir, model: torch.nn.Module, cfg: TrainConfig, plan: BatchPlan, device: torch.device,
         make_batch: Callable[[list[int]], dict], loss_fn: Callable[[dict], tuple[torch.Tensor, dict]],
         evaluate: Callable[[], dict] | None = None, stop_after: int = 0, desc: str = "train") -> dict:
@@ -226,7 +235,7 @@ def fit(run: RunDir, model: torch.nn.Module, cfg: TrainConfig, plan: BatchPlan, 
                 raise TrainingDiverged(f"loss became {loss.item()} at step {step}; the last good "
                                        f"checkpoint is kept in {run.ckpt}")
             (loss / cfg.grad_accum).backward()
-            tokens += int(batch["attention_mask"].sum())
+            tokens += batch_tokens(batch)
             for k, v in {"loss": loss.detach(), **metrics}.items():
                 window.setdefault(k, []).append(float(v))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else 1e12)

@@ -4,7 +4,8 @@
 
 Each example's reference point z0 comes from MISMATCHED pairs: the prompts of the micro-batch paired
 with other examples' completions (a fixed random pairing per example, drawn once from the seed), scored
-by the policy without gradient and by the reference; z0 = max(0, mean(policy - ref)) (KTO paper, §4.1).
+by the policy and by the reference; z0 = max(0, mean(policy - ref)), detached (KTO paper, §4.1). Each
+prompt runs once, with its matched and mismatched completions on its key/value cache (train.share_prompt).
 Reference log-probs of matched and mismatched pairs are computed once and cached, like for DPO.
 """
 from __future__ import annotations
@@ -16,14 +17,14 @@ import torch
 
 from .. import losses as L
 from ..config import KTOConfig
-from ..data.collate import BatchPlan, TruncationStats, encode, pad
+from ..data.collate import BatchPlan, TruncationStats, encode_groups, group_slot, pad_groups
 from ..errors import DataError
-from ..logprobs import token_logps
+from ..logprobs import grouped_token_logps
 from ..models import add_lora, build_model, save_hf
 from .data import begin_run
 from .engine import fit
 from .preference import policy_evaluator
-from .reference import model_fingerprint, reference_logps
+from .reference import reference_logps
 from .sft import task_corpus
 
 
@@ -48,30 +49,32 @@ def run_kto(cfg: KTOConfig) -> dict:
     stats = TruncationStats()
     prompts, completions = [r.prompt for r in records], [r.completion for r in records]
     other = mismatch(len(records), cfg.seed)
-    matched = encode(tokenizer, prompts, completions, cfg.data.max_length, stats)
-    mismatched = encode(tokenizer, prompts, [completions[j] for j in other], cfg.data.max_length)
+    # prompt i with its own completion and with example other[i]'s: one prompt, two completions
+    groups = encode_groups(tokenizer, prompts, [[c, completions[j]] for c, j in zip(completions, other)],
+                           cfg.data.max_length, stats, counted=1)
     desirable = torch.tensor([r.label for r in records], dtype=torch.bool)
+    share = cfg.train.share_prompt and not cfg.model.gradient_checkpointing
     t_ref = time.time()
-    key = model_fingerprint(model)
-    ref_matched, _ = reference_logps(model, matched, tokenizer.pad_token_id, device, cfg.train.precision,
-                                     cfg.ref_cache_dir, model_key=key)
-    ref_mismatched, _ = reference_logps(model, mismatched, tokenizer.pad_token_id, device,
-                                        cfg.train.precision, cfg.ref_cache_dir, model_key=key)
+    ref, _ = reference_logps(model, groups, tokenizer.pad_token_id, device, cfg.train.precision,
+                             cfg.ref_cache_dir, share_prompt=share)
     t_ref = time.time() - t_ref
-    plan = BatchPlan([len(p) + len(c) for p, c in matched], cfg.train.batch_size, cfg.seed)
+    plan = BatchPlan([len(p) + len(cs[0]) for p, cs in groups], cfg.train.batch_size, cfg.seed)
 
     def make_batch(idx):
-        batch = pad([matched[i] for i in idx], tokenizer.pad_token_id)
-        mis = pad([mismatched[i] for i in idx], tokenizer.pad_token_id)
-        batch.update({f"mis_{k}": v for k, v in mis.items()})
-        batch["ref"], batch["ref_mis"], batch["desirable"] = ref_matched[idx], ref_mismatched[idx], desirable[idx]
+        batch = pad_groups([groups[i] for i in idx], tokenizer.pad_token_id)
+        batch["ref"], batch["ref_mis"], batch["desirable"] = ref[0, idx], ref[1, idx], desirable[idx]
         return batch
 
     def loss_fn(batch):
-        policy = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).sum(-1)
-        with torch.no_grad():  # z0 is a detached estimate: no gradient flows through the mismatched pairs
-            policy_mis = token_logps(model, batch["mis_input_ids"], batch["mis_attention_mask"],
-                                     batch["mis_completion_mask"]).sum(-1)
+        # z0 is a detached estimate, so the mismatched rows carry no gradient into the update. Sharing the
+        # prompt, both completions ride one pass (the mismatched ones cost a few tokens); without it, the
+        # mismatched rows are a whole extra sequence each, so they run without gradient.
+        if share:
+            policy, policy_mis = grouped_token_logps(model, batch).sum(-1).view(-1, 2).unbind(1)
+        else:
+            policy = grouped_token_logps(model, group_slot(batch, 0), share_prompt=False).sum(-1)
+            with torch.no_grad():
+                policy_mis = grouped_token_logps(model, group_slot(batch, 1), share_prompt=False).sum(-1)
         kl = L.kto_reference_point(policy_mis, batch["ref_mis"])
         losses, metrics = L.kto_loss(policy, batch["ref"], batch["desirable"], kl, beta=cfg.beta,
                                      desirable_weight=cfg.desirable_weight,

@@ -2,8 +2,10 @@
 
     tinyrlhf dpo --config configs/family_tree/dpo.yaml loss=ipo beta=0.5
 
-Chosen and rejected go through the policy in ONE forward (a 2B batch). Reference log-probs are
-computed once and cached (train/reference.py); reference-free losses (SimPO, ORPO) compute none.
+Chosen and rejected go through the policy together: their shared prompt once, then both completions as
+one 2B batch on its key/value cache (train.share_prompt; logprobs.grouped_token_logps). Reference
+log-probs are computed once and cached (train/reference.py); reference-free losses (SimPO, ORPO)
+compute none.
 """
 from __future__ import annotations
 
@@ -13,20 +15,21 @@ import torch
 
 from .. import losses as L
 from ..config import PreferenceConfig
-from ..data.collate import BatchPlan, TruncationStats, encode, pad
+from ..data.collate import BatchPlan, TruncationStats, encode_groups, pad_groups
 from ..eval.policy import completion_logps, policy_eval
-from ..logprobs import token_logps
+from ..logprobs import grouped_token_logps, scored_tokens
 from ..models import add_lora, build_model, save_hf
 from .data import begin_run
 from .engine import fit
-from .reference import model_fingerprint, reference_disabled, reference_logps
+from .reference import reference_disabled, reference_logps
 from .sft import task_corpus
 
 
 def _loss(cfg: PreferenceConfig, batch, policy_sums, policy_counts):
-    """Per-example losses and metrics of `cfg.loss`, from the (2B,) policy sums/counts of a batch."""
-    pc, pr = policy_sums.chunk(2)
-    nc, nr = policy_counts.chunk(2)
+    """Per-example losses and metrics of `cfg.loss`, from the (2B,) policy sums/counts of a batch (each
+    pair's chosen row, then its rejected row)."""
+    pc, pr = policy_sums.view(-1, 2).unbind(1)
+    nc, nr = policy_counts.view(-1, 2).unbind(1)
     if cfg.loss == "simpo":  # length-normalised log-probs, no reference (Meng et al. 2024, eq. 6)
         return L.simpo_loss(pc / nc, pr / nr, beta=cfg.beta, gamma=cfg.gamma)
     if cfg.loss == "orpo":  # ORPO: NLL on chosen + odds-ratio term (Hong et al. 2024, eq. 6)
@@ -83,31 +86,27 @@ def run_preference(cfg: PreferenceConfig) -> dict:
     model = add_lora(model, cfg.lora).to(device)
 
     stats = TruncationStats()
-    prompts = [p.prompt for p in pairs]
-    chosen = encode(tokenizer, prompts, [p.chosen for p in pairs], cfg.data.max_length, stats)
-    rejected = encode(tokenizer, prompts, [p.rejected for p in pairs], cfg.data.max_length, stats)
+    # one prompt, two completions: chosen and rejected keep the same (truncated) prompt
+    groups = encode_groups(tokenizer, [p.prompt for p in pairs], [[p.chosen, p.rejected] for p in pairs],
+                           cfg.data.max_length, stats)
+    share = cfg.train.share_prompt and not cfg.model.gradient_checkpointing
     t_ref = time.time()
     if cfg.loss in L.REFERENCE_FREE:
-        ref_chosen = ref_rejected = torch.zeros(len(pairs))
+        ref = torch.zeros(2, len(pairs))
     else:
-        key = model_fingerprint(model)
-        ref_chosen, _ = reference_logps(model, chosen, tokenizer.pad_token_id, device, cfg.train.precision,
-                                        cfg.ref_cache_dir, model_key=key)
-        ref_rejected, _ = reference_logps(model, rejected, tokenizer.pad_token_id, device,
-                                          cfg.train.precision, cfg.ref_cache_dir, model_key=key)
+        ref, _ = reference_logps(model, groups, tokenizer.pad_token_id, device, cfg.train.precision,
+                                 cfg.ref_cache_dir, share_prompt=share)
     t_ref = time.time() - t_ref
-    lengths = [max(len(a[0]) + len(a[1]), len(b[0]) + len(b[1])) for a, b in zip(chosen, rejected)]
-    plan = BatchPlan(lengths, cfg.train.batch_size, cfg.seed)
+    plan = BatchPlan([len(p) + max(map(len, cs)) for p, cs in groups], cfg.train.batch_size, cfg.seed)
 
     def make_batch(idx):
-        batch = pad([chosen[i] for i in idx] + [rejected[i] for i in idx], tokenizer.pad_token_id)
-        batch["ref_chosen"], batch["ref_rejected"] = ref_chosen[idx], ref_rejected[idx]
+        batch = pad_groups([groups[i] for i in idx], tokenizer.pad_token_id)
+        batch["ref_chosen"], batch["ref_rejected"] = ref[0, idx], ref[1, idx]
         return batch
 
-    def loss_fn(batch):
-        tok = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-        counts = batch["completion_mask"][:, 1:].sum(-1).clamp(min=1)  # (2B,)
-        losses, metrics = _loss(cfg, batch, tok.sum(-1), counts)
+    def loss_fn(batch):  # chosen and rejected rows, in one pass over the shared prompts
+        tok = grouped_token_logps(model, batch, share_prompt=share)
+        losses, metrics = _loss(cfg, batch, tok.sum(-1), scored_tokens(batch).clamp(min=1))
         return losses.mean(), metrics
 
     evaluate = policy_evaluator(model, tokenizer, task, cfg, device)

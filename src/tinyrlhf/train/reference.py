@@ -13,8 +13,8 @@ import os
 
 import torch
 
-from ..data.collate import pad
-from ..logprobs import token_logps
+from ..data.collate import pad_groups
+from ..logprobs import grouped_token_logps, scored_tokens
 from ..models import unwrap
 from .engine import autocast
 
@@ -43,12 +43,16 @@ def reference_disabled(model):
 
 
 @torch.no_grad()
-def reference_logps(model, examples, pad_id: int, device, precision: str, cache_dir: str,
-                    batch_size: int = 64, model_key: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of completion-token log-probs, completion token count) per example, (N,) each, under the
-    reference (the model as loaded; adapters disabled). Cached in `cache_dir`. Pass `model_key`
-    (model_fingerprint of the same weights) when calling more than once: hashing 124M weights takes ~1 s."""
-    key = f"{model_key or model_fingerprint(model)}-{data_fingerprint(examples)}-{precision}"
+def reference_logps(model, groups, pad_id: int, device, precision: str, cache_dir: str, *,
+                    share_prompt: bool = True, batch_size: int = 32,
+                    model_key: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion-token log-probs under the reference (the model as loaded; adapters disabled) and
+    the scored-token counts, each (k, N): entry [j, i] is completion j of group i, for `groups` =
+    [(prompt_ids, [completion_ids] * k)] (`collate.encode_groups`). Cached in `cache_dir`. Pass
+    `model_key` (model_fingerprint of the same weights) when calling more than once: hashing 124M
+    weights takes ~1 s."""
+    layout = "shared" if share_prompt else "flat"
+    key = f"{model_key or model_fingerprint(model)}-{data_fingerprint(groups)}-{precision}-{layout}"
     path = os.path.join(cache_dir, f"{key}.pt")
     if os.path.isfile(path):
         cached = torch.load(path)
@@ -56,15 +60,20 @@ def reference_logps(model, examples, pad_id: int, device, precision: str, cache_
     was_training = model.training
     model.eval()
     sums, counts = [], []
+    # batches of similar prompt lengths waste little on padding; results go back to data order below
+    order = sorted(range(len(groups)), key=lambda i: len(groups[i][0]))
     with reference_disabled(model):
-        for i in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in pad(examples[i:i + batch_size], pad_id).items()}
+        for i in range(0, len(order), batch_size):
+            chunk = [groups[j] for j in order[i:i + batch_size]]
+            batch = {k: v.to(device) for k, v in pad_groups(chunk, pad_id).items()}
             with autocast(device, precision):
-                tok = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-            sums.append(tok.sum(-1).float().cpu())
-            counts.append(batch["completion_mask"][:, 1:].sum(-1).cpu())
+                tok = grouped_token_logps(model, batch, share_prompt=share_prompt)
+            sums.append(tok.sum(-1).float().cpu().view(len(chunk), -1).T)  # (k, b)
+            counts.append(scored_tokens(batch).cpu().view(len(chunk), -1).T)
     model.train(was_training)
-    sums, counts = torch.cat(sums), torch.cat(counts)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    sums, counts = torch.cat(sums, 1)[:, inverse], torch.cat(counts, 1)[:, inverse]
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save({"sums": sums, "counts": counts}, tmp)
