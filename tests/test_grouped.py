@@ -141,3 +141,25 @@ def test_reference_pass_returns_data_order_whatever_the_batching(tmp_path):
     assert sums.shape == (2, len(gs))
     assert torch.allclose(sums.T.flatten(), flat_sums(model, gs, 2).detach(), atol=1e-5)
     assert counts.T.flatten().tolist() == [len(c) - (len(p) == 0) for p, cs in gs for c in cs]
+
+
+def test_rollout_groups_score_like_its_sequences():
+    """k samples per prompt from the rollout engine, scored once per prompt, equal token_logps on the
+    rollout's own (prompt + response) rows; rows that are not k per prompt are refused."""
+    from tinyrlhf.rollout import generate
+    model = tiny()
+    g = torch.Generator().manual_seed(0)
+    lens, k = [4, 9, 6], 3
+    P = max(lens)
+    ids, mask = torch.full((len(lens), P), PAD), torch.zeros((len(lens), P), dtype=torch.long)
+    for i, n in enumerate(lens):
+        ids[i, P - n:] = torch.randint(2, V, (n,), generator=g)
+        mask[i, P - n:] = 1
+    ro = generate(model, ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), max_new_tokens=7,
+                  eos_token_id=1, pad_token_id=PAD, seed=3)
+    s = ro.sequences()
+    expected = token_logps(model, s["input_ids"], s["attention_mask"], s["completion_mask"])[:, P - 1:]
+    got = grouped_token_logps(model, ro.groups(k))
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="consecutive samples"):
+        ro.groups(2)

@@ -228,3 +228,18 @@ def test_encode_prompts_keeps_the_end_and_texts_strip_eos():
                 response_mask=torch.ones(2, len(dog) + 1, dtype=torch.long), logprobs=torch.zeros(2, len(dog) + 1),
                 finished=torch.tensor([True, False]))
     assert r.texts(tok) == [" dog ran", " dog ran" + tok.decode([dog[0]])]
+
+
+def test_n_per_prompt_samples_like_repeated_prompts():
+    """k samples per prompt with one prompt pass (its cache repeated) = the prompts repeated k times."""
+    model = tiny_lm(eos_bias=2.0)
+    ids, mask = prompts([3, 9, 5])
+    shared = run(model, ids, mask, n_per_prompt=3, seed=7)
+    repeated = run(model, ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), seed=7)
+    assert torch.equal(shared.prompt_ids, repeated.prompt_ids)
+    assert torch.equal(shared.response_ids, repeated.response_ids)
+    assert torch.equal(shared.response_mask, repeated.response_mask)
+    assert torch.allclose(shared.logprobs, repeated.logprobs, atol=1e-5)
+    assert len(set(map(tuple, shared.response_ids[:3].tolist()))) > 1  # the k samples differ
+    with pytest.raises(ConfigError, match="n_per_prompt"):
+        run(model, ids, mask, n_per_prompt=0)

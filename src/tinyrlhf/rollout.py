@@ -40,6 +40,16 @@ class Rollout:
                 "attention_mask": torch.cat([self.prompt_mask, self.response_mask], dim=1),
                 "completion_mask": comp}
 
+    def groups(self, k: int) -> dict:
+        """The rollout as a `collate.pad_groups` batch for `logprobs.grouped_token_logps`, when its rows are
+        k samples of each prompt, prompt-major (rows i*k .. i*k+k-1 share prompt i): (B/k, P) prompts,
+        (B, R) responses. `grouped_token_logps` of it equals `token_logps(**sequences())[:, P-1:]`."""
+        prompt_ids, prompt_mask = self.prompt_ids[::k], self.prompt_mask[::k]
+        if not torch.equal(prompt_ids.repeat_interleave(k, 0), self.prompt_ids):
+            raise ValueError(f"rollout rows are not {k} consecutive samples per prompt")
+        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+                "completion_ids": self.response_ids, "completion_mask": self.response_mask}
+
     def texts(self, tokenizer) -> list[str]:
         """Decoded responses without the EOS and the padding."""
         out = []
@@ -125,7 +135,7 @@ def _sample(logits, u, temperature: float, top_k: int, top_p: float):
 @torch.no_grad()
 def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_token_id: int, pad_token_id: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-             autocast=contextlib.nullcontext) -> Rollout:
+             autocast=contextlib.nullcontext, n_per_prompt: int = 1) -> Rollout:
     """Sample up to `max_new_tokens` per left-padded prompt, each row stopping at its first EOS.
 
     `logprobs` are the log-probs of the sampled tokens under softmax(logits / temperature) over the FULL
@@ -134,9 +144,15 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_token_i
     untempered log-probs. `autocast` is a factory of a context manager wrapped around the decoding
     (e.g. `lambda: torch.autocast("cpu", torch.bfloat16)`). Reproducible for a `seed` through a private
     generator (the global RNG is untouched); row i's noise depends only on (seed, i, max_new_tokens).
-    Works for any transformers causal LM and peft wrappers: only the model's own forward is called."""
+    Works for any transformers causal LM and peft wrappers: only the model's own forward is called.
+    With `n_per_prompt` = k > 1, each prompt is sampled k times (rows i*k .. i*k+k-1 of the result, as if
+    every prompt had been repeated k times) and its prompt pass runs once: its cache is repeated."""
     _check(model, prompt_mask, max_new_tokens, temperature, top_k, top_p)
+    if n_per_prompt < 1:
+        raise ConfigError(f"n_per_prompt must be >= 1, got {n_per_prompt}")
     device = prompt_ids.device
+    unique_ids, unique_mask = prompt_ids, prompt_mask
+    prompt_ids, prompt_mask = prompt_ids.repeat_interleave(n_per_prompt, 0), prompt_mask.repeat_interleave(n_per_prompt, 0)
     B, P = prompt_ids.shape
     gen = torch.Generator(device=device).manual_seed(seed)
     noise = torch.rand((B, max_new_tokens), generator=gen, device=device)  # row i: the i-th block of one stream
@@ -160,14 +176,23 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_token_i
     # The sampling math upcasts to fp32 first and uses no op that autocast lowers.
     try:
         with autocast():
-            # prefill: positions counted over real tokens, as token_logps counts them
-            out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
+            # prefill: positions counted over real tokens, as token_logps counts them; each distinct
+            # prompt once, its cache and last logits repeated for its n_per_prompt samples
+            out = model(input_ids=unique_ids, attention_mask=unique_mask, position_ids=position_ids(unique_mask),
                         use_cache=True, **keep)
-            cache = out.past_key_values
+            cache, logits = out.past_key_values, out.logits[:, -1]
+            if n_per_prompt > 1:
+                if hasattr(cache, "batch_repeat_interleave"):
+                    cache.batch_repeat_interleave(n_per_prompt)
+                    logits = logits.repeat_interleave(n_per_prompt, 0)
+                else:  # a cache type that cannot repeat rows: prefill every copy
+                    out = model(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                position_ids=position_ids(prompt_mask), use_cache=True, **keep)
+                    cache, logits = out.past_key_values, out.logits[:, -1]
             steps = 0
             for t in range(max_new_tokens):
                 # 3. Sample for every running row; rows already done write pad / 0 (masked out).
-                tok, lp = _sample(out.logits[:, -1], noise[rows, t], temperature, top_k, top_p)
+                tok, lp = _sample(logits, noise[rows, t], temperature, top_k, top_p)
                 resp[rows, t] = torch.where(done, pad_token_id, tok)
                 logps[rows, t] = torch.where(done, 0.0, lp)
                 resp_mask[rows, t] = (~done).long()
@@ -185,7 +210,7 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_token_i
                 out = model(input_ids=torch.where(done, pad_token_id, tok).unsqueeze(-1),
                             attention_mask=attn[:, :P + t + 1], position_ids=next_pos,
                             past_key_values=cache, use_cache=True, **keep)
-                cache = out.past_key_values
+                cache, logits = out.past_key_values, out.logits[:, -1]
                 next_pos = next_pos + 1
     finally:
         model.train(was_training)

@@ -16,8 +16,8 @@ import torch
 from .. import losses as L
 from ..config import GroupConfig
 from ..errors import ConfigError
-from .online import micro_batches, open_online, online_fit, sample_and_score, select, step_optimizer
-from .rl import KLController, check_finite, policy_forward, prompts_for_step, reference_token_logps
+from .online import micro_batches, open_online, online_fit, sample_and_score, step_optimizer
+from .rl import KLController, check_finite, grouped_logps, prompts_for_step, select_groups
 
 
 def run_group(cfg: GroupConfig) -> dict:
@@ -31,32 +31,36 @@ def run_group(cfg: GroupConfig) -> dict:
     n_minibatches = -(-n_episodes // cfg.minibatch_size)
     temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
     advantage_fn = L.rloo_advantages if cfg.algo == "rloo" else L.grpo_advantages
+    share = cfg.train.share_prompt and not cfg.model.gradient_checkpointing
 
     def update(step: int, kl: KLController) -> dict:
         # 1. k responses for each prompt, scored.
         S.policy.eval()
         prompts = prompts_for_step(S.prompts, step, cfg.rollout.prompts_per_step, cfg.seed)
         ro, prompts, texts, scores, raw_scores = sample_and_score(S, prompts, step, n_per_prompt=cfg.k)
-        seqs, plen = {k: v.to(S.device) for k, v in ro.sequences().items()}, ro.prompt_ids.shape[1]
+        groups = {k: v.to(S.device) for k, v in ro.groups(cfg.k).items()}  # each prompt once, k responses
         mask = ro.response_mask.to(S.device).float()
         # 2. Old and reference log-probs (same temperature as sampling).
         with torch.no_grad(), S.autocast():
-            old_logprobs, _ = policy_forward(S.policy, None, seqs, plen, temperature)
-            ref_logprobs = reference_token_logps(S.policy, S.reference, seqs, temperature)[:, plen - 1:]
+            old_logprobs = grouped_logps(S.policy, S.reference, groups, temperature, share)
+            ref_logprobs = grouped_logps(S.policy, S.reference, groups, temperature, share, as_reference=True)
         seq_kl = L.kl_per_token(old_logprobs, ref_logprobs, cfg.kl.estimator).mul(mask).sum(1)   # (B,)
         # 3. Sequence rewards and the group baseline: rows are prompt-major, k consecutive per prompt.
         rewards = scores - kl.value * seq_kl if cfg.kl_in == "reward" else scores
         advantages = advantage_fn(rewards.view(-1, cfg.k)).reshape(-1)                        # (B,)
-        # 4. Policy-gradient epochs (token-level mean of the clipped surrogate).
+        # 4. Policy-gradient epochs (token-level mean of the clipped surrogate). Minibatches are made of
+        # whole groups (minibatch_size and train.batch_size count episodes), so a prompt runs once per pass.
         S.policy.train()
         g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
         stats: dict[str, list[float]] = {}
+        n_prompts = len(advantages) // cfg.k
         for _epoch in range(cfg.epochs):
-            for mb in torch.randperm(len(advantages), generator=g).split(cfg.minibatch_size):
-                for rows, weight in micro_batches(mb, cfg.train.batch_size):
+            for mb in torch.randperm(n_prompts, generator=g).split(max(1, cfg.minibatch_size // cfg.k)):
+                for part, weight in micro_batches(mb, max(1, cfg.train.batch_size // cfg.k)):
+                    sub, rows = select_groups(groups, part.to(S.device))
                     m = mask[rows]
                     with S.autocast():
-                        logprobs, _ = policy_forward(S.policy, None, select(seqs, rows), plen, temperature)
+                        logprobs = grouped_logps(S.policy, None, sub, temperature, share)
                     adv = advantages[rows, None].expand_as(m)
                     pg, pg_m = L.ppo_policy_loss(logprobs, old_logprobs[rows], adv, m, clip=cfg.clip)
                     loss = L.masked_mean(pg, m)

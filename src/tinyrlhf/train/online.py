@@ -81,12 +81,12 @@ def sample_and_score(S: Online, prompts: list[str], step: int, n_per_prompt: int
     """Step 1-2 of every loop: sample `n_per_prompt` responses per prompt and score them.
     Returns (rollout, prompts repeated, response texts, scores (B,) with the missing-EOS penalty, raw scores)."""
     R = S.cfg.rollout
-    prompts = [p for p in prompts for _ in range(n_per_prompt)]
     ids, mask = encode_prompts(S.tokenizer, prompts, R.max_prompt_tokens)
     ro = generate(S.policy, ids.to(S.device), mask.to(S.device), max_new_tokens=R.max_new_tokens,
                   eos_token_id=S.tokenizer.eos_token_id, pad_token_id=S.tokenizer.pad_token_id,
                   temperature=R.temperature, top_k=R.top_k, top_p=R.top_p,
-                  seed=S.cfg.seed * 1_000_003 + step, autocast=S.autocast)
+                  seed=S.cfg.seed * 1_000_003 + step, autocast=S.autocast, n_per_prompt=n_per_prompt)
+    prompts = [p for p in prompts for _ in range(n_per_prompt)]
     if S.stop_id is not None:
         truncate_at_stop(ro, S.stop_id, S.tokenizer.pad_token_id)
     texts = ro.texts(S.tokenizer)

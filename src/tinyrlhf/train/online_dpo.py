@@ -10,8 +10,8 @@ import torch
 
 from .. import losses as L
 from ..config import OnlineDPOConfig
-from .online import micro_batches, open_online, online_fit, sample_and_score, select, step_optimizer
-from .rl import KLController, check_finite, policy_forward, prompts_for_step, reference_token_logps
+from .online import micro_batches, open_online, online_fit, sample_and_score, step_optimizer
+from .rl import KLController, check_finite, grouped_logps, prompts_for_step, select_groups
 
 
 def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
@@ -20,40 +20,37 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
         return S
     params = [p for p in S.policy.parameters() if p.requires_grad]
     n_minibatches = -(-cfg.rollout.prompts_per_step // cfg.minibatch_size)
+    share = cfg.train.share_prompt and not cfg.model.gradient_checkpointing
 
     def update(step: int, kl: KLController) -> dict:
         # 1. Two samples per prompt (rows 2i and 2i+1), scored by the reward source.
         S.policy.eval()
         prompts = prompts_for_step(S.prompts, step, cfg.rollout.prompts_per_step, cfg.seed)
         ro, prompts, texts, scores, raw_scores = sample_and_score(S, prompts, step, n_per_prompt=2)
-        seqs, plen = {k: v.to(S.device) for k, v in ro.sequences().items()}, ro.prompt_ids.shape[1]
+        groups = {k: v.to(S.device) for k, v in ro.groups(2).items()}  # each prompt once, its two responses
         mask = ro.response_mask.to(S.device).float()
         # 2. Chosen = the higher score. A tie carries no preference: that pair is dropped this step.
         pair_scores = scores.view(-1, 2)
         keep = pair_scores[:, 0] != pair_scores[:, 1]
-        first_wins = pair_scores[:, 0] > pair_scores[:, 1]
-        base = torch.arange(len(pair_scores), device=S.device) * 2
-        chosen_rows = torch.where(first_wins, base, base + 1)[keep]
-        rejected_rows = torch.where(first_wins, base + 1, base)[keep]
+        first_wins = (pair_scores[:, 0] > pair_scores[:, 1]).to(S.device)
         # 3. Reference log-probs (the model's own distribution, temperature 1: DPO's π_ref).
         with torch.no_grad(), S.autocast():
-            ref_logprobs = reference_token_logps(S.policy, S.reference, seqs, 1.0)[:, plen - 1:]
-        ref_sums = (ref_logprobs * mask).sum(1)
-        # 4. DPO/IPO steps over the kept pairs, chosen and rejected in one forward.
+            ref_logprobs = grouped_logps(S.policy, S.reference, groups, 1.0, share, as_reference=True)
+        ref_pairs = (ref_logprobs * mask).sum(1).view(-1, 2)  # (prompts, 2)
+        # 4. DPO/IPO steps over the kept pairs, both responses of a prompt in one pass over that prompt.
         S.policy.train()
         stats: dict[str, list[float]] = {}
         loss_fn = L.dpo_loss if cfg.loss == "dpo" else L.ipo_loss
-        pairs = torch.arange(len(chosen_rows), device=S.device)
+        pairs = torch.nonzero(keep).flatten().to(S.device)
         g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
         for mb in pairs[torch.randperm(len(pairs), generator=g).to(S.device)].split(cfg.minibatch_size):
             for part, weight in micro_batches(mb, cfg.train.batch_size):
-                rows = torch.cat([chosen_rows[part], rejected_rows[part]])
+                sub, rows = select_groups(groups, part)
                 with S.autocast():
-                    logprobs, _ = policy_forward(S.policy, None, select(seqs, rows), plen, 1.0)
-                sums = (logprobs * mask[rows]).sum(1)
-                pc, pr = sums.chunk(2)
-                losses, metrics = loss_fn(pc, pr, ref_sums[chosen_rows[part]], ref_sums[rejected_rows[part]],
-                                          beta=cfg.beta)
+                    logprobs = grouped_logps(S.policy, None, sub, 1.0, share)
+                sums = (logprobs * mask[rows]).sum(1).view(-1, 2)
+                pc, pr, rc, rr = _order(sums, first_wins[part]) + _order(ref_pairs[part], first_wins[part])
+                losses, metrics = loss_fn(pc, pr, rc, rr, beta=cfg.beta)
                 loss = losses.mean()
                 check_finite("the DPO loss", loss.detach(), step, S.run.ckpt)
                 (loss * weight).backward()
@@ -72,6 +69,12 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
         return out
 
     return online_fit(S, params, n_minibatches, update, desc=f"online-{cfg.loss}")
+
+
+def _order(pair_values: torch.Tensor, first_wins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) from (n, 2) values of each prompt's two responses."""
+    first, second = pair_values.unbind(1)
+    return torch.where(first_wins, first, second), torch.where(first_wins, second, first)
 
 
 def _sample_kl(ro, ref_logprobs, mask) -> float:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data.collate import encode, pad
 from ..errors import ConfigError, TinyRLHFError
-from ..logprobs import token_logps
+from ..logprobs import grouped_token_logps, token_logps
 from ..models import _set_dropout, load_reward_model, trunk_and_head, unwrap
 from .engine import autocast
 from .reference import reference_disabled
@@ -148,6 +148,33 @@ def reference_token_logps(policy, reference, seqs: dict, temperature: float) -> 
         return out
     return token_logps(reference, seqs["input_ids"], seqs["attention_mask"], seqs["completion_mask"],
                        temperature=temperature)
+
+
+def grouped_logps(policy, reference, groups: dict, temperature: float, share_prompt: bool,
+                  as_reference: bool = False) -> torch.Tensor:
+    """(B, R) response log-probs of a `Rollout.groups` batch under the policy, or with `as_reference`
+    under the reference (the frozen copy, or the policy with its adapters disabled when that is None).
+    Each prompt runs once for its k samples when `share_prompt` (logprobs.grouped_token_logps)."""
+    if not as_reference:
+        return grouped_token_logps(policy, groups, share_prompt=share_prompt, temperature=temperature)
+    if reference is not None:
+        return grouped_token_logps(reference, groups, share_prompt=share_prompt, temperature=temperature)
+    was_training = policy.training
+    policy.eval()
+    with reference_disabled(policy):
+        out = grouped_token_logps(policy, groups, share_prompt=share_prompt, temperature=temperature)
+    policy.train(was_training)
+    return out
+
+
+def select_groups(groups: dict, prompts: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """(sub-batch, completion rows): the part of a `pad_groups` batch holding the given prompts and all k
+    completions of each, and which rows of the whole batch those completions are."""
+    k = groups["completion_ids"].shape[0] // groups["prompt_ids"].shape[0]
+    rows = (prompts[:, None] * k + torch.arange(k, device=prompts.device)).reshape(-1)
+    return ({"prompt_ids": groups["prompt_ids"][prompts], "prompt_mask": groups["prompt_mask"][prompts],
+             "completion_ids": groups["completion_ids"][rows], "completion_mask": groups["completion_mask"][rows]},
+            rows)
 
 
 # ---------------------------------------------------------------- values
