@@ -44,25 +44,22 @@ def _loss(cfg: PreferenceConfig, batch, policy_sums, policy_counts):
 def reference_scorer(model, tokenizer, device, precision):
     """Log-probs under the reference for evaluation KL: the policy with adapters off (LoRA), else the
     starting weights reloaded only for the duration of the call (never kept next to the policy)."""
-    def score(prompts, completions):
-        if hasattr(model, "disable_adapter"):
+    if hasattr(model, "disable_adapter"):
+        def score(prompts, completions):
             with reference_disabled(model):
                 return completion_logps(model, tokenizer, prompts, completions, device, precision)
-        ref = initial()
+        return score
+    path = getattr(model.config, "_name_or_path", "")
+    if not path:
+        return None
+
+    def score_reloaded(prompts, completions):
+        from transformers import AutoModelForCausalLM
+        ref = AutoModelForCausalLM.from_pretrained(path).to(device)
         lp = completion_logps(ref, tokenizer, prompts, completions, device, precision)
         del ref
         return lp
-
-    initial = None
-    if not hasattr(model, "disable_adapter"):
-        path = getattr(model.config, "_name_or_path", "")
-        if not path:
-            return None
-        from transformers import AutoModelForCausalLM
-
-        def initial():
-            return AutoModelForCausalLM.from_pretrained(path).to(device)
-    return score
+    return score_reloaded
 
 
 def policy_evaluator(model, tokenizer, task, cfg, device):
