@@ -8,7 +8,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from tinyrlhf.config import LoRAConfig
-from tinyrlhf.data.collate import TruncationStats, group_slot, pad, pad_groups, truncate_group
+from tinyrlhf.data.collate import TruncationStats, group_slot, pad, pad_groups, truncate, truncate_group
 from tinyrlhf.logprobs import grouped_token_logps, scored_tokens, token_logps
 from tinyrlhf.models import add_lora
 
@@ -128,6 +128,8 @@ def test_truncate_group_keeps_one_prompt_sized_by_the_longest_completion():
     counted = TruncationStats()
     truncate_group(list(range(100)), [[1, 2], list(range(40))], 64, counted, counted=1)
     assert (counted.examples, counted.prompt_truncated, counted.completion_truncated) == (1, 1, 0)
+    anchored = truncate_group(list(range(100)), [[1, 2], list(range(40))], 64, anchor=0)
+    assert anchored == truncate(list(range(100)), [1, 2], 64)[:1] + ([[1, 2], list(range(2))],)
     same = truncate_group([1, 2, 3], [[4], [5]], 64)
     assert same == ([1, 2, 3], [[4], [5]])
 

@@ -65,13 +65,16 @@ def pad(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, t
 
 
 def truncate_group(prompt_ids: list[int], completions: list[list[int]], max_length: int,
-                   stats: TruncationStats | None = None, counted: int | None = None
-                   ) -> tuple[list[int], list[list[int]]]:
+                   stats: TruncationStats | None = None, counted: int | None = None,
+                   anchor: int | None = None) -> tuple[list[int], list[list[int]]]:
     """Truncate one prompt shared by several completions (a preference pair, KTO's matched and mismatched
     completion) so that every completion keeps the SAME prompt: the pair compares pi(y_w|x) with
-    pi(y_l|x) under one x. The prompt gets the budget the longest completion leaves it. `stats` counts
-    the first `counted` completions (default all) as examples."""
-    prompt, _ = truncate(prompt_ids, max(completions, key=len), max_length)
+    pi(y_l|x) under one x. The prompt gets the budget the longest completion leaves it, or with
+    `anchor` the budget completion `anchor` leaves it (that one is then cut exactly as `truncate` would
+    cut it alone; the others are cut to fit). `stats` counts the first `counted` completions (default
+    all) as examples."""
+    sizing = completions[anchor] if anchor is not None else max(completions, key=len)
+    prompt, _ = truncate(prompt_ids, sizing, max_length)
     room = max_length - len(prompt)
     if stats is not None:
         counted_cs = completions[:counted]
@@ -82,15 +85,15 @@ def truncate_group(prompt_ids: list[int], completions: list[list[int]], max_leng
 
 
 def encode_groups(tokenizer, prompts: list[str], completions: list[list[str]], max_length: int,
-                  stats: TruncationStats | None = None, counted: int | None = None
-                  ) -> list[tuple[list[int], list[list[int]]]]:
+                  stats: TruncationStats | None = None, counted: int | None = None,
+                  anchor: int | None = None) -> list[tuple[list[int], list[list[int]]]]:
     """Like `encode`, for prompts that each have k completions: [(prompt_ids, [completion_ids] * k)]."""
     k = len(completions[0]) if completions else 0
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
     flat = [c for cs in completions for c in cs]
     c_ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
     eos = [tokenizer.eos_token_id]
-    return [truncate_group(p, [c + eos for c in c_ids[i * k:(i + 1) * k]], max_length, stats, counted)
+    return [truncate_group(p, [c + eos for c in c_ids[i * k:(i + 1) * k]], max_length, stats, counted, anchor)
             for i, p in enumerate(p_ids)]
 
 

@@ -49,9 +49,10 @@ def run_kto(cfg: KTOConfig) -> dict:
     stats = TruncationStats()
     prompts, completions = [r.prompt for r in records], [r.completion for r in records]
     other = mismatch(len(records), cfg.seed)
-    # prompt i with its own completion and with example other[i]'s: one prompt, two completions
+    # prompt i with its own completion and with example other[i]'s: one prompt, two completions. The
+    # labelled example is truncated as it would be alone (anchor 0); the mismatched one is cut to fit.
     groups = encode_groups(tokenizer, prompts, [[c, completions[j]] for c, j in zip(completions, other)],
-                           cfg.data.max_length, stats, counted=1)
+                           cfg.data.max_length, stats, counted=1, anchor=0)
     desirable = torch.tensor([r.label for r in records], dtype=torch.bool)
     share = cfg.train.share_prompt and not cfg.model.gradient_checkpointing
     t_ref = time.time()
