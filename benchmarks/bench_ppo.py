@@ -39,7 +39,9 @@ What is compared, and how (identical for both sides):
   --precision bf16 gives TRL bf16=True plus ACCELERATE_MIXED_PRECISION=bf16, which makes accelerate
   autocast the policy+value wrapper's forward, i.e. TRL's PPO update only (its generation, reference,
   reward and old-value passes call the submodules directly and stay fp32); tinyrlhf autocasts every
-  pass (train.precision=bf16).
+  pass (train.precision=bf16). --ours-precision bf16 runs tinyrlhf at bf16 while TRL stays at
+  --precision (each trainer at the precision it actually runs); not an equal-precision comparison, and
+  the header says so.
 - Each run is its own subprocess, with 1 torch thread by default (--threads). A global optimizer-step
   hook (torch) counts optimizer steps; every `epochs`-th one ends a rollout batch. Time = end of the
   last warmup batch -> end of the last timed batch (rollout, scoring, reference, values, GAE, the PPO
@@ -299,6 +301,10 @@ def main():
     ap.add_argument("--response-tokens", type=int, default=24)
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="fp32",
                     help="fp32 on both (default: TRL's PPOTrainer ignores bf16=True), or bf16 (see the docstring)")
+    ap.add_argument("--ours-precision", choices=["bf16", "fp32"],
+                    help="run tinyrlhf at this precision instead of --precision (e.g. bf16, its default on this "
+                         "CPU, against TRL at fp32, what its PPOTrainer runs even when asked for bf16). NOT an "
+                         "equal-precision comparison: the output says so")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="turn it on for both sides")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in each child (0 = torch default). Default 1: the machine is shared; "
@@ -333,6 +339,8 @@ def main():
     print(versions())
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, workdir {workdir}")
     how = "TRL: autocast on its PPO update only, see the docstring" if args.precision == "bf16" else "both sides"
+    if args.ours_precision and args.ours_precision != args.precision:
+        how = f"TRL; tinyrlhf runs {args.ours_precision}: NOT an equal-precision comparison"
     print(f"{args.precision} ({how}), "
           f"torch threads {args.threads or 'default'}, {args.prompt_tokens} prompt tokens + {args.response_tokens} "
           f"response tokens, {args.epochs} PPO epochs x 1 minibatch per rollout batch, gradient checkpointing "
@@ -359,7 +367,8 @@ def main():
                         "out_dir": os.path.join(workdir, "runs", tag),
                         "batch": batch, "warmup": warmup, "steps": steps, "epochs": args.epochs,
                         "prompt_tokens": args.prompt_tokens, "response_tokens": args.response_tokens,
-                        "precision": args.precision, "lora": mode == "lora", "value": value or "separate",
+                        "precision": (args.ours_precision or args.precision) if side == "ours" else args.precision,
+                        "lora": mode == "lora", "value": value or "separate",
                         "threads": args.threads, "gradient_checkpointing": args.gradient_checkpointing}
                 shutil.rmtree(spec["out_dir"], ignore_errors=True)
                 load_before = os.getloadavg()[0]
