@@ -152,7 +152,9 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_token_i
         raise ConfigError(f"n_per_prompt must be >= 1, got {n_per_prompt}")
     device = prompt_ids.device
     unique_ids, unique_mask = prompt_ids, prompt_mask
-    prompt_ids, prompt_mask = prompt_ids.repeat_interleave(n_per_prompt, 0), prompt_mask.repeat_interleave(n_per_prompt, 0)
+    if n_per_prompt > 1:
+        prompt_ids = prompt_ids.repeat_interleave(n_per_prompt, 0)
+        prompt_mask = prompt_mask.repeat_interleave(n_per_prompt, 0)
     B, P = prompt_ids.shape
     gen = torch.Generator(device=device).manual_seed(seed)
     noise = torch.rand((B, max_new_tokens), generator=gen, device=device)  # row i: the i-th block of one stream

@@ -17,7 +17,8 @@ from .. import losses as L
 from ..config import GroupConfig
 from ..errors import ConfigError
 from .online import micro_batches, open_online, online_fit, sample_and_score, step_optimizer
-from .rl import KLController, check_finite, grouped_logps, prompts_for_step, select_groups
+from ..logprobs import grouped_token_logps
+from .rl import KLController, check_finite, prompts_for_step, reference_model, select_groups
 
 
 def run_group(cfg: GroupConfig) -> dict:
@@ -42,8 +43,9 @@ def run_group(cfg: GroupConfig) -> dict:
         mask = ro.response_mask.to(S.device).float()
         # 2. Old and reference log-probs (same temperature as sampling).
         with torch.no_grad(), S.autocast():
-            old_logprobs = grouped_logps(S.policy, S.reference, groups, temperature, share)
-            ref_logprobs = grouped_logps(S.policy, S.reference, groups, temperature, share, as_reference=True)
+            old_logprobs = grouped_token_logps(S.policy, groups, share_prompt=share, temperature=temperature)
+            with reference_model(S.policy, S.reference) as ref:
+                ref_logprobs = grouped_token_logps(ref, groups, share_prompt=share, temperature=temperature)
         seq_kl = L.kl_per_token(old_logprobs, ref_logprobs, cfg.kl.estimator).mul(mask).sum(1)   # (B,)
         # 3. Sequence rewards and the group baseline: rows are prompt-major, k consecutive per prompt.
         rewards = scores - kl.value * seq_kl if cfg.kl_in == "reward" else scores
@@ -60,7 +62,7 @@ def run_group(cfg: GroupConfig) -> dict:
                     sub, rows = select_groups(groups, part.to(S.device))
                     m = mask[rows]
                     with S.autocast():
-                        logprobs = grouped_logps(S.policy, None, sub, temperature, share)
+                        logprobs = grouped_token_logps(S.policy, sub, share_prompt=share, temperature=temperature)
                     adv = advantages[rows, None].expand_as(m)
                     pg, pg_m = L.ppo_policy_loss(logprobs, old_logprobs[rows], adv, m, clip=cfg.clip)
                     loss = L.masked_mean(pg, m)

@@ -11,7 +11,8 @@ import torch
 from .. import losses as L
 from ..config import OnlineDPOConfig
 from .online import micro_batches, open_online, online_fit, sample_and_score, step_optimizer
-from .rl import KLController, check_finite, grouped_logps, prompts_for_step, select_groups
+from ..logprobs import grouped_token_logps
+from .rl import KLController, check_finite, prompts_for_step, reference_model, select_groups
 
 
 def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
@@ -35,7 +36,8 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
         first_wins = (pair_scores[:, 0] > pair_scores[:, 1]).to(S.device)
         # 3. Reference log-probs (the model's own distribution, temperature 1: DPO's π_ref).
         with torch.no_grad(), S.autocast():
-            ref_logprobs = grouped_logps(S.policy, S.reference, groups, 1.0, share, as_reference=True)
+            with reference_model(S.policy, S.reference) as ref:
+                ref_logprobs = grouped_token_logps(ref, groups, share_prompt=share, temperature=1.0)
         ref_pairs = (ref_logprobs * mask).sum(1).view(-1, 2)  # (prompts, 2)
         # 4. DPO/IPO steps over the kept pairs, both responses of a prompt in one pass over that prompt.
         S.policy.train()
@@ -47,7 +49,7 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
             for part, weight in micro_batches(mb, cfg.train.batch_size):
                 sub, rows = select_groups(groups, part)
                 with S.autocast():
-                    logprobs = grouped_logps(S.policy, None, sub, 1.0, share)
+                    logprobs = grouped_token_logps(S.policy, sub, share_prompt=share, temperature=1.0)
                 sums = (logprobs * mask[rows]).sum(1).view(-1, 2)
                 pc, pr, rc, rr = _order(sums, first_wins[part]) + _order(ref_pairs[part], first_wins[part])
                 losses, metrics = loss_fn(pc, pr, rc, rr, beta=cfg.beta)

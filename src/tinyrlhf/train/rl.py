@@ -3,6 +3,7 @@ controller, which prompts a step sees, the reference, value models, and scoring 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import math
@@ -15,7 +16,7 @@ from torch import nn
 
 from ..data.collate import encode, pad
 from ..errors import ConfigError, TinyRLHFError
-from ..logprobs import grouped_token_logps, token_logps
+from ..logprobs import token_logps
 from ..models import _set_dropout, load_reward_model, trunk_and_head, unwrap
 from .engine import autocast
 from .reference import reference_disabled
@@ -137,34 +138,26 @@ def frozen_reference(policy):
 
 
 @torch.no_grad()
-def reference_token_logps(policy, reference, seqs: dict, temperature: float) -> torch.Tensor:
-    if reference is None:
-        was_training = policy.training
-        policy.eval()
-        with reference_disabled(policy):
-            out = token_logps(policy, seqs["input_ids"], seqs["attention_mask"], seqs["completion_mask"],
-                              temperature=temperature)
-        policy.train(was_training)
-        return out
-    return token_logps(reference, seqs["input_ids"], seqs["attention_mask"], seqs["completion_mask"],
-                       temperature=temperature)
-
-
-def grouped_logps(policy, reference, groups: dict, temperature: float, share_prompt: bool,
-                  as_reference: bool = False) -> torch.Tensor:
-    """(B, R) response log-probs of a `Rollout.groups` batch under the policy, or with `as_reference`
-    under the reference (the frozen copy, or the policy with its adapters disabled when that is None).
-    Each prompt runs once for its k samples when `share_prompt` (logprobs.grouped_token_logps)."""
-    if not as_reference:
-        return grouped_token_logps(policy, groups, share_prompt=share_prompt, temperature=temperature)
+@contextlib.contextmanager
+def reference_model(policy, reference):
+    """The model that computes reference log-probs: the frozen copy, or (LoRA, `reference` None) the
+    policy in eval mode with its adapters disabled, its mode restored after."""
     if reference is not None:
-        return grouped_token_logps(reference, groups, share_prompt=share_prompt, temperature=temperature)
+        yield reference
+        return
     was_training = policy.training
     policy.eval()
-    with reference_disabled(policy):
-        out = grouped_token_logps(policy, groups, share_prompt=share_prompt, temperature=temperature)
-    policy.train(was_training)
-    return out
+    try:
+        with reference_disabled(policy):
+            yield policy
+    finally:
+        policy.train(was_training)
+
+
+def reference_token_logps(policy, reference, seqs: dict, temperature: float) -> torch.Tensor:
+    with reference_model(policy, reference) as model:
+        return token_logps(model, seqs["input_ids"], seqs["attention_mask"], seqs["completion_mask"],
+                           temperature=temperature)
 
 
 def select_groups(groups: dict, prompts: torch.Tensor) -> tuple[dict, torch.Tensor]:
