@@ -29,6 +29,9 @@ class ModelConfig:
     """Dropout in the transformer; 0 keeps log-probs deterministic (RLHF detail: dropout off)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    attention: str = "tinyrlhf"
+    """tinyrlhf (CPU: batched-matmul attention for short inputs, faster than SDPA's CPU kernel; SDPA
+    elsewhere, see tinyrlhf/attention.py), sdpa or eager (transformers' own)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config,
                           PreTrainedTokenizerFast)
 
+from .attention import CHOICES as ATTENTION_CHOICES, set_attention
 from .config import LoRAConfig, ModelConfig
 from .errors import ConfigError
 
@@ -58,6 +59,8 @@ def load_tokenizer(path: str):
 def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0):
     """(model, tokenizer) from a local directory or a random-init preset. `corpus` trains the
     preset's tokenizer; a preset needs one (the task's text)."""
+    if cfg.attention not in ATTENTION_CHOICES:
+        raise ConfigError(f"model.attention '{cfg.attention}' is unknown; valid: {', '.join(ATTENTION_CHOICES)}")
     if cfg.path:
         _check_model_dir(cfg.path)
         tokenizer = load_tokenizer(cfg.path)
@@ -84,6 +87,7 @@ def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0
         model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    set_attention(model, cfg.attention)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -251,6 +255,7 @@ def load_reward_model(path: str) -> tuple[RewardModel, object]:
         norm = json.load(f)
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     _set_dropout(lm, 0.0)
+    set_attention(lm, ATTENTION_CHOICES[0])
     rm = RewardModel(lm, pool=norm.get("pool", "last"), logp_feature=norm.get("logp_feature", False))
     head = load_file(head_file)
     rm.head.weight.data.copy_(head["weight"])
