@@ -98,6 +98,55 @@ def test_lora_dpo_runs(base):
     assert summary["finished"] and "kl/ref" in summary
 
 
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_lora_bf16_base_trains_exactly_like_the_fp32_base(base, method):
+    """Under bf16 autocast the adapted layers' matmuls run in bf16 whatever the stored dtype: keeping the
+    frozen base in bf16 must give the same reference, losses and gradients, and a merged final/ equal to
+    the fp32 base's (the merge reloads the fp32 weights). (Evaluation samples differ: a bf16 base samples
+    under bf16 autocast, an fp32 one in fp32.)"""
+    root, data, model = base
+    cls, run = (PreferenceConfig, run_preference) if method == "dpo" else (KTOConfig, run_kto)
+    finals = {}
+    for on in ("true", "false"):
+        name = f"{method}-bf16base-{on}"
+        run(cfg(cls, root, data, model, name, "lora.enabled=true", "lora.r=4", "lora.merge=true",
+                "train.precision=bf16", f"lora.bf16_base={on}", f"ref_cache_dir={root / name}-cache"))
+        rows = [json.loads(x) for x in open(root / name / "metrics.jsonl")]
+        finals[on] = (rows, build_model(ModelConfig(path=str(root / name / "final")))[0].state_dict())
+    (rows_bf16, sd_bf16), (rows_fp32, sd_fp32) = finals["true"], finals["false"]
+    assert [r["loss"] for r in rows_bf16 if "loss" in r] == [r["loss"] for r in rows_fp32 if "loss" in r]
+    assert [r.get("grad_norm") for r in rows_bf16] == [r.get("grad_norm") for r in rows_fp32]
+    assert all(t.dtype == torch.float32 and torch.equal(t, sd_fp32[k]) for k, t in sd_bf16.items())
+
+
+def test_lora_bf16_base_stores_only_the_adapted_layers_in_bf16(base):
+    from tinyrlhf.models import store_frozen_base
+    _, _, model_dir = base
+    lora = add_lora(build_model(ModelConfig(path=model_dir))[0], LoRAConfig(enabled=True, r=4))
+    assert store_frozen_base(lora, torch.bfloat16) > 0
+    low = {n for n, p in lora.named_parameters() if p.dtype == torch.bfloat16}
+    assert low and all(".base_layer." in n for n in low)
+    assert all(p.dtype == torch.float32 for n, p in lora.named_parameters() if "lora_" in n or "wte" in n or "ln_" in n)
+
+
+def test_lora_merge_refuses_a_base_directory_changed_during_the_run(base, tmp_path):
+    import shutil
+    from tinyrlhf.errors import ConfigError
+    from tinyrlhf.models import save_hf, store_frozen_base
+    _, _, model_dir = base
+    copy = str(tmp_path / "base")
+    shutil.copytree(model_dir, copy)
+    model, tok = build_model(ModelConfig(path=copy))
+    lora = add_lora(model, LoRAConfig(enabled=True, r=4))
+    store_frozen_base(lora, torch.bfloat16)
+    changed, _ = build_model(ModelConfig(path=copy))
+    with torch.no_grad():
+        changed.transformer.h[0].attn.c_attn.weight.mul_(1.5)
+    changed.save_pretrained(copy)
+    with pytest.raises(ConfigError, match="c_attn.weight.*lora.merge=false"):
+        save_hf(lora, tok, str(tmp_path / "out"), merge_lora=True)
+
+
 def test_kto_runs_with_batches_of_one_kind(base, tmp_path):
     root, data, model = base
     # all desirable: every batch has only desirable rows -> still finite losses

@@ -48,6 +48,11 @@ class LoRAConfig:
     """Module names that get adapters (GPT-2 names by default)."""
     merge: bool = False
     """Merge adapters into the weights in `final/` (else save the adapter next to the base)."""
+    bf16_base: bool = True
+    """Under bf16 precision, keep the frozen weights of the adapted layers in bf16: autocast runs those
+    matmuls in bf16 anyway (same results), and they take half the memory. DPO and KTO from a model.path;
+    a merged save adds the adapters to the fp32 weights reloaded from that directory. Evaluation then
+    samples under bf16 autocast too."""
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,48 @@ def add_lora(model, cfg: LoRAConfig):
     return get_peft_model(model, lora)
 
 
+def _adapted_layers(model):
+    """(name, base layer) of every LoRA-adapted Linear / GPT-2 Conv1D, names as in the unwrapped model."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name, module in unwrap(model).named_modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, (nn.Linear, Conv1D)):
+            yield name, base
+
+
+def store_frozen_base(model, dtype: torch.dtype) -> int:
+    """Keep the frozen weights and biases of the LoRA-adapted layers in `dtype` (bf16 under bf16 autocast,
+    whose matmuls cast them to bf16 anyway: same results, half the memory, and no cast kept for backward).
+    Embeddings, norms and the LM head stay fp32: their ops run in fp32 under autocast. The other frozen
+    fp32 tensors are copied into memory of their own, so the model file's mapping (whose pages the
+    conversion read) is released. Returns the number of tensors converted."""
+    n = 0
+    for _, base in _adapted_layers(model):
+        for p in base.parameters(recurse=False):
+            if not p.requires_grad and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+                n += 1
+    for p in model.parameters():
+        if not p.requires_grad and p.dtype == torch.float32:
+            p.data = p.data.clone()
+    return n
+
+
+def _restore_fp32_base(model, source: str):
+    """Put the fp32 weights of `source` (the directory the base came from) back under the adapted layers,
+    checking that they round to the stored ones (else the directory changed during the run)."""
+    fresh = dict(AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).named_modules())
+    for name, base in _adapted_layers(model):
+        for key, p in base.named_parameters(recurse=False):
+            original = getattr(fresh[name], key).data
+            if p.dtype != original.dtype:
+                if not torch.equal(original.to(p.dtype), p.data):
+                    raise ConfigError(f"cannot merge LoRA: the weights in '{source}' ({name}.{key}) are not the "
+                                      "ones this run started from; save with lora.merge=false")
+                p.data = original
+
+
 def unwrap(model):
     """The transformers model under a peft wrapper (LoRA layers stay injected in it)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -147,7 +189,10 @@ def save_hf(model, tokenizer, out: str, merge_lora: bool = True):
     if hasattr(model, "get_base_model"):
         if merge_lora:
             import copy
-            merged = copy.deepcopy(model).merge_and_unload()
+            merged = copy.deepcopy(model)
+            if any(p.dtype != torch.float32 for _, base in _adapted_layers(merged) for p in base.parameters()):
+                _restore_fp32_base(merged, unwrap(model).config._name_or_path)  # merge in fp32, not bf16
+            merged = merged.merge_and_unload()
             merged.save_pretrained(out)
         else:
             model.save_pretrained(out)  # adapter_config.json + adapter weights

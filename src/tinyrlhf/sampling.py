@@ -3,6 +3,8 @@ Used by evaluation and reward normalisation; the online-RL rollout engine builds
 prompts in, completion strings (cut at EOS) out, reproducible for a seed."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .models import unwrap
@@ -22,6 +24,9 @@ def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, te
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     if temperature > 0:
         kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+    # weights stored in bf16 (models.store_frozen_base) run under the autocast they were trained with
+    low = {p.dtype for p in model.parameters()} - {torch.float32}
+    precision = torch.autocast(device.type, dtype=low.pop()) if low else contextlib.nullcontext()
     out: list[str] = []
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -30,7 +35,8 @@ def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, te
                 enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True,
                                 add_special_tokens=False)
                 ids, attn = enc["input_ids"][:, -limit:], enc["attention_mask"][:, -limit:]
-                seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
+                with precision:
+                    seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
                 for row in seqs[:, ids.shape[1]:].cpu().tolist():
                     if tokenizer.eos_token_id in row:
                         row = row[:row.index(tokenizer.eos_token_id)]

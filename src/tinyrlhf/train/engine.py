@@ -43,13 +43,20 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast (AMX on this CPU is ~10x fp32; tensor cores on CUDA); weights stay fp32 masters."""
+def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """What train.precision means on `device`: bf16 (auto, where supported) or fp32."""
     if precision == "fp32":
-        return contextlib.nullcontext()
+        return torch.float32
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         if precision == "bf16":
             raise TinyRLHFError("train.precision=bf16 but this GPU has no bf16 support")
+        return torch.float32
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast (AMX on this CPU is ~10x fp32; tensor cores on CUDA); weights stay fp32 masters."""
+    if compute_dtype(device, precision) == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 

@@ -20,12 +20,11 @@ from ..config import KTOConfig
 from ..data.collate import BatchPlan, TruncationStats, encode_groups, group_slot, pad_groups
 from ..errors import DataError
 from ..logprobs import grouped_token_logps
-from ..models import add_lora, build_model, save_hf
+from ..models import save_hf
 from .data import begin_run
 from .engine import fit
-from .preference import policy_evaluator
+from .preference import offline_policy, policy_evaluator
 from .reference import reference_logps
-from .sft import task_corpus
 
 
 def mismatch(n: int, seed: int) -> list[int]:
@@ -43,8 +42,7 @@ def run_kto(cfg: KTOConfig) -> dict:
         return start
     run, device, task, records = start.run, start.device, start.task, start.train
     n_good = sum(r.label for r in records)
-    model, tokenizer = build_model(cfg.model, task_corpus(task, cfg.data.seed), seed=cfg.seed)
-    model = add_lora(model, cfg.lora).to(device)
+    model, tokenizer = offline_policy(cfg, task, device)
 
     stats = TruncationStats()
     prompts, completions = [r.prompt for r in records], [r.completion for r in records]

@@ -18,9 +18,9 @@ from ..config import PreferenceConfig
 from ..data.collate import BatchPlan, TruncationStats, encode_groups, pad_groups
 from ..eval.policy import completion_logps, policy_eval
 from ..logprobs import grouped_token_logps, scored_tokens
-from ..models import add_lora, build_model, save_hf
+from ..models import add_lora, build_model, save_hf, store_frozen_base
 from .data import begin_run
-from .engine import fit
+from .engine import compute_dtype, fit
 from .reference import reference_disabled, reference_logps
 from .sft import task_corpus
 
@@ -74,13 +74,23 @@ def policy_evaluator(model, tokenizer, task, cfg, device):
     return evaluate
 
 
+def offline_policy(cfg, task, device):
+    """(policy, tokenizer) of a DPO / KTO run: the model with LoRA added, on `device`. With LoRA under bf16
+    from a model directory, the adapted layers' frozen weights are kept in bf16 (lora.bf16_base)."""
+    model, tokenizer = build_model(cfg.model, task_corpus(task, cfg.data.seed), seed=cfg.seed)
+    model = add_lora(model, cfg.lora).to(device)
+    if cfg.lora.enabled and cfg.lora.bf16_base and cfg.model.path \
+            and compute_dtype(device, cfg.train.precision) == torch.bfloat16:
+        store_frozen_base(model, torch.bfloat16)
+    return model, tokenizer
+
+
 def run_preference(cfg: PreferenceConfig) -> dict:
     start = begin_run(cfg, "pair")
     if isinstance(start, dict):
         return start
     run, device, task, pairs = start.run, start.device, start.task, start.train
-    model, tokenizer = build_model(cfg.model, task_corpus(task, cfg.data.seed), seed=cfg.seed)
-    model = add_lora(model, cfg.lora).to(device)
+    model, tokenizer = offline_policy(cfg, task, device)
 
     stats = TruncationStats()
     # one prompt, two completions: chosen and rejected keep the same (truncated) prompt
