@@ -28,6 +28,9 @@ What is compared, and how (identical for both sides):
   tinyrlhf computes them once before training (cached). That pass is timed in the child and charged
   to the timed window per example it covered (time / examples x timed examples), so both sides pay
   for one reference forward per example. The table shows the loop time and the charged share apart.
+- Each side runs its own defaults beyond that: tinyrlhf its attention (model.attention=tinyrlhf: batched
+  matmuls on CPU) where TRL runs transformers' SDPA, and with LoRA its frozen base in bf16
+  (lora.bf16_base) where TRL keeps it fp32; both give the same results under bf16 autocast (tested).
 - Prefix sharing: tinyrlhf (train.share_prompt, on by default) runs each prompt once and its completions
   (chosen + rejected; KTO's matched + mismatched) on the prompt's key/value cache; TRL runs every
   prompt+completion as its own row. Same log-probs and gradients (tests/test_grouped.py), less compute,
