@@ -20,6 +20,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
+from tinyrlhf.attention import NAME as ATTENTION, set_attention
 from tinyrlhf.config import TrainConfig
 from tinyrlhf.logprobs import token_logps
 from tinyrlhf.models import PRESETS, RewardModel
@@ -117,6 +118,8 @@ def main():
     results = {}
     for kind, prec in rows:
         model = gpt2(args.preset)
+        if kind != "hf-baseline":  # tinyrlhf's rows run its default attention, as `tinyrlhf sft` does
+            set_attention(model, ATTENTION)
         params = sum(p.numel() for p in model.parameters())
         if kind == "reward":  # no LM-head matmul: the embedding is only a lookup, so leave it out
             params -= model.get_input_embeddings().weight.numel()
