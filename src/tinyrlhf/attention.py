@@ -12,8 +12,8 @@ q, k, v and the probabilities P (in v's dtype; no fp32 softmax output, no scores
 P costs Tq x Tk per head, against (2 Tq + 2 Tk) x head_dim for what flash keeps (q, k, v, O), so it is used
 only while it is the smaller of the two (Tk <= 4 x 64 = 256 for GPT-2's square case); longer inputs, any
 other device, dropout, grouped-query heads and the models' special options (sliding window, soft-capping,
-sinks) go to SDPA. The mask is transformers' additive "eager" mask, so fully masked rows (left padding)
-stay finite.
+sinks) go to SDPA, and so does a boolean mask. The mask is transformers' additive "eager" mask, so fully
+masked rows (left padding) stay finite.
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     """transformers attention interface: (B, H, T, D) inputs -> ((B, T, H, D) output, None)."""
     if (query.device.type != "cpu" or (dropout and module.training) or query.shape[1] != key.shape[1]
             or (attention_mask is None and query.shape[-2] > 1) or not _fits(query, key)
+            or (attention_mask is not None and attention_mask.dtype == torch.bool)
             or any(kwargs.get(name) is not None for name in _SPECIAL)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                       dropout=dropout, **kwargs)

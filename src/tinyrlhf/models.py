@@ -164,7 +164,7 @@ def _restore_fp32_base(model, source: str):
     fresh = dict(AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).named_modules())
     for name, base in _adapted_layers(model):
         for key, p in base.named_parameters(recurse=False):
-            original = getattr(fresh[name], key).data
+            original = getattr(fresh[name], key).data.to(p.device)
             if p.dtype != original.dtype:
                 if not torch.equal(original.to(p.dtype), p.data):
                     raise ConfigError(f"cannot merge LoRA: the weights in '{source}' ({name}.{key}) are not the "
