@@ -283,6 +283,21 @@ def test_review_stuffing_is_counted_per_sentence(pr):
     assert pr.gold_reward(p, listed) < 0.25 * pr.gold_reward(p, spread)
 
 
+def test_review_frames_and_all_praise_hand_values(pr):
+    """Asked about the looks, five relevant praise words (d = 5, praise = 1 - exp(-10/3)) in two shapes:
+    " Great kettle. It is lovely. It is pretty. It is elegant. It is stylish." has 9 in-sentence word
+    pairs; (it, is) comes 4 times, its 3rd and 4th are a repeated frame: r = 2/9, repetition exp(-8/9).
+    " Great. Lovely. Pretty. Elegant. Stylish." is all praise (q = 1): exp(-(0.5 / 0.2)^2) = exp(-6.25),
+    5 words (one short of min_words: exp(-1/36)), the kettle not named (0.8)."""
+    p = "Review of the blue kettle (looks):"
+    praise = 1 - math.exp(-10 / 3)
+    frames = " Great kettle. It is lovely. It is pretty. It is elegant. It is stylish."
+    assert pr.gold_reward(p, frames) == pytest.approx(praise * math.exp(-8 / 9), abs=1e-9)
+    one_word = " Great. Lovely. Pretty. Elegant. Stylish."
+    assert pr.gold_reward(p, one_word) == pytest.approx(praise * math.exp(-6.25) * math.exp(-1 / 36) * 0.8,
+                                                        abs=1e-9)
+
+
 # ---------------------------------------------------------------- registry and config
 
 def test_registry_and_config_errors():
