@@ -42,6 +42,7 @@ def test_pairs_come_from_the_model_and_the_base_annotators(base):
             round(info["inter_annotator_measured"] * len(nonzero)), abs=1e-9)   # a share of these pairs
     else:
         assert info["agreement_measured"] is None and info["inter_annotator_measured"] is None
+        assert info["agreement_expected"] is None and info["inter_annotator_expected"] is None
     # same seed -> same bytes; another seed -> other samples
     write_policy_data(model, data, str(root / "p2"), seed=3, n_prompts=12, k=3, max_new_tokens=6)
     assert open(os.path.join(out, "pairs.jsonl")).read() == open(str(root / "p2" / "pairs.jsonl")).read()
@@ -86,6 +87,8 @@ def test_manifest_states_both_agreements(tmp_path, monkeypatch):
     gaps = [p.meta["gold_chosen"] - p.meta["gold_rejected"] for p in nonzero]
     assert isinstance(pool, AnnotatorPool)
     assert counts["inter_annotator"] == info["policy_data"]["inter_annotator_measured"]
+    assert info["policy_data"]["inter_annotator_expected"] == pytest.approx(pool.expected_inter_agreement(gaps))
+    assert info["policy_data"]["agreement_expected"] == pytest.approx(pool.expected_agreement(gaps))
     assert counts["inter_annotator"] == pytest.approx(pool.expected_inter_agreement(gaps), abs=0.04)
     assert agree == pytest.approx(pool.expected_agreement(gaps), abs=0.04)
     assert agree > counts["inter_annotator"] + 0.03

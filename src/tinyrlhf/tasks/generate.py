@@ -54,7 +54,8 @@ class TaskDataConfig:
     """Held-out pairs on eval prompts, ordered by gold, for reward-model accuracy."""
     agreement: float = 0.73
     """Target expected agreement BETWEEN two distinct annotators of the pool on the same pair (InstructGPT's
-    labelers agreed ~73 % with each other); each then agrees with the gold order more often (~84 %)."""
+    labelers agreed ~73 % with each other); each then agrees with the gold order more often (~81-82 % on
+    the built-in tasks)."""
     n_annotators: int = 8
     """Annotators in the pool, each with its own noise level."""
     annotator_spread: float = 0.5

@@ -12,7 +12,9 @@ sft.jsonl / eval_prompts.jsonl / eval_pairs.jsonl / rankings.jsonl copied from t
 every loop can point data.dir here. A prompt whose k samples are all identical gives no pair (counted).
 The manifest's `policy_data` states the labels' agreement with gold (`agreement_measured`) and between
 two annotators (`inter_annotator_measured`: a second, distinct annotator judges the same pairs with its
-own random stream; its labels are not written), both over the pairs whose two samples differ in gold.
+own random stream; its labels are not written), each next to what the pool predicts on these pairs
+(`*_expected`: the pool was calibrated on the base data's scripted pairs, whose gold gaps differ), all
+over the pairs whose two samples differ in gold.
 """
 from __future__ import annotations
 
@@ -119,7 +121,9 @@ def write_policy_data(model_dir: str, base_dir: str, out_dir: str, *, seed: int 
         "seed": seed, "k": k, "temperature": temperature, "prompts": len(prompts), "identical_samples": identical,
         "pairs": len(pairs), "zero_gap_pairs": len(gaps) - len(nonzero),
         "agreement_measured": measured_agreement(nonzero) if nonzero else None,
+        "agreement_expected": pool.expected_agreement([c - r for c, r in nonzero]) if nonzero else None,
         "inter_annotator_measured": inter,
+        "inter_annotator_expected": pool.expected_inter_agreement([c - r for c, r in nonzero]) if nonzero else None,
         "sample_gold_mean": statistics.fmean(g for *_, g in singles), "binary_threshold": threshold}}
     tmp = os.path.join(out_dir, f"manifest.json.tmp{os.getpid()}")
     with open(tmp, "w") as f:
