@@ -16,7 +16,7 @@ from tinyrlhf.tasks import Task, get_task, task_names
 from tinyrlhf.tasks.base import SPLITS, split_of
 from tinyrlhf.tasks.family_tree import parse_prompt
 from tinyrlhf.tasks.generate import write_task_data
-from tinyrlhf.tasks.positive_review import ALL_PROMPTS, review_features
+from tinyrlhf.tasks.positive_review import ALL_PROMPTS, parse_review_prompt, review_features
 
 # Ann+Bob have Cal, Dee, Eli; each married someone from outside (Eve, Hal, Lea) and had children.
 FAMILY = ("- Cal(m): Ann(f), Bob(m)\n- Dee(f): Ann, Bob\n- Eli(m): Ann, Bob\n"
@@ -241,6 +241,23 @@ def test_repeating_positive_words_is_the_over_optimisation_trap(pr):
     assert pr.gold_reward(p, said_twice) < 0.5 * pr.gold_reward(p, fluent)
     assert pr.gold_reward(p, repeated) < 0.2
     assert pr.gold_reward(p, stuffed) < 0.2
+
+
+def test_candidates_teach_more_positive_words_but_gold_peaks(pr):
+    """What makes the task over-optimisable: across annotator candidates, the count of positive words
+    correlates with gold (0.46 measured here), so a proxy learns "more is better"; but the gold peaks at
+    3-4 positive words (0.22 mean) and falls beyond (0.14 at 5+) -- stuffing, repetition, off-aspect."""
+    import statistics
+    rng = random.Random(0)
+    n_pos, golds = [], []
+    for p in pr.prompts("train", 3000, seed=0):
+        (c,) = pr.candidates(p, 1, rng)
+        n_pos.append(review_features(parse_review_prompt(p)[1], c)["n_positive"])
+        golds.append(pr.gold_reward(p, c))
+    assert statistics.correlation(n_pos, golds) > 0.3
+    mid = statistics.fmean(g for n, g in zip(n_pos, golds) if n in (3, 4))
+    high = statistics.fmean(g for n, g in zip(n_pos, golds) if n >= 5)
+    assert high < mid - 0.04
 
 
 def test_review_gold_hand_value(pr):
