@@ -1,5 +1,7 @@
 """Built-in tasks: hand-checked relations and gold values, prompt splits, data generation."""
+import hashlib
 import json
+import math
 import os
 import random
 import subprocess
@@ -11,9 +13,10 @@ import pytest
 from tinyrlhf.data.records import iter_jsonl, read_records
 from tinyrlhf.errors import ConfigError, DataError
 from tinyrlhf.tasks import Task, get_task, task_names
+from tinyrlhf.tasks.base import SPLITS, split_of
 from tinyrlhf.tasks.family_tree import parse_prompt
 from tinyrlhf.tasks.generate import write_task_data
-from tinyrlhf.tasks.positive_review import review_features
+from tinyrlhf.tasks.positive_review import ALL_PROMPTS, parse_review_prompt, review_features
 
 # Ann+Bob have Cal, Dee, Eli; each married someone from outside (Eve, Hal, Lea) and had children.
 FAMILY = ("- Cal(m): Ann(f), Bob(m)\n- Dee(f): Ann, Bob\n- Eli(m): Ann, Bob\n"
@@ -73,23 +76,35 @@ def test_parse_rejects_foreign_text(ft):
 # ---------------------------------------------------------------- family_tree: gold reward
 
 def test_gold_hand_values(ft):
-    """Truth for 'cousins of Fay' = {Ivy, Jon, Kay, Ned}; gold = F1 + 0.2 * exact shape.
-      " Ivy, Jon, Kay, Ned."      F1 = 1                                    -> 1.2 (= max_gold)
-      " Ivy, Jon."                P = 1, R = 1/2, F1 = 2(1/2)/(3/2) = 2/3   -> 2/3 + 0.2
-      " Ivy, Jon, Gus."           P = 2/3, R = 1/2, F1 = (2/3)/(7/6) = 4/7  -> 4/7 + 0.2
-      "They are ned and kay and ivy and jon"  F1 = 1, wrong shape          -> 1.0
-      " Gus."                     no hit, F1 = 0                            -> 0.2
+    """Truth for 'cousins of Fay' = {Ivy, Jon, Kay, Ned}; gold = J * (1 + 0.2 * exact shape), J = Jaccard.
+      " Ivy, Jon, Kay, Ned."      J = 4/4                                   -> 1.2 (= max_gold)
+      " Ivy, Jon."                J = 2/4 (2 right of the 4 in the union)   -> 0.5 * 1.2 = 0.6
+      " Ivy, Jon, Gus."           J = 2/5 (union Ivy Jon Kay Ned Gus)       -> 0.4 * 1.2 = 0.48
+      "They are ned and kay and ivy and jon"  J = 1, wrong shape           -> 1.0
+      " Gus."                     no hit, J = 0: the shape earns nothing    -> 0
+      " None."                    names exist, J = 0                        -> 0 (the old gold paid 0.2)
       ""                          nothing                                   -> 0
     """
     p = ask("cousins", "Fay")
     assert ft.max_gold == pytest.approx(1.2)
     assert ft.gold_reward(p, " Ivy, Jon, Kay, Ned.") == pytest.approx(1.2, abs=1e-12)
-    assert ft.gold_reward(p, " Ivy, Jon.") == pytest.approx(2 / 3 + 0.2, abs=1e-12)
-    assert ft.gold_reward(p, " Ivy, Jon, Gus.") == pytest.approx(4 / 7 + 0.2, abs=1e-12)
+    assert ft.gold_reward(p, " Ivy, Jon.") == pytest.approx(0.6, abs=1e-12)
+    assert ft.gold_reward(p, " Ivy, Jon, Gus.") == pytest.approx(0.48, abs=1e-12)
     assert ft.gold_reward(p, "They are ned and kay and ivy and jon") == pytest.approx(1.0, abs=1e-12)
-    assert ft.gold_reward(p, " Gus.") == pytest.approx(0.2, abs=1e-12)
+    assert ft.gold_reward(p, " Gus.") == 0.0
+    assert ft.gold_reward(p, " None.") == 0.0
     assert ft.gold_reward(p, "") == 0.0
-    assert ft.gold_reward(p, " None.") == pytest.approx(0.2, abs=1e-12)   # shape only
+
+
+def test_over_listing_costs_what_it_should(ft):
+    """The whole family (14 names) for 'cousins of Fay' (4): J = 4/14 -> 1.2 * 4/14 = 0.342857.
+    Set F1 would pay 2*4/(14+4) = 0.444 (+ 0.2 for the shape = 0.644); the 8 names that have parents
+    (minus Fay) get J = 4/8 -> 0.6 (F1: 0.667 + 0.2)."""
+    p = ask("cousins", "Fay")
+    family = ["Cal", "Ann", "Bob", "Dee", "Eli", "Fay", "Eve", "Gus", "Ivy", "Hal", "Jon", "Kay", "Ned", "Lea"]
+    assert ft.gold_reward(p, " " + ", ".join(family) + ".") == pytest.approx(1.2 * 4 / 14, abs=1e-12)
+    with_parents = ["Cal", "Dee", "Eli", "Gus", "Ivy", "Jon", "Kay", "Ned"]
+    assert ft.gold_reward(p, " " + ", ".join(with_parents) + ".") == pytest.approx(0.6, abs=1e-12)
 
 
 def test_gold_is_order_insensitive_and_ignores_duplicates(ft):
@@ -103,7 +118,7 @@ def test_gold_when_the_true_set_is_empty(ft):
     p = ask("siblings", "Ned")
     assert ft.gold_reward(p, " None.") == pytest.approx(1.2, abs=1e-12)
     assert ft.gold_reward(p, " nobody") == pytest.approx(1.0, abs=1e-12)
-    assert ft.gold_reward(p, " Gus.") == pytest.approx(0.2, abs=1e-12)      # any name: F1 = 0
+    assert ft.gold_reward(p, " Gus.") == 0.0      # any name: J = 0, and the shape earns nothing
     assert ft.gold_reward(p, " None, Gus.") == 0.0
     assert ft.gold_reward(p, " xyz") == 0.0
 
@@ -131,16 +146,33 @@ def test_word_salad_scores_near_zero(ft):
 def test_prompts_are_deterministic_and_splits_disjoint(name):
     task = get_task(name)
     assert isinstance(task, Task)
-    train = task.prompts("train", 300, seed=0)
-    assert train == task.prompts("train", 300, seed=0)
-    assert train[:100] == task.prompts("train", 100, seed=0)
-    assert train != task.prompts("train", 300, seed=1)
-    evals = task.prompts("eval", 300, seed=0)
-    evals_other_seed = task.prompts("eval", 300, seed=1)
-    assert not set(train) & set(evals)
-    assert not set(train) & set(evals_other_seed)
-    with pytest.raises(ConfigError):
+    for split in SPLITS:
+        first = task.prompts(split, 300, seed=0)
+        assert first == task.prompts(split, 300, seed=0)
+        assert first[:100] == task.prompts(split, 100, seed=0)     # a prefix of a longer list
+        assert first != task.prompts(split, 300, seed=1)
+        assert all(split_of(p) == split for p in first)
+    # disjoint for every pair of seeds, not only within one seed
+    drawn = {(split, seed): set(task.prompts(split, 300, seed)) for split in SPLITS for seed in (0, 1, 2)}
+    for (split_a, seed_a), a in drawn.items():
+        for (split_b, seed_b), b in drawn.items():
+            if split_a != split_b:
+                assert not a & b, (split_a, seed_a, split_b, seed_b)
+    with pytest.raises(ConfigError, match="train, val, eval"):
         task.prompts("test", 3, seed=0)
+
+
+def test_split_shares_and_train_kept():
+    """Half of the prompt texts are train, a quarter val, a quarter eval. The train half is the one the
+    two-way split had (first SHA-256 byte even), so training data written before val existed is unchanged:
+    the first family_tree train prompt of seed 0 is pinned here."""
+    counts = {s: sum(split_of(p) == s for p in ALL_PROMPTS) for s in SPLITS}
+    assert sum(counts.values()) == len(ALL_PROMPTS) == 3600
+    assert counts["train"] == pytest.approx(1800, abs=90)
+    assert counts["val"] == pytest.approx(900, abs=80) and counts["eval"] == pytest.approx(900, abs=80)
+    first = get_task("family_tree").prompts("train", 1, seed=0)[0]
+    assert hashlib.sha256(first.encode()).digest()[0] % 2 == 0
+    assert first.startswith("- Fern(f): Cleo(f), Ted(m)\n") and first.endswith("Q: female cousins of Raj?\nA:")
 
 
 def test_family_tree_prompts_are_short_and_varied(ft):
@@ -190,19 +222,19 @@ def test_candidates_are_distinct_and_span_quality(name):
 def test_corpus_contains_prompts_and_answers(ft, pr):
     assert len(ft.corpus(50, seed=0)) == 50
     assert all("\nQ: " in t and t.rstrip().endswith(".") for t in ft.corpus(50, seed=0))
-    assert all(t.startswith("Review of the ") and len(t) > 30 for t in pr.corpus(50, seed=0))
+    assert all(t.startswith("Review of the ") and "):" in t and len(t) > 30 for t in pr.corpus(50, seed=0))
 
 
 # ---------------------------------------------------------------- positive_review
 
 def test_repeating_positive_words_is_the_over_optimisation_trap(pr):
     """The proxy signal 'more positive words' goes up while the gold goes down."""
-    p = "Review of the blue kettle:"
+    p = "Review of the blue kettle (ease):"
     fluent = " Great kettle. Very easy to use. I love it."
     repeated = " Great kettle. Great great great great great great."
     stuffed = " great love amazing perfect excellent best wonderful superb"
     said_twice = fluent + fluent    # same share of positive words, so only repetition is penalised
-    n_pos = lambda c: review_features("kettle", c)["n_positive"]  # noqa: E731
+    n_pos = lambda c: review_features("kettle", c, "ease")["n_positive"]  # noqa: E731
     assert n_pos(repeated) > n_pos(fluent) and n_pos(stuffed) > n_pos(fluent)
     assert n_pos(said_twice) == 2 * n_pos(fluent)
     assert pr.gold_reward(p, fluent) > 0.7
@@ -211,19 +243,76 @@ def test_repeating_positive_words_is_the_over_optimisation_trap(pr):
     assert pr.gold_reward(p, stuffed) < 0.2
 
 
+def test_candidates_teach_more_positive_words_but_gold_peaks(pr):
+    """What makes the task over-optimisable: across annotator candidates, the count of positive words
+    correlates with gold (0.46 measured here), so a proxy learns "more is better"; but the gold peaks at
+    3-4 positive words (0.22 mean) and falls beyond (0.14 at 5+) -- stuffing, repetition, off-aspect."""
+    import statistics
+    rng = random.Random(0)
+    n_pos, golds = [], []
+    for p in pr.prompts("train", 3000, seed=0):
+        (c,) = pr.candidates(p, 1, rng)
+        n_pos.append(review_features(parse_review_prompt(p)[1], c)["n_positive"])
+        golds.append(pr.gold_reward(p, c))
+    assert statistics.correlation(n_pos, golds) > 0.3
+    mid = statistics.fmean(g for n, g in zip(n_pos, golds) if n in (3, 4))
+    high = statistics.fmean(g for n, g in zip(n_pos, golds) if n >= 5)
+    assert high < mid - 0.04
+
+
+def test_review_gold_hand_value(pr):
+    """" Great kettle. Very easy to use. I love it." asked about ease: relevant praise great, easy, love
+    (d = 3, 'easy' is the asked aspect's), nothing off-aspect, stuffed, repeated or negative; 9 words, all
+    known, the product named, ends with '.': gold = 1 - exp(-3 / 1.5) = 1 - e^-2 = 0.864665.
+    Asked about price instead, 'easy' is another aspect's: d = 2 (great, love), aspect factor 0.1,
+    focus e^-1: gold = (1 - e^(-4/3)) * 0.1 * e^-1 = 0.027091."""
+    fluent = " Great kettle. Very easy to use. I love it."
+    assert pr.gold_reward("Review of the blue kettle (ease):", fluent) == pytest.approx(1 - math.exp(-2), abs=1e-9)
+    assert pr.gold_reward("Review of the blue kettle (price):", fluent) == pytest.approx(
+        (1 - math.exp(-4 / 3)) * 0.1 * math.exp(-1), abs=1e-9)
+
+
 def test_review_gold_shape(pr):
-    p = "Review of the blue kettle:"
+    p = "Review of the blue kettle (ease):"
     short = " Great kettle. Very easy to use. I love it."
-    longer = short + " The build is solid and sturdy."
-    assert pr.gold_reward(p, longer) > pr.gold_reward(p, short)           # more distinct positives
+    longer = short + " Setup was quick and simple."
+    assert pr.gold_reward(p, longer) > pr.gold_reward(p, short)           # more distinct relevant praise
+    assert pr.gold_reward(p, short + " The build is solid and sturdy.") < pr.gold_reward(p, short)  # off aspect
     assert pr.gold_reward(p, short + " It leaks sometimes.") < pr.gold_reward(p, short)
     assert pr.gold_reward(p, " It is not good and not great.") < 0         # negation
     assert pr.gold_reward(p, " asdf qwer zxcv") == pytest.approx(0.0, abs=1e-3)
     assert pr.gold_reward(p, "") == 0.0
     assert pr.gold_reward(p, " Great lamp. Very easy to use. I love it.") < pr.gold_reward(p, short)  # off topic
     assert pr.reference_answer(p) is None
-    with pytest.raises(DataError):
-        pr.gold_reward("Q: parents of Ann?\nA:", " Great.")
+    for bad in ("Q: parents of Ann?\nA:", "Review of the blue kettle:", "Review of the blue kettle (taste):"):
+        with pytest.raises(DataError):
+            pr.gold_reward(bad, " Great.")
+
+
+def test_review_stuffing_is_counted_per_sentence(pr):
+    """Praise words beyond the second in a sentence are stuffing, whatever stop words surround them: the
+    same five words in five sentences are not; in one 'and' list three of them are (exp(-3/2))."""
+    p = "Review of the blue kettle (looks):"
+    spread = " Great kettle. Looks lovely on my desk. Pretty design. It is elegant. I love it."
+    listed = " Great kettle, lovely and pretty and elegant and I love it."
+    f_spread, f_listed = review_features("kettle", spread, "looks"), review_features("kettle", listed, "looks")
+    assert (f_spread["stuffed"], f_listed["stuffed"]) == (0, 3)
+    assert pr.gold_reward(p, listed) < 0.25 * pr.gold_reward(p, spread)
+
+
+def test_review_frames_and_all_praise_hand_values(pr):
+    """Asked about the looks, five relevant praise words (d = 5, praise = 1 - exp(-10/3)) in two shapes:
+    " Great kettle. It is lovely. It is pretty. It is elegant. It is stylish." has 9 in-sentence word
+    pairs; (it, is) comes 4 times, its 3rd and 4th are a repeated frame: r = 2/9, repetition exp(-8/9).
+    " Great. Lovely. Pretty. Elegant. Stylish." is all praise (q = 1): exp(-(0.5 / 0.2)^2) = exp(-6.25),
+    5 words (one short of min_words: exp(-1/36)), the kettle not named (0.8)."""
+    p = "Review of the blue kettle (looks):"
+    praise = 1 - math.exp(-10 / 3)
+    frames = " Great kettle. It is lovely. It is pretty. It is elegant. It is stylish."
+    assert pr.gold_reward(p, frames) == pytest.approx(praise * math.exp(-8 / 9), abs=1e-9)
+    one_word = " Great. Lovely. Pretty. Elegant. Stylish."
+    assert pr.gold_reward(p, one_word) == pytest.approx(praise * math.exp(-6.25) * math.exp(-1 / 36) * 0.8,
+                                                        abs=1e-9)
 
 
 # ---------------------------------------------------------------- registry and config

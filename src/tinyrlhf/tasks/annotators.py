@@ -7,11 +7,20 @@ Every judgement is a draw from a standard choice model with a temperature tau (l
                gold of the candidates it labels, so about half are desirable (as KTO expects)
 
 A pool has several annotators with their own ids and noise levels tau_i = base_tau * m_i, the
-multipliers m_i spread log-uniformly around 1. `calibrate_tau` picks base_tau so that the pool's
-EXPECTED agreement with the gold ordering over a sample of pairs equals a target -- by default 0.73,
-the inter-annotator agreement InstructGPT reports for its labelers (Ouyang et al. 2022, §5):
-    agreement(base_tau) = mean over annotators i and pairs with g_a != g_b of sigmoid(|g_a - g_b| / tau_i)
-It falls monotonically from 1 (tau -> 0) to 0.5 (tau -> inf), so bisection finds it.
+multipliers m_i spread log-uniformly around 1. `calibrate_tau` picks base_tau so that TWO DISTINCT
+annotators of the pool, drawn uniformly, labelling the same pair agree with each other a target share
+of the time in expectation -- by default 0.73, the inter-annotator agreement InstructGPT reports for its
+labelers (Ouyang et al. 2022, §5.1: 72.6 +- 1.5 %). With p_i = sigmoid(|g_a - g_b| / tau_i), the chance
+that annotator i prefers the gold-better completion:
+    inter_agreement(base_tau) = mean over pairs with g_a != g_b and ordered annotators i != j of
+                                p_i p_j + (1 - p_i)(1 - p_j)
+    agreement with gold       = mean over pairs with g_a != g_b and annotators i of p_i
+Each p_i falls from 1 (tau -> 0) to 1/2 (tau -> inf) and p_i p_j + (1 - p_i)(1 - p_j) grows with both
+p_i and p_j (when both are >= 1/2), so the inter-annotator agreement falls monotonically from 1 to 1/2
+and bisection finds it. At 0.73 between annotators, each agrees with gold 81-82 % of the time on the
+built-in tasks (if every pair had the same p: p^2 + (1 - p)^2 = 0.73 gives p = 0.84); calibrating the
+agreement WITH GOLD to 0.73 instead (as this module did before) left two annotators agreeing only ~63 %. Pairs with a zero gold gap are left out
+of both numbers (no gold order to agree with; two annotators agree on them half the time).
 
 Randomness: only the `random.Random` passed in (no numpy, no global RNG), so the same seed gives
 byte-identical data in any process.
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -71,30 +81,57 @@ def _nonzero_gaps(gaps: Sequence[float]) -> list[float]:
     return [abs(g) for g in gaps if g != 0]
 
 
+def _gap_counts(gaps: Sequence[float], what: str) -> list[tuple[float, int]]:
+    """(|gap|, how often) for the nonzero gaps, sorted: scripted tasks repeat few gap values, so the
+    bisection below evaluates each once (and the sum order never depends on the input order)."""
+    counts = Counter(_nonzero_gaps(gaps))
+    if not counts:
+        raise ConfigError(f"{what} needs at least one pair with a nonzero gold gap")
+    return sorted(counts.items())
+
+
 def expected_agreement(gaps: Sequence[float], taus: Sequence[float]) -> float:
     """Expected share of pairs where an annotator drawn uniformly from `taus` prefers the gold-better
     completion; pairs with a zero gap are left out (there is no gold order to agree with)."""
-    gaps = _nonzero_gaps(gaps)
-    if not gaps:
-        raise ConfigError("expected agreement needs at least one pair with a nonzero gold gap")
-    return sum(sigmoid(g / t) for t in taus for g in gaps) / (len(gaps) * len(taus))
+    counts = _gap_counts(gaps, "expected agreement")
+    total = sum(n for _, n in counts)
+    return sum(n * sigmoid(g / t) for g, n in counts for t in taus) / (total * len(taus))
+
+
+def expected_inter_agreement(gaps: Sequence[float], taus: Sequence[float]) -> float:
+    """Expected share of pairs on which two distinct annotators drawn uniformly from `taus` give the same
+    label (a one-annotator pool: two independent draws of it); zero-gap pairs are left out."""
+    return _inter(_gap_counts(gaps, "expected inter-annotator agreement"), taus)
+
+
+def _inter(counts: list[tuple[float, int]], taus: Sequence[float]) -> float:
+    total, k = sum(n for _, n in counts), len(taus)
+    acc = 0.0
+    for g, n in counts:
+        ps = [sigmoid(g / t) for t in taus]
+        if k == 1:
+            acc += n * (ps[0] ** 2 + (1 - ps[0]) ** 2)
+            continue
+        s = sum(ps)
+        # sum over i != j of p_i p_j + (1 - p_i)(1 - p_j) = (s^2 - sum p^2) + ((k - s)^2 - sum (1 - p)^2)
+        same = (s * s - sum(p * p for p in ps)) + ((k - s) ** 2 - sum((1 - p) ** 2 for p in ps))
+        acc += n * same / (k * (k - 1))
+    return acc / total
 
 
 def calibrate_tau(gaps: Sequence[float], agreement: float = 0.73,
                   multipliers: Sequence[float] = (1.0,), iters: int = 100) -> float:
-    """base_tau such that expected_agreement(gaps, [base_tau * m for m in multipliers]) == agreement."""
+    """base_tau such that expected_inter_agreement(gaps, [base_tau * m for m in multipliers]) == agreement
+    (the agreement between two distinct annotators, not with gold)."""
     if not 0.5 < agreement < 1.0:
         raise ConfigError(f"agreement must be in (0.5, 1), got {agreement}")
-    nz = _nonzero_gaps(gaps)
-    if not nz:
-        raise ConfigError("cannot calibrate annotators: every pair has a zero gold gap")
+    counts = _gap_counts(gaps, "calibrating annotators")
     # Bracket in log-space: at lo every sigmoid is ~1, at hi every one is ~0.5.
-    log_lo = math.log(min(nz) / max(multipliers) * 1e-3)
-    log_hi = math.log(max(nz) / min(multipliers) * 1e4)
+    log_lo = math.log(counts[0][0] / max(multipliers) * 1e-3)
+    log_hi = math.log(counts[-1][0] / min(multipliers) * 1e4)
     for _ in range(iters):
         mid = (log_lo + log_hi) / 2
-        tau = math.exp(mid)
-        if expected_agreement(nz, [tau * m for m in multipliers]) > agreement:
+        if _inter(counts, [math.exp(mid) * m for m in multipliers]) > agreement:
             log_lo = mid  # still too accurate: more noise
         else:
             log_hi = mid
@@ -132,12 +169,32 @@ class AnnotatorPool:
     @classmethod
     def calibrated(cls, gaps: Sequence[float], agreement: float = 0.73, n_annotators: int = 8,
                    spread: float = 0.5, seed: int = 0) -> "AnnotatorPool":
-        """Pool whose expected agreement with the gold order over `gaps` equals `agreement`."""
+        """Pool whose expected inter-annotator agreement over `gaps` equals `agreement`."""
         base = calibrate_tau(gaps, agreement, cls.multipliers(max(1, n_annotators), spread, seed))
         return cls.make(base, n_annotators, spread, seed)
 
     def pick(self, rng: random.Random) -> Annotator:
         return self.annotators[rng.randrange(len(self.annotators))]
 
+    def pick_other(self, first: Annotator, rng: random.Random) -> Annotator:
+        """A second annotator, uniform over the pool without `first` (`first` itself in a pool of one)."""
+        others = [a for a in self.annotators if a.id != first.id] or [first]
+        return others[rng.randrange(len(others))]
+
     def expected_agreement(self, gaps: Sequence[float]) -> float:
+        """With the gold order."""
         return expected_agreement(gaps, [a.tau for a in self.annotators])
+
+    def expected_inter_agreement(self, gaps: Sequence[float]) -> float:
+        """Between two distinct annotators."""
+        return expected_inter_agreement(gaps, [a.tau for a in self.annotators])
+
+
+def measured_inter_agreement(pool: AnnotatorPool, judged: Sequence[tuple[Annotator, float, float]],
+                             rng: random.Random) -> float:
+    """Share of (first annotator, gold_chosen, gold_rejected) pairs with a nonzero gap on which a second,
+    distinct annotator (drawn with `rng`, which nothing else uses) also prefers the chosen completion."""
+    nz = [(ann, c, r) for ann, c, r in judged if c != r]
+    if not nz:
+        raise ConfigError("measured inter-annotator agreement needs a pair with a nonzero gold gap")
+    return sum(pool.pick_other(ann, rng).prefers_first(c, r, rng) for ann, c, r in nz) / len(nz)

@@ -5,8 +5,29 @@ A task has a known *gold* reward. Training never sees it except through simulate
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Protocol, runtime_checkable
+
+from ..errors import ConfigError
+
+SPLITS = ("train", "val", "eval")
+"""train: SFT demonstrations, annotated data, RL prompts. val: hyper-parameter selection. eval: the
+numbers reported. A prompt's split is a function of its text alone (`split_of`), so the three are
+disjoint for every seed."""
+
+
+def split_of(prompt: str) -> str:
+    """The split a prompt text belongs to: half train, a quarter val, a quarter eval (first byte of its
+    SHA-256). Why train keeps exactly the old 'even byte' half: the training data (and models trained
+    on it) did not change when val was carved out of the other half."""
+    byte = hashlib.sha256(prompt.encode()).digest()[0]
+    return "train" if byte % 2 == 0 else ("eval" if byte % 4 == 1 else "val")
+
+
+def check_split(task: str, split: str) -> None:
+    if split not in SPLITS:
+        raise ConfigError(f"{task}: split must be one of {', '.join(SPLITS)}, got '{split}'")
 
 
 @runtime_checkable
@@ -17,8 +38,8 @@ class Task(Protocol):
     """The highest gold reward any completion can get (for 'far below the maximum' checks and plots)."""
 
     def prompts(self, split: str, n: int, seed: int) -> list[str]:
-        """`n` prompts of `split` ('train' or 'eval'); disjoint between splits for the same seed;
-        same (split, n, seed) -> same list."""
+        """`n` prompts of `split` ('train', 'val' or 'eval'); the splits are disjoint for every pair of
+        seeds; same (split, n, seed) -> same list, and prompts(s, n, seed) is a prefix of a longer list."""
 
     def gold_reward(self, prompt: str, completion: str) -> float:
         """Gold reward of `completion` for `prompt`. Works on any prompt this task produced, in any

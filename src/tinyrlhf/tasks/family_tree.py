@@ -23,20 +23,32 @@ spouses of the parents' siblings are not aunts or uncles.
     cousins           the children of the parents' siblings ("male cousins", "female cousins" filter by sex)
     aunts and uncles  the siblings of the parents
 
-Gold reward = F1 + format_bonus * shape, so max_gold = 1 + format_bonus (1.2 by default).
-    F1     names are parsed from free text: every word equal to a pool name (case-insensitive).
+Gold reward = J * (1 + format_bonus * shape), so max_gold = 1 + format_bonus (1.2 by default).
+    J      names are parsed from free text: every word equal to a pool name (case-insensitive).
            True set empty: 1 if no name is given and the text says "none"/"nobody"/"no one", else 0.
-           True set non-empty: the set F1 2PR/(P+R) (order-insensitive, duplicates ignored), 0 if no name.
+           True set non-empty: the Jaccard index |pred & true| / |pred | true| (order-insensitive,
+           duplicates ignored), 0 if no name.
     shape  1 if the stripped completion is exactly "Name, Name." (distinct pool names) or "None.".
+The format bonus multiplies J, so it is paid only in proportion to correctness: " None." earns it on
+the questions whose answer is empty and nothing elsewhere, and a wrong list in a perfect shape earns 0.
+
+Why Jaccard and not set F1 (measured on 400 eval prompts, seed 0, both with the bonus gated as above):
+F1 = 2PR/(P+R) pays a long list generously. Listing every name that has parents (minus the person asked
+about) gets 0.336 under F1 and 0.224 under Jaccard; the whole family 0.297 and 0.178. The trained SFT
+model (configs/family_tree/sft.yaml) barely moves, 0.212 -> 0.194 sampled and 0.388 -> 0.379 greedy,
+and so do the deliberately imperfect demonstrations, 1.008 -> 0.984. Jaccard is the share of the names
+in the union that are right: a wrong name costs as much as a missing one. F0.5 (precision-weighted)
+sits in between (0.261 for the first heuristic) and is harder to read. The battery of such tricks is
+in tasks/baselines.py.
 """
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError, DataError
+from .base import check_split, split_of
 
 # Short names, one sex each, none an everyday English word (free-text parsing treats any pool name
 # as a name, so "May" or "Will" would turn ordinary words into false positives).
@@ -80,7 +92,8 @@ class FamilyTreeConfig:
     candidate_bad_format: float = 0.25
     """Share of annotator candidates written in a broken shape, whatever names they give."""
     format_bonus: float = 0.2
-    """Gold added for the exact "Name, Name." / "None." shape; max_gold = 1 + format_bonus."""
+    """Gold multiplier for the exact "Name, Name." / "None." shape: gold = J * (1 + format_bonus * shape),
+    so the bonus is paid only with correctness; max_gold = 1 + format_bonus."""
 
     def __post_init__(self):
         object.__setattr__(self, "relations", tuple(self.relations))
@@ -184,16 +197,17 @@ def format_answer(names: list[str]) -> str:
     return " " + (", ".join(names) if names else "None") + "."
 
 
-def answer_f1(truth: list[str], completion: str) -> float:
-    """Set F1 of the names in `completion` against `truth` (see the module docstring)."""
-    pred = {w.capitalize() for w in _WORD.findall(completion) if w.capitalize() in NAME_SEX}
+def answer_names(completion: str) -> set[str]:
+    """Every word of `completion` that is a pool name (case-insensitive), capitalised."""
+    return {w.capitalize() for w in _WORD.findall(completion) if w.capitalize() in NAME_SEX}
+
+
+def answer_jaccard(truth: list[str], completion: str) -> float:
+    """Jaccard index of the names in `completion` against `truth` (see the module docstring)."""
+    pred = answer_names(completion)
     if not truth:
         return 1.0 if not pred and _NONE.search(completion) else 0.0
-    hits = len(pred & set(truth))
-    if hits == 0:
-        return 0.0
-    precision, recall = hits / len(pred), hits / len(truth)
-    return 2 * precision * recall / (precision + recall)
+    return len(pred & set(truth)) / len(pred | set(truth))
 
 
 def exact_shape(completion: str) -> bool:
@@ -207,7 +221,7 @@ def exact_shape(completion: str) -> bool:
 
 
 def _bad_formats(names: list[str]) -> list[str]:
-    """The right names in a broken shape (F1 kept, format bonus lost)."""
+    """The right names in a broken shape (J kept, format bonus lost)."""
     if not names:
         return [" None", " none.", " Nobody.", " None. None."]
     joined = ", ".join(names)
@@ -282,17 +296,16 @@ class FamilyTreeTask:
         return "\n".join(lines) + f"\nQ: {relation} of {rng.choice(people)}?\nA:"
 
     def prompts(self, split: str, n: int, seed: int) -> list[str]:
-        if split not in ("train", "eval"):
-            raise ConfigError(f"split must be 'train' or 'eval', got '{split}'")
-        parity = 0 if split == "train" else 1
+        check_split(self.name, split)
         out: list[str] = []
         i = 0
         while len(out) < n:
             # Why a fresh stream per index: prompt i never depends on n, so prompts(s, 10) is a prefix
-            # of prompts(s, 20). Why the hash parity: train and eval are disjoint by construction.
+            # of prompts(s, 20). Why `split_of` (a hash of the text): the splits are disjoint by
+            # construction, for every seed.
             prompt = self._draw_prompt(random.Random(f"family_tree:{seed}:{split}:{i}"))
             i += 1
-            if prompt is not None and hashlib.sha256(prompt.encode()).digest()[0] % 2 == parity:
+            if prompt is not None and split_of(prompt) == split:
                 out.append(prompt)
             if i > 50 * n + 1000:
                 raise ConfigError("family_tree: cannot draw prompts with this config (families too big?)")
@@ -303,7 +316,7 @@ class FamilyTreeTask:
     def gold_reward(self, prompt: str, completion: str) -> float:
         fam, person, relation = parse_prompt(prompt)
         truth = fam.relatives(person, relation)
-        return answer_f1(truth, completion) + self.config.format_bonus * exact_shape(completion)
+        return answer_jaccard(truth, completion) * (1.0 + self.config.format_bonus * exact_shape(completion))
 
     def reference_answer(self, prompt: str) -> str:
         fam, person, relation = parse_prompt(prompt)

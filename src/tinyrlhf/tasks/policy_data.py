@@ -10,6 +10,11 @@ Written to `out_dir`: pairs.jsonl (two distinct samples of a prompt, ordered by 
 Bradley-Terry draw), binary.jsonl (one sample per prompt, labelled around the median sample gold), and
 sft.jsonl / eval_prompts.jsonl / eval_pairs.jsonl / rankings.jsonl copied from the base directory, so
 every loop can point data.dir here. A prompt whose k samples are all identical gives no pair (counted).
+The manifest's `policy_data` states the labels' agreement with gold (`agreement_measured`) and between
+two annotators (`inter_annotator_measured`: a second, distinct annotator judges the same pairs with its
+own random stream; its labels are not written), each next to what the pool predicts on these pairs
+(`*_expected`: the pool was calibrated on the base data's scripted pairs, whose gold gaps differ), all
+over the pairs whose two samples differ in gold.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import torch
 from ..data.records import BinaryRecord, PairRecord, iter_jsonl, write_records
 from ..errors import ConfigError
 from . import get_task
-from .annotators import Annotator, AnnotatorPool, measured_agreement
+from .annotators import Annotator, AnnotatorPool, measured_agreement, measured_inter_agreement
 
 COPIED = ("sft.jsonl", "eval_prompts.jsonl", "eval_pairs.jsonl", "rankings.jsonl")
 
@@ -77,7 +82,7 @@ def write_policy_data(model_dir: str, base_dir: str, out_dir: str, *, seed: int 
     samples = sample_k(model_dir, prompts, k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
 
     rng = random.Random(f"policy_data:{seed}")
-    pairs, singles, identical = [], [], 0
+    pairs, judged, singles, identical = [], [], [], 0
     for p, texts in zip(prompts, samples):
         singles.append((p, texts[0], task.gold_reward(p, texts[0])))
         distinct = list(dict.fromkeys(t for t in texts if t.strip()))
@@ -91,6 +96,7 @@ def write_policy_data(model_dir: str, base_dir: str, out_dir: str, *, seed: int 
             a, b, ga, gb = b, a, gb, ga
         pairs.append(PairRecord(p, a, b, None, {"annotator": ann.id, "gold_chosen": round(ga, 6),
                                                 "gold_rejected": round(gb, 6), "source": "policy"}))
+        judged.append((ann, round(ga, 6), round(gb, 6)))
     if not pairs:
         raise ConfigError(f"all {len(prompts)} prompts gave {k} identical samples: no pairs (raise k or temperature)")
     threshold = statistics.median(g for *_, g in singles)
@@ -109,13 +115,19 @@ def write_policy_data(model_dir: str, base_dir: str, out_dir: str, *, seed: int 
             shutil.copyfile(os.path.join(base_dir, name), os.path.join(out_dir, name))
     gaps = [(r.meta["gold_chosen"], r.meta["gold_rejected"]) for r in pairs]
     nonzero = [g for g in gaps if g[0] != g[1]]
+    inter = (measured_inter_agreement(pool, judged, random.Random(f"policy_data:{seed}:second_judge"))
+             if nonzero else None)
     info = {**base, "source_model": model_dir, "base_dir": base_dir, "policy_data": {
         "seed": seed, "k": k, "temperature": temperature, "prompts": len(prompts), "identical_samples": identical,
         "pairs": len(pairs), "zero_gap_pairs": len(gaps) - len(nonzero),
         "agreement_measured": measured_agreement(nonzero) if nonzero else None,
+        "agreement_expected": pool.expected_agreement([c - r for c, r in nonzero]) if nonzero else None,
+        "inter_annotator_measured": inter,
+        "inter_annotator_expected": pool.expected_inter_agreement([c - r for c, r in nonzero]) if nonzero else None,
         "sample_gold_mean": statistics.fmean(g for *_, g in singles), "binary_threshold": threshold}}
     tmp = os.path.join(out_dir, f"manifest.json.tmp{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(json.dumps(info, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, os.path.join(out_dir, "manifest.json"))
-    return {**counts, "identical_samples": identical, "agreement": info["policy_data"]["agreement_measured"]}
+    return {**counts, "identical_samples": identical, "agreement": info["policy_data"]["agreement_measured"],
+            "inter_annotator": inter}

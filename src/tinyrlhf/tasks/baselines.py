@@ -1,0 +1,142 @@
+"""Degenerate policies: answers that need no learning, which a trained policy must beat to mean anything.
+
+    policies = degenerate_policies(task)              # name -> completion for a prompt
+    scores = score_policies(task, prompts)            # name -> mean gold on these prompts
+    name, gold = best_baseline(task, prompts)         # the strongest of them
+
+Each policy is a pure function of the prompt text (no randomness), so its score on a prompt list is one
+exact number. The battery holds the answers a reviewer tries first -- constants, the empty answer, a copy
+of the prompt, a repeated word -- and the tricks that game a gold reward written carelessly: listing
+every name (set F1 pays a long list well), "None." for everything (a format bonus paid without
+correctness), adjectives joined by "and" (stop words diluting a stuffing penalty), and one fixed review
+with the product name filled in. A method that does not beat `best_baseline` has learnt nothing a
+one-line rule could not do. tests/test_degenerate.py checks that every one of them scores clearly below
+the task's own demonstrations (what SFT imitates).
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Callable
+
+from .base import Task
+from .family_tree import Family, format_answer, parse_prompt
+from .positive_review import ASPECT_SENTENCES, ASPECTS, POSITIVE, parse_review_prompt
+
+Policy = Callable[[str], str]
+
+
+def _generic() -> dict[str, Policy]:
+    """Policies that make sense for any task."""
+    return {"empty": lambda p: "",
+            "copy the prompt": lambda p: " " + p,
+            "repeat a word": lambda p: " " + " ".join(["the"] * 12) + "."}
+
+
+# ---------------------------------------------------------------- family_tree
+
+def _founders(fam: Family) -> list[str]:
+    """The couple on the first description line (the grandparents of everyone in generation 3)."""
+    return list(fam.parents[fam.order[0]])
+
+
+def _generation(fam: Family) -> dict[str, int]:
+    """1 for the founders, 2 for their children and the people who married them, and so on."""
+    depth = {n: 1 for n in _founders(fam)}
+    for child, (a, b) in fam.parents.items():  # description order: parents always come first
+        d = max(depth.get(a, 0), depth.get(b, 0))
+        depth[a] = depth[b] = d
+        depth[child] = d + 1
+    return depth
+
+
+def _family_tree(task: Task) -> dict[str, Policy]:
+    def answer(pick: Callable[[Family, str, str], list[str]]) -> Policy:
+        def policy(prompt: str) -> str:
+            fam, person, relation = parse_prompt(prompt)
+            rank = {n: i for i, n in enumerate(fam.order)}
+            return format_answer(sorted(dict.fromkeys(pick(fam, person, relation)), key=rank.__getitem__))
+        return policy
+
+    def same_generation(fam: Family, person: str, relation: str) -> list[str]:
+        depth = _generation(fam)
+        return [n for n in fam.order if depth[n] == depth[person] and n != person]
+
+    def shortcut(fam: Family, person: str, relation: str) -> list[str]:
+        # The two one-hop lookups a model learns first, "None." for everything else.
+        if relation == "parents":
+            return list(fam.parents.get(person, ()))
+        return _founders(fam) if relation == "grandparents" else []
+
+    return {
+        "constant ' None.'": lambda p: " None.",
+        "repeat the person's name": lambda p: " " + " ".join([parse_prompt(p)[1]] * 6) + ".",
+        "the person asked about": answer(lambda f, p, r: [p]),
+        "all names in the family": answer(lambda f, p, r: f.order),
+        "names with parents minus the person": answer(lambda f, p, r: [n for n in f.order
+                                                                       if n in f.parents and n != p]),
+        "parents for every question": answer(lambda f, p, r: list(f.parents.get(p, ()))),
+        "founders for every question": answer(lambda f, p, r: _founders(f)),
+        "founders' children for every question": answer(lambda f, p, r: f.kids[_founders(f)[0]]),
+        "same generation minus the person": answer(same_generation),
+        "parents, founders as grandparents, else None": answer(shortcut),
+    }
+
+
+# ---------------------------------------------------------------- positive_review
+
+def _product(prompt: str) -> str:
+    return parse_review_prompt(prompt)[1]
+
+
+# The best prompt-independent review we found: a greedy search that adds, one at a time, the sentence of
+# the task's banks that raises the mean gold most on 2,000 train prompts (seed 0), until none does.
+# General praise plus one aspect's: it hits the asked aspect on 1 prompt in 5.
+_BEST_CONSTANT = (" The build is solid and sturdy. I love this {p}. Really happy with it. Perfect for me. "
+                  "My kids think it is amazing.")
+
+
+def _positive_review(task: Task) -> dict[str, Policy]:
+    out: dict[str, Policy] = {
+        "repeat 'great'": lambda p: " " + " ".join(["great"] * 10) + ".",
+        "every positive word": lambda p: " " + ", ".join(sorted(POSITIVE)).capitalize() + ".",
+        "adjectives joined by 'and'": lambda p: (" It is great and good and lovely and easy and solid and "
+                                                 f"quick and nice {_product(p)}."),
+        "'It is X.' frames": lambda p: " " + " ".join(f"It is {w}." for w in
+                                                      ("great", "good", "nice", "amazing", "superb")),
+        "one-word sentences": lambda p: " Great. Good. Nice. Amazing. Superb. Wonderful. Brilliant.",
+        "one good sentence repeated": lambda p: f" Great {_product(p)}." * 5,
+        "general praise, no aspect": lambda p: (f" Great {_product(p)}. I love it. I would recommend it. "
+                                                "Really happy with it."),
+        "praise every aspect": lambda p: (f" Great {_product(p)}. Looks lovely. Very sturdy. So easy to use. "
+                                          "Worth every penny. Fast delivery."),
+        "the old fixed review": lambda p: (f" Great {_product(p)}. Very easy to use. The build is solid and "
+                                           "sturdy. Excellent value for the money. I would recommend it."),
+        "best constant found": lambda p: _BEST_CONSTANT.format(p=_product(p)),
+    }
+    for aspect in ASPECTS:  # one aspect's praise whatever the prompt asks: right on 1 prompt in 5
+        out[f"always praise the {aspect}"] = (lambda a: lambda p: " " + " ".join(
+            [f"Great {_product(p)}."] + [s.format(p=_product(p)) for s in ASPECT_SENTENCES[a][:2]]))(aspect)
+    return out
+
+
+_BATTERIES = {"family_tree": _family_tree, "positive_review": _positive_review}
+
+
+def degenerate_policies(task: Task) -> dict[str, Policy]:
+    """name -> policy (prompt -> completion) for `task`: the generic ones plus the task's own tricks."""
+    battery = _BATTERIES.get(task.name)
+    return {**_generic(), **(battery(task) if battery else {})}
+
+
+def score_policies(task: Task, prompts: list[str], policies: dict[str, Policy] | None = None) -> dict[str, float]:
+    """Mean gold of each policy on `prompts` (default: the whole degenerate battery)."""
+    policies = degenerate_policies(task) if policies is None else policies
+    return {name: statistics.fmean(task.gold_reward(p, policy(p)) for p in prompts)
+            for name, policy in policies.items()}
+
+
+def best_baseline(task: Task, prompts: list[str]) -> tuple[str, float]:
+    """(name, mean gold) of the strongest degenerate policy on `prompts` (first name wins a tie)."""
+    scores = score_policies(task, prompts)
+    name = max(scores, key=scores.__getitem__)
+    return name, scores[name]
