@@ -3,16 +3,20 @@ import json
 import os
 
 import pytest
+import yaml
 
 from conftest import tiny_sft
 from tinyrlhf.cli import main
+from tinyrlhf.errors import ConfigError
 from tinyrlhf.eval import compare as C
+from tinyrlhf.eval import compare_stages as S
 from tinyrlhf.eval.evaluate import EvalSettings, evaluate_model
 
 TINY_DATA = ["data.n_train_prompts=60", "data.n_pairs=80", "data.n_binary=40", "data.n_rankings=4",
              "data.n_eval_pairs=8", "data.n_eval_prompts=8"]
 TINY = [*TINY_DATA, "sft.train.max_steps=3", "sft.model.tokenizer_vocab=400", "dpo.train.batch_size=8",
-        "kto.train.batch_size=8", "sft.train.batch_size=8"]
+        "kto.train.batch_size=8", "sft.train.batch_size=8", "reward.train.max_steps=3", "reward.train.batch_size=8"]
+TINY_RL = ["ppo.rollout.prompts_per_step=8", "ppo.train.batch_size=8", "ppo.ppo.minibatch_size=8"]
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +60,55 @@ def test_compare_rejects_bad_input(tmp_path, capsys):
     assert main([*base, "--task", "nope"]) == 2
     assert main([*base, "--task", "family_tree", "--methods", "sft,ppq"]) == 2
     assert "unknown method(s) ppq" in capsys.readouterr().err
-    assert main([*base, "--task", "family_tree", "--methods", "dpo", "bogus.train.lr=1"]) == 2
+    assert main([*base, "--task", "family_tree", "--methods", "dpo", "sft.train"]) == 2
     assert "expected STAGE.key=value" in capsys.readouterr().err
+    assert main([*base, "--task", "family_tree", "--methods", "dpo", "model.path=x"]) == 2
+    assert "compare sets 'model.path' itself" in capsys.readouterr().err
+    assert main([*base, "--task", "family_tree", "--methods", "dpo,kto", "--trials", "2",
+                 "--grid", "dpo.beta=0.1,0.2,0.3"]) == 2
+    assert "3 values but --trials 2" in capsys.readouterr().err
+    assert main([*base, "--task", "family_tree", "--methods", "dpo", "--best-of", "4,x"]) == 2
+    assert "--best-of" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # nothing written for a refused comparison
 
 
-def test_compare_plan_needs_reward_model_only_for_rl():
-    spec = C.parse_spec("family_tree", "dpo,kto", 2, "x", 100, "", 10, [])
+def test_compare_plan_labels_before_the_reward_model_and_baselines_before_evals():
+    spec = C.parse_spec("family_tree", "dpo,kto", 2, "x", 100, "", 10, [], best_of="")
     assert spec.methods[0] == "sft" and all(s != "reward" for _, s in C.plan(spec))
     spec = C.parse_spec("family_tree", "ppo", 1, "x", 100, "", 10, [])
-    assert [s for _, s in C.plan(spec)] == ["data", "sft", "reward", "ppo", "eval:sft", "eval:ppo"]
+    assert [s for _, s in C.plan(spec)] == ["data", "sft", "pairs", "reward", "ppo", "baselines", "eval:sft",
+                                            "eval:ppo"]
+    # the reward model on the task's scripted pairs needs no on-policy labels
+    spec = C.parse_spec("family_tree", "ppo", 1, "x", 100, "", 10, [], rm_data="task")
+    assert "pairs" not in [s for _, s in C.plan(spec)]
+    # best-of-n needs a reward model even when no method does
+    spec = C.parse_spec("family_tree", "dpo", 1, "x", 100, "", 10, [])
+    assert [s for _, s in C.plan(spec)][:4] == ["data", "sft", "pairs", "reward"]
+
+
+def test_trials_give_every_method_the_same_number_of_settings():
+    spec = C.parse_spec("family_tree", "sft,dpo,ppo,kto", 1, "x", 100, "", 10, [], trials=3,
+                        grid=["kto.beta=0.1,0.2,0.4"])
+    grids = {m: (k, v) for m, k, v in spec.grids}
+    assert grids["dpo"] == ("beta", (1.0, 0.3, 0.05))  # the two ends and the middle of the default grid
+    assert grids["ppo"] == ("kl.target", (0.25, 1.0, 4.0))
+    assert grids["kto"] == ("beta", (0.1, 0.2, 0.4))
+    assert [r for r, _ in C.runs_of(spec, "dpo")] == ["dpo@beta=1", "dpo@beta=0.3", "dpo@beta=0.05"]
+    assert C.runs_of(spec, "sft") == [("sft", {})]
+    spec = C.parse_spec("family_tree", "dpo", 1, "x", 100, "", 10, ["train.threads=1", "dpo.beta=0.2"])
+    assert spec.global_overrides == ("train.threads=1",) and spec.overrides == ("dpo.beta=0.2",)
+    assert C.runs_of(spec, "dpo") == [("dpo", {})]
+
+
+def _summary(out, seed, run):
+    return json.load(open(out / f"seed{seed}" / run / "summary.json"))
 
 
 def test_compare_runs_resumes_and_reports(tmp_path, monkeypatch):
     out = tmp_path / "cmp"
-    spec = C.parse_spec("family_tree", "sft,dpo,kto", 1, str(out), 24, "", 8, TINY)
-    real = C.run_stage
+    spec = C.parse_spec("family_tree", "sft,dpo,kto,ppo", 1, str(out), 24, "", 8, [*TINY, *TINY_RL, "train.threads=1"],
+                        val_prompts=8, best_of="2,4")
+    real = S.run_stage
     calls = []
 
     def interrupted(spec_, seed, stage):
@@ -79,32 +117,75 @@ def test_compare_runs_resumes_and_reports(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the user pressed Ctrl-C during KTO
         return real(spec_, seed, stage)
 
-    monkeypatch.setattr(C, "run_stage", interrupted)
+    monkeypatch.setattr(S, "run_stage", interrupted)
     with pytest.raises(KeyboardInterrupt):
         C.run_compare(spec, log=lambda _: None)
     sft_summary = out / "seed0" / "sft" / "summary.json"
     stamp = os.path.getmtime(sft_summary)
     assert (out / "seed0" / "dpo" / "final").is_dir() and not (out / "seed0" / "kto").exists()
 
-    calls.clear()
-    monkeypatch.setattr(C, "run_stage", lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(S, "run_stage", real)
     result = C.run_compare(spec, log=lambda _: None)
     assert os.path.getmtime(sft_summary) == stamp  # finished SFT reused, not retrained
-    rows = json.load(open(out / "results.json"))["rows"]
-    assert sorted(r["method"] for r in rows) == ["dpo", "kto", "sft"]
+    res = json.load(open(out / "results.json"))
+    rows = {r["run"]: r for r in res["rows"]}
+    assert sorted(rows) == ["dpo", "kto", "ppo", "sft"]
     # equal budget: both offline methods saw 24 examples = 3 steps x batch 8
     for m in ("dpo", "kto"):
-        assert json.load(open(out / "seed0" / m / "summary.json"))["steps"] == 3
+        assert _summary(out, 0, m)["steps"] == 3
+    # equal labels: the reward model trained on exactly the pairs DPO learned from (the SFT samples' labels),
+    # without the SFT log-prob term; the report's rows state the labels each method consumed
+    pairs = sum(1 for _ in open(out / "pairs-seed0" / "pairs.jsonl"))
+    rm_cfg = yaml.safe_load(open(out / "seed0" / "reward" / "config.yaml"))
+    assert rm_cfg["data"]["dir"].endswith("pairs-seed0") and rm_cfg["logp_feature"] is False
+    assert _summary(out, 0, "reward")["data/train_records"] == pairs == _summary(out, 0, "dpo")["data/train_records"]
+    assert rows["dpo"]["labels"] == min(pairs, 24) and rows["dpo"]["label_kind"] == "pairs"
+    assert rows["ppo"]["labels"] == pairs and rows["kto"]["label_kind"] == "binary"
+    assert rows["ppo"]["rollouts"] == _summary(out, 0, "ppo")["episodes"] > 0 and rows["sft"]["labels"] == 0
+    # global overrides reached every training stage
+    for run in ("sft", "reward", "dpo", "kto", "ppo"):
+        assert yaml.safe_load(open(out / "seed0" / run / "config.yaml"))["train"]["threads"] == 1
+    # the baselines' T=1 samples are the SFT evaluation's own samples (same prompts, same sampling call)
+    base = json.load(open(out / "seed0" / "baselines.json"))
+    sft_eval = json.load(open(out / "seed0" / "sft" / "eval-family_tree.json"))
+    assert base["temperature"]["1"]["per_prompt"] == sft_eval["per_prompt"]["gold"]
+    assert set(base["best_of"]) == {"2", "4"} and len(base["best_of"]["4"]["per_prompt"]) == 8
+    assert base["heuristic"]["name"] in base["battery"]
+    # the reward model scored on the policies' own samples
+    ppo_eval = json.load(open(out / "seed0" / "ppo" / "eval-family_tree.json"))
+    assert ppo_eval["rm_accuracy_own"]["pairs"] <= 8 and len(ppo_eval["per_prompt"]["kl"]) == 8
     report = open(result["report"]).read()
-    ms = result["results"]["methods"]
-    for m in ("dpo", "kto"):  # the words match the numbers
-        word = "significant." if ms[m]["significant"] else "Not significant"
-        assert f"**{m}**" in report and word in report.split(f"**{m}**")[1].split("\n")[0]
-        assert f"{ms[m]['delta']:+.3f}" in report
-    for png in ("frontier.png", "vs_sft.png"):
+    runs = result["results"]["runs"]
+    for m in ("dpo", "kto", "ppo"):  # the words match the numbers, for every baseline
+        line = report.split(f"- **{m}**")[1].split("\n")[0]
+        for b, what in (("sft", "vs SFT"), ("heuristic", "vs the best heuristic"), ("best-of-4", "vs best-of-4")):
+            d = runs[m]["vs"][b]
+            part = line.split(what + ":")[1].split(";")[0]
+            assert f"{d['mean']:+.3f}" in part
+            assert ("not significant" in part) == (not d["significant"])
+            assert d["significant"] == (d["low"] > 0 or d["high"] < 0)
+    for png in ("frontier.png", "vs_sft.png", "overopt.png"):
         assert (out / png).stat().st_size > 1000
-    assert (out / "results.csv").read_text().startswith("method,seed,gold")
-    ratings = json.load(open(out / "results.json"))["ratings"]
-    assert ratings["matches"] == 3 * 8  # 3 pairs of methods x 8 prompts x 1 seed
+    assert (out / "results.csv").read_text().startswith("method,run,seed,gold")
+    ratings = res["ratings"]
+    assert ratings["matches"] == 6 * 8  # 6 pairs of methods x 8 prompts x 1 seed
     assert ratings["bradley_terry"]["sft"]["rating"] == pytest.approx(1000.0)
-    assert set(ratings["elo"]) == {"sft", "dpo", "kto"} and "Bradley–Terry" in report
+    # another label budget in the same directory would mix two comparisons: refused, nothing retrained
+    other = C.parse_spec("family_tree", "sft,dpo", 1, str(out), 24, "", 8, TINY, labels=12)
+    with pytest.raises(ConfigError, match="labels"):
+        C.run_compare(other, log=lambda _: None)
+
+
+def test_compare_trials_pick_the_best_on_validation(tmp_path):
+    out = tmp_path / "trials"
+    spec = C.parse_spec("family_tree", "sft,dpo", 1, str(out), 16, "", 8, TINY, val_prompts=8, best_of="",
+                        trials=2, grid=["dpo.beta=0.05,1.0"])
+    result = C.run_compare(spec, log=lambda _: None)
+    runs, chosen = result["results"]["runs"], result["results"]["chosen"]
+    assert set(runs) == {"sft", "dpo@beta=0.05", "dpo@beta=1"}
+    for run in ("dpo@beta=0.05", "dpo@beta=1"):
+        assert yaml.safe_load(open(out / "seed0" / run / "config.yaml"))["beta"] == float(run.split("=")[1])
+    vals = {r: runs[r]["val_gold"] for r in ("dpo@beta=0.05", "dpo@beta=1")}
+    assert chosen["dpo"] == max(vals, key=vals.get)
+    report = open(result["report"]).read()
+    assert "## Every trial" in report and f"{chosen['dpo'].split('@')[1]} (chosen)" in report

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from tinyrlhf.eval.metrics import (bleu, bootstrap_ci, distinct_n, mean_length, paired_bootstrap_ci, rouge_l,
+from tinyrlhf.eval.metrics import (bleu, bootstrap_ci, cluster_bootstrap_ci, distinct_n, mean_length, paired_bootstrap_ci, rouge_l,
                                    win_rate)
 from tinyrlhf.eval.ratings import bradley_terry_ratings, elo_ratings
 
@@ -54,6 +54,46 @@ def test_paired_bootstrap_ci_cancels_shared_prompt_difficulty():
     assert d == 1.5 and 0.0 <= lo < 1.5 < hi <= 3.0
     with pytest.raises(ValueError):
         paired_bootstrap_ci([1.0, 2.0], [1.0])
+
+
+def test_cluster_bootstrap_holds_the_seed_to_seed_spread():
+    """Two seeds, no prompt noise inside a seed: seed 0 scores 0 on every prompt, seed 1 scores 1.
+    Resampling seeds gives the seed sets {0,0}, {0,1}, {1,1} with probabilities 1/4, 1/2, 1/4, so the
+    resampled means are 0, 0.5, 1 and the 2.5 % / 97.5 % quantiles are exactly 0 and 1. Pooling the 100
+    values as if independent gives a narrow interval around 0.5 instead (about ±0.1)."""
+    groups = [[0.0] * 50, [1.0] * 50]
+    mean, low, high = cluster_bootstrap_ci(groups, seed=0)
+    assert (mean, low, high) == (0.5, 0.0, 1.0)
+    _, plow, phigh = bootstrap_ci(groups[0] + groups[1], seed=0)
+    assert phigh - plow < 0.25
+
+
+def test_cluster_bootstrap_weighs_seeds_equally_and_matches_the_plain_bootstrap_for_one_seed():
+    """Unequal group sizes: the estimate is the mean of the group means, (0 + 1) / 2, not the pooled mean
+    (10 x 1 + 90 x 0) / 100 = 0.1. With one group the scheme is the plain percentile bootstrap: same estimate,
+    and with 4000 resamples both interval ends agree to 0.01 (a tenth of the interval's half-width here)."""
+    assert cluster_bootstrap_ci([[0.0] * 90, [1.0] * 10], seed=0)[0] == pytest.approx(0.5)
+    x = np.random.default_rng(3).normal(size=200)
+    m1, lo1, hi1 = cluster_bootstrap_ci([x], n_resamples=4000, seed=1)
+    m2, lo2, hi2 = bootstrap_ci(x, n_resamples=4000, seed=2)
+    assert m1 == pytest.approx(m2) and abs(lo1 - lo2) < 0.01 and abs(hi1 - hi2) < 0.01
+    assert cluster_bootstrap_ci([x, x + 1], seed=5) == cluster_bootstrap_ci([x, x + 1], seed=5)  # deterministic
+    with pytest.raises(ValueError):
+        cluster_bootstrap_ci([[1.0], []])
+    with pytest.raises(ValueError):
+        cluster_bootstrap_ci([[1.0, float("nan")]])
+
+
+def test_cluster_bootstrap_is_wider_than_pooling_when_seeds_differ():
+    """Three seeds with the same prompt noise and means 0, 0.2, 0.4: the pooled bootstrap treats 600 values as
+    independent and calls the mean 0.2 precise to about ±0.1; the cluster interval must be wider (it contains
+    the spread of the seed means), and still contain the true mean 0.2."""
+    noise = np.random.default_rng(0).normal(scale=1.0, size=200)
+    groups = [noise + shift for shift in (0.0, 0.2, 0.4)]
+    _, low, high = cluster_bootstrap_ci(groups, seed=0)
+    _, plow, phigh = bootstrap_ci(np.concatenate(groups), seed=0)
+    assert high - low > 1.3 * (phigh - plow)
+    assert low < 0.2 + noise.mean() < high
 
 
 def test_win_rate_counts_ties_as_half():

@@ -131,9 +131,12 @@ def _cmd_compare(args) -> int:
     from .eval.report import format_table
 
     spec = parse_spec(args.task, args.methods, args.seeds, args.out or f"runs/compare/{args.task}", args.budget,
-                      args.config_dir, args.eval_prompts, args.overrides, args.offline_data)
+                      args.config_dir, args.eval_prompts, args.overrides, args.offline_data, labels=args.labels,
+                      val_prompts=args.val_prompts, rm_data=args.rm_data, rm_logp=args.rm_logp, trials=args.trials,
+                      grid=args.grid, best_of=args.best_of)
     print(f"compare {spec.task}: methods {', '.join(spec.methods)} x {spec.seeds} seed(s), budget {spec.budget} "
-          f"prompts per method -> {spec.out}", flush=True)
+          f"prompts and {spec.n_labels} labels per method"
+          + (f", {spec.trials} trials each" if spec.trials > 1 else "") + f" -> {spec.out}", flush=True)
     out = run_compare(spec, log=lambda line: print(line, flush=True))
     print(format_table(spec, out["results"]))
     print(f"report: {out['report']}")
@@ -174,7 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-prompts", type=int, default=200, help="held-out prompts per evaluation")
     p.add_argument("--offline-data", choices=("policy", "task"), default="policy",
                    help="offline methods learn from SFT samples judged by the annotators (policy) or the task's pairs")
-    p.add_argument("overrides", nargs="*", help="STAGE.key=value, e.g. sft.train.max_steps=600 ppo.kl.target=2")
+    p.add_argument("--labels", type=int, default=0, help="preference labels per method: the reward model's and the "
+                   "offline methods' (default: --budget)")
+    p.add_argument("--rm-data", choices=("policy", "task"), default="policy",
+                   help="the reward model learns from the labelled SFT samples (policy, the offline methods' labels) "
+                   "or the task's scripted pairs")
+    p.add_argument("--rm-logp", action="store_true", help="add the SFT trunk's log-prob term to the reward model")
+    p.add_argument("--trials", type=int, default=1, help="settings of each method's key hyper-parameter, picked on "
+                   "validation prompts (1 = the config's value)")
+    p.add_argument("--grid", action="append", default=[], help="METHOD.key=v1,v2,... instead of the default grid")
+    p.add_argument("--val-prompts", type=int, default=200, help="validation prompts per seed (choose trials, baselines)")
+    p.add_argument("--best-of", default="4,16", help="best-of-n baselines against the reward model ('' = none)")
+    p.add_argument("overrides", nargs="*", help="STAGE.key=value for one stage (sft.train.max_steps=600, "
+                   "ppo.kl.target=2) or key=value for every training stage (train.threads=1)")
     p.set_defaults(func=_cmd_compare)
     for name, what in (("sft", "supervised fine-tuning"), ("reward", "reward model (Bradley-Terry)"),
                        ("dpo", "offline preference optimisation: loss=dpo|ipo|cdpo|hinge|simpo|orpo"),

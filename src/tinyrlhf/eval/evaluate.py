@@ -129,7 +129,7 @@ def evaluate_model(path: str, task_name: str, *, reward: str = "", reference: st
         out["win_rate"] = {"rate": rate, "low": lo, "high": hi, "judge": judge.name,
                            "against": reference}
         del ref_model
-    out["per_prompt"] = {"gold": gold, **({"win": verdicts} if reference else {})}
+    out["per_prompt"] = {"gold": gold, **({"win": verdicts, "kl": kl} if reference else {})}
     out["samples"] = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
     return out
 

@@ -49,6 +49,38 @@ def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], *, n_resamples: 
     return bootstrap_ci(a_arr - b_arr, n_resamples=n_resamples, alpha=alpha, seed=seed)
 
 
+def cluster_bootstrap_ci(groups: Sequence[Sequence[float]], *, n_resamples: int = 2000, alpha: float = 0.05,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) for values nested in groups -- per-prompt numbers nested in training seeds.
+
+    The estimate is the mean of the group means (every seed weighs the same). Each resample draws
+    len(groups) groups with replacement and, inside every drawn group, its values with replacement (a
+    two-stage cluster bootstrap, Davison & Hinkley 1997, sec. 3.8): the interval then holds the seed-to-seed
+    spread as well as the prompt noise, which pooling all prompts as if independent leaves out. With one
+    group it is the plain bootstrap of that group's mean; with few groups the seed stage is coarse (2 seeds
+    give only 3 distinct seed draws), so the interval is honest about how little a few seeds can show."""
+    xs = [np.asarray(g, dtype=np.float64).reshape(-1) for g in groups]
+    if not xs or any(x.size == 0 for x in xs):
+        raise ValueError("cluster_bootstrap_ci: every group needs values")
+    if not all(np.all(np.isfinite(x)) for x in xs):
+        raise ValueError("cluster_bootstrap_ci: values must be finite")
+    rng = np.random.default_rng(seed)
+    n_groups = len(xs)
+    picks = rng.integers(0, n_groups, size=(n_resamples, n_groups))  # (R, G): which group fills each slot
+    # slot_means[k, r, j]: group k's mean under an independent resample of its values, for slot j of draw r
+    # (a group drawn twice in one resample gets two independent prompt resamples, as the two-stage scheme says)
+    slot_means = np.empty((n_groups, n_resamples, n_groups))
+    for k, x in enumerate(xs):
+        chunk = max(1, _MAX_DRAWS // (x.size * n_groups))
+        for start in range(0, n_resamples, chunk):
+            stop = min(start + chunk, n_resamples)
+            idx = rng.integers(0, x.size, size=(stop - start, n_groups, x.size))
+            slot_means[k, start:stop] = x[idx].mean(axis=-1)
+    draws = np.take_along_axis(slot_means.transpose(1, 2, 0), picks[..., None], axis=-1)[..., 0]  # (R, G)
+    low, high = np.quantile(draws.mean(axis=1), [alpha / 2, 1 - alpha / 2])
+    return float(np.mean([x.mean() for x in xs])), float(low), float(high)
+
+
 def win_rate(judgments: Sequence[float], *, n_resamples: int = 2000, alpha: float = 0.05,
              seed: int = 0) -> tuple[float, float, float]:
     """(rate, low, high) from judgments 1 (win), 0.5 (tie), 0 (loss); ties count as half a win.

@@ -1,0 +1,118 @@
+"""The baselines a trained method has to beat, on the same held-out prompts as the methods (compare's stage
+"baselines"): what no learning gets, what sharpening the SFT model gets, and what reranking it gets.
+
+- **heuristic**: the best of the task's battery of constant / rule-based answers (tinyrlhf.tasks.baselines),
+  picked on the validation prompts and scored on the evaluation prompts;
+- **SFT at temperatures** 1 (the methods' sampling temperature), 0.7, 0.3 and greedy; the "sharpened" SFT is the
+  temperature that is best on the validation prompts. A method whose gain is no larger than this one's has
+  learned lower entropy, not preferences;
+- **best-of-n** against the reward model: n samples of the SFT model at T=1, the one the reward model scores
+  highest (Stiennon et al. 2020; Gao et al. 2022). Its KL to the SFT model is at most log n - (n-1)/n.
+
+Everything is written to OUT/seedS/baselines.json with the per-prompt gold, so the report can pair each method
+with each baseline prompt by prompt.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from ..tasks import get_task
+from .compare import CompareSpec
+from .compare_stages import paths, read_json
+
+TEMPERATURES = (1.0, 0.7, 0.3, 0.0)
+MAX_NEW_TOKENS = 24  # as EvalSettings: the T=1 samples here are the SFT evaluation's own samples
+BATCH = 64
+
+
+def best_of_n_kl(n: int) -> float:
+    """Upper bound on KL(best-of-n || base) for distinct samples: log n - (n - 1)/n (Stiennon et al. 2020, App. G)."""
+    return math.log(n) - (n - 1) / n
+
+
+def _gold(task, prompts, completions) -> list[float]:
+    return [task.gold_reward(p, c) for p, c in zip(prompts, completions)]
+
+
+def _mean(xs) -> float:
+    return sum(xs) / len(xs)
+
+
+def _settings(spec: CompareSpec, seed: int) -> dict:
+    return {"eval_prompts": spec.eval_prompts, "val_prompts": spec.val_prompts, "best_of": list(spec.best_of),
+            "temperatures": list(TEMPERATURES), "seed": seed, "max_new_tokens": MAX_NEW_TOKENS}
+
+
+def run_baselines(spec: CompareSpec, seed: int) -> dict:
+    p = paths(spec, seed)
+    if os.path.isfile(p["baselines"]):
+        cached = read_json(p["baselines"])
+        if cached.get("settings") == _settings(spec, seed):
+            return cached
+    from ..sampling import sample
+    from ..tasks.baselines import degenerate_policies
+    from ..train.engine import autocast
+    from .evaluate import _load
+
+    task = get_task(spec.task)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    split_prompts = {"eval": task.prompts("eval", spec.eval_prompts, seed),
+                     "val": task.prompts("val", spec.val_prompts, seed)}
+    out: dict = {"settings": _settings(spec, seed), "temperature": {}, "best_of": {}, "battery": {}}
+
+    # 1. the battery of constant and rule-based answers: pick the best on val, score it on eval
+    battery = degenerate_policies(task)
+    golds = {split: {name: _gold(task, ps, [fn(x) for x in ps]) for name, fn in battery.items()}
+             for split, ps in split_prompts.items()}
+    best = max(battery, key=lambda name: _mean(golds["val"][name]))
+    out["battery"] = {name: _mean(g) for name, g in golds["eval"].items()}
+    out["heuristic"] = {"name": best, "gold": _mean(golds["eval"][best]), "per_prompt": golds["eval"][best],
+                        "val_gold": _mean(golds["val"][best])}
+
+    # 2. the SFT model at several temperatures (same sampling call as `tinyrlhf eval`, so T=1 is its samples)
+    model, tok = _load(p["sft_final"], device)
+    for t in TEMPERATURES:
+        row = {}
+        for split, ps in split_prompts.items():
+            with autocast(device, "auto"):
+                texts = sample(model, tok, ps, max_new_tokens=MAX_NEW_TOKENS, temperature=t, batch_size=BATCH,
+                               seed=seed, device=device)
+            row[split] = _gold(task, ps, texts)
+        out["temperature"][f"{t:g}"] = {"gold": _mean(row["eval"]), "per_prompt": row["eval"],
+                                        "val_gold": _mean(row["val"])}
+    sharp = max(out["temperature"], key=lambda t: out["temperature"][t]["val_gold"])
+    out["sharpened"] = {"temperature": float(sharp), **out["temperature"][sharp]}
+    del model
+
+    # 3. best-of-n against the reward model
+    if spec.best_of and os.path.isdir(os.path.join(p["reward"], "final")):
+        from ..tasks.policy_data import sample_k
+        from ..train.rl import reward_source
+        score, _ = reward_source(p["reward"], task, device, "auto")
+        n_max = max(spec.best_of)
+        for split, ps in split_prompts.items():
+            groups = sample_k(p["sft_final"], ps, n_max, temperature=1.0, max_new_tokens=MAX_NEW_TOKENS,
+                              seed=seed * 7919 + (split == "val"))
+            flat_p = [x for x, g in zip(ps, groups) for _ in g]
+            scores = score(flat_p, [c for g in groups for c in g]).view(len(ps), n_max)  # (P, n_max)
+            for n in spec.best_of:
+                pick = scores[:, :n].argmax(1).tolist()
+                chosen = [g[i] for g, i in zip(groups, pick)]
+                row = out["best_of"].setdefault(str(n), {"kl_bound": best_of_n_kl(n)})
+                gold = _gold(task, ps, chosen)
+                if split == "eval":
+                    row.update(gold=_mean(gold), per_prompt=gold,
+                               proxy=scores[:, :n].max(1).values.mean().item(),
+                               proxy_first=scores[:, 0].mean().item())
+                else:
+                    row["val_gold"] = _mean(gold)
+    tmp = p["baselines"] + ".tmp"
+    os.makedirs(os.path.dirname(tmp), exist_ok=True)
+    import json
+    with open(tmp, "w") as f:
+        json.dump(out, f, indent=1)
+    os.replace(tmp, p["baselines"])
+    return out

@@ -1,0 +1,124 @@
+"""The stages of `tinyrlhf compare` (see compare.py): each runs one piece for one seed, or reuses it when it is
+already finished, and returns its summary."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+from .. import config as C
+from ..errors import ConfigError
+from .compare import METHODS, POLICY_PAIRS, CompareSpec, runs_of
+
+
+def paths(spec: CompareSpec, seed: int) -> dict[str, str]:
+    root = os.path.join(spec.out, f"seed{seed}")
+    return {"root": root, "data": os.path.join(spec.out, f"data-seed{seed}"),
+            "pairs": os.path.join(spec.out, f"pairs-seed{seed}"), "sft": os.path.join(root, "sft"),
+            "sft_final": os.path.join(root, "sft", "final"), "reward": os.path.join(root, "reward"),
+            "baselines": os.path.join(root, "baselines.json")}
+
+
+def stage_overrides(spec: CompareSpec, stage: str) -> list[str]:
+    return [o.split(".", 1)[1] for o in spec.overrides if o.split(".", 1)[0] == stage]
+
+
+def _config(spec: CompareSpec, name: str, stage: str, cls, args: list[str]):
+    """The stage's config: its YAML in --config-dir, then compare's own settings, the global overrides and
+    the stage's overrides (later ones win)."""
+    path = os.path.join(spec.config_dir, f"{name}.yaml")
+    if not os.path.isfile(path):
+        raise ConfigError(f"no config for stage '{stage}': {path} is missing (--config-dir)")
+    return C.load_config(cls, path, args + list(spec.global_overrides) + stage_overrides(spec, stage))
+
+
+def _steps_for_budget(cfg, budget: int) -> int:
+    """max_steps so that max_steps x training prompts per step ~= budget."""
+    per_step = cfg.rollout.prompts_per_step if hasattr(cfg, "rollout") else cfg.train.batch_size * cfg.train.grad_accum
+    return max(1, round(budget / per_step))
+
+
+def method_of(run: str) -> str:
+    return run.split("@", 1)[0]
+
+
+def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
+    """Run one stage (reused when finished); returns its summary (or eval result)."""
+    p = paths(spec, seed)
+    common = [f"seed={seed}", f"data.task={spec.task}", f"data.dir={p['data']}", f"data.seed={seed}",
+              "train.progress=false", "eval.n_prompts=0", "train.eval_every=0"]
+    if stage == "data":
+        from ..tasks.generate import write_task_data
+        if os.path.isfile(os.path.join(p["data"], "manifest.json")):
+            return {"reused": True}
+        return write_task_data(spec.task, p["data"], seed=seed, **dict(C.parse_overrides(stage_overrides(spec, "data"))))
+    if stage == "sft":
+        from ..train.sft import run_sft
+        # SFT keeps its own before/after gold evaluation (the untrained model's score is only known here)
+        return run_sft(_config(spec, "sft", "sft", C.SFTConfig, [f"out_dir={p['sft']}", *common, "eval.n_prompts=200"]))
+    if stage == "pairs":
+        from ..tasks.policy_data import write_policy_data
+        if os.path.isfile(os.path.join(p["pairs"], "manifest.json")):
+            return {"reused": True}
+        opts = {**POLICY_PAIRS, **dict(C.parse_overrides(stage_overrides(spec, "pairs")))}
+        return write_policy_data(p["sft_final"], p["data"], p["pairs"], seed=seed, n_prompts=spec.n_labels, **opts)
+    if stage == "reward":
+        from ..train.reward import run_reward
+        args = [f"out_dir={p['reward']}", f"model.path={p['sft_final']}", f"normalize_on={p['sft_final']}", *common,
+                f"logp_feature={str(spec.rm_logp).lower()}"]
+        if spec.rm_data == "policy":  # the same preference labels the offline methods learn from
+            args += [f"data.dir={p['pairs']}", f"data.max_train={spec.n_labels}"]
+        else:
+            args += [f"data.max_train={spec.n_labels}"]
+        return run_reward(_config(spec, "reward", "reward", C.RewardConfig, args))
+    if stage == "baselines":
+        from .baselines import run_baselines
+        return run_baselines(spec, seed)
+    if stage.startswith("eval:"):
+        from .compare_eval import evaluate_run
+        return evaluate_run(spec, seed, stage.split(":", 1)[1])
+    return _train(spec, seed, stage, p, common)
+
+
+def _train(spec: CompareSpec, seed: int, run: str, p: dict, common: list[str]) -> dict:
+    method = method_of(run)
+    config_name, cls, loop, extra, needs_rm = METHODS[method]
+    if not needs_rm:
+        if spec.offline_data == "policy":
+            common = [c if not c.startswith("data.dir=") else f"data.dir={p['pairs']}" for c in common]
+        common = [*common, f"data.max_train={spec.n_labels}"]  # offline methods see at most the label budget
+    trial = dict(runs_of(spec, method))[run]
+    args = [f"out_dir={os.path.join(p['root'], run)}", f"model.path={p['sft_final']}", *common, *extra]
+    if needs_rm:
+        args.append(f"reward={p['reward']}")
+    cfg = _config(spec, config_name, method, cls, args)
+    steps = _steps_for_budget(cfg, spec.budget)
+    cfg = C.replace(cfg, **{"train.max_steps": steps, "train.save_every": max(1, steps // 4),
+                           "train.log_every": max(1, steps // 60), **trial})
+    module, fn = loop.split(":")
+    return getattr(importlib.import_module(f"..train.{module}", __package__), fn)(cfg)
+
+
+def note(stage: str, summary) -> str:
+    """What a stage measured, for its progress line."""
+    if not isinstance(summary, dict):
+        return ""
+    if stage == "sft" and "gold/mean" in summary:
+        return (f"   gold {summary.get('before/gold/mean', float('nan')):.3f} -> {summary['gold/mean']:.3f} "
+                f"(greedy {summary.get('gold/greedy', float('nan')):.3f})")
+    if stage == "reward" and "eval/accuracy_gold" in summary:
+        return (f"   held-out accuracy vs gold {summary['eval/accuracy_gold']:.3f}, "
+                f"vs labels {summary.get('eval/accuracy_labels', float('nan')):.3f}")
+    if stage == "pairs" and "pairs" in summary:
+        return f"   {summary['pairs']} pairs on SFT samples"
+    if stage == "baselines" and "best_of" in summary:
+        bon = ", ".join(f"best-of-{n} {v['gold']:.3f}" for n, v in summary["best_of"].items())
+        return f"   SFT greedy {summary['temperature']['0']['gold']:.3f}, {bon}, heuristic {summary['heuristic']['gold']:.3f}"
+    if stage.startswith("eval:") and "gold" in summary:
+        return f"   gold {summary['gold']['mean']:.3f} [{summary['gold']['low']:.3f}, {summary['gold']['high']:.3f}]"
+    return ""
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,187 @@
+"""The Markdown of a compare report (report.py computes the numbers; this only writes them down, so every word
+below comes from a number in `results`)."""
+from __future__ import annotations
+
+from .compare import runs_of
+
+
+def _ci(e: dict, digits: int = 3) -> str:
+    return f"{e['mean']:+.{digits}f} [{e['low']:+.{digits}f}, {e['high']:+.{digits}f}]" + (" *" if e["significant"] else "")
+
+
+def _level(e: dict) -> str:
+    return f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+
+def _labels(budget: list[dict]) -> str:
+    b = budget[0]
+    if not b["labels"]:
+        return "0"
+    n = sorted({x["labels"] for x in budget})
+    count = f"{n[0]:,}" if len(n) == 1 else f"{n[0]:,}-{n[-1]:,}"
+    return f"{count} {b['label_kind']}"
+
+
+def _samples(budget: list[dict]) -> str:
+    b = budget[0]
+    return f"{b['sft_samples']:,} / {b['rollouts']:,}" if b["labels"] else "0 / 0"
+
+
+def _setting(setting: dict) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in setting.items()) or "config"
+
+
+def sentence(name: str, e: dict, baseline: str, what: str) -> str:
+    d = e["vs"][baseline]
+    ci = f"{d['mean']:+.3f} gold (95% CI {d['low']:+.3f} to {d['high']:+.3f})"
+    if not d["significant"]:
+        return f"{what}: {ci}, not significant (the interval includes 0)"
+    return f"{what}: {'beats it' if d['mean'] > 0 else 'worse'} by {ci}, significant"
+
+
+def markdown(spec, results: dict, files: dict) -> str:
+    runs, chosen, base = results["runs"], results["chosen"], results["baselines"]
+    bon = [b for b in base if b.startswith("best-of-")]
+    lines = [f"# Method comparison on `{spec.task}`", "",
+             f"Seeds: {spec.seeds} (each with its own data, SFT model, labels and reward model). Training budget: "
+             f"**{spec.budget} prompts per method** (preference pairs or binary examples for offline methods, rollout "
+             f"prompts for online ones). Label budget: **{spec.n_labels} preference labels per method**: the offline "
+             "methods learn from " + ("the SFT model's own samples judged by the simulated annotators"
+                                      if spec.offline_data == "policy" else "the task's scripted candidate pairs")
+             + ", and the reward model behind PPO/RLOO/GRPO/online DPO/best-of-n learns from "
+             + ("the same labels" if spec.rm_data == "policy" and spec.offline_data == "policy"
+                else "the SFT samples' labels" if spec.rm_data == "policy" else "the task's scripted pairs")
+             + (" with the SFT trunk's log-prob term added (`--rm-logp`: part of its score is the SFT model's own "
+                "likelihood, so RM-based methods are also pushed to sharpen SFT)" if spec.rm_logp
+                else " without the SFT log-prob term") + ". "
+             f"Evaluation: {spec.eval_prompts} held-out prompts per seed, one sample each at T=1, gold reward. "
+             "Intervals: 95 %, two-stage cluster bootstrap over seeds and prompts; `*` = the interval excludes 0, "
+             "the only thing called significant here.", ""]
+    if spec.trials > 1:
+        lines += [f"Tuning: every method trained {spec.trials} times over its own key hyper-parameter and is shown at "
+                  f"the setting with the best mean gold on {spec.val_prompts} validation prompts per seed, kept apart "
+                  "from the evaluation prompts (all trials: the table further down and the frontier plot).", ""]
+    head = "| method | setting | gold [95% CI] | Δ vs SFT | Δ vs sharpened SFT | " + "".join(
+        f"Δ vs {b} | " for b in bon[-1:]) + "Δ vs heuristic | KL to SFT | labels | labelled SFT samples / rollouts |"
+    lines += ["## Results", "", head, "|" + " --- |" * (head.count("|") - 1)]
+    for m in spec.methods:
+        e = runs[chosen[m]]
+        if m == "sft":
+            lines.append(f"| sft | T=1 | {_level(e['gold'])} | – | – | " + "– | " * len(bon[-1:]) + "– | 0 | 0 | 0 / 0 |")
+            continue
+        cells = [m, _setting(e["setting"]), _level(e["gold"]), _ci(e["vs"]["sft"]), _ci(e["vs"]["sft (sharpened)"])]
+        cells += [_ci(e["vs"][b]) for b in bon[-1:]]
+        cells += [_ci(e["vs"]["heuristic"]), _level(e["kl"]), _labels(e["budget"]), _samples(e["budget"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    temps = sorted(set(base["sft (sharpened)"]["temperatures"]))
+    names = sorted(set(base["heuristic"]["names"]))
+    for b, e in base.items():
+        if b == "sft":
+            continue
+        what = {"sft (sharpened)": f"T={', '.join(f'{t:g}' for t in temps)} (best on validation)",
+                "heuristic": f"{', '.join(names)} (best of the battery on validation)"}.get(b, "reranked by the RM")
+        kl = f"≤ {e['kl_bound']:.3f}" if "kl_bound" in e else "–"
+        lab = _labels(e["budget"]) if "budget" in e else "0"
+        lines.append(f"| *{b}* | {what} | {_level(e['gold'])} | {_ci(e['vs_sft'])} | | " + "| " * len(bon[-1:])
+                     + f"| {kl} | {lab} | |")
+    lines += ["", "Baseline rows are in italics. Greedy decoding is T=0. The best-of-n KL is the bound log n − (n−1)/n.",
+              "", "## What the numbers say", ""]
+    for m in spec.methods:
+        if m == "sft":
+            continue
+        e = runs[chosen[m]]
+        parts = [sentence(m, e, "sft", "vs SFT"), sentence(m, e, "sft (sharpened)", "vs sharpened SFT")]
+        parts += [sentence(m, e, b, f"vs {b}") for b in bon]
+        parts.append(sentence(m, e, "heuristic", "vs the best heuristic"))
+        lines.append(f"- **{m}** ({_setting(e['setting'])}): " + "; ".join(parts) + ".")
+    for b, e in base.items():
+        if b != "sft":
+            d = e["vs_sft"]
+            verdict = "significant" if d["significant"] else "not significant"
+            lines.append(f"- baseline *{b}* vs SFT: {d['mean']:+.3f} ({verdict}).")
+    lines += _reward_model_section(spec, results) + _trials_section(spec, results) + _stages_section(results)
+    lines += _ratings_section(spec, results)
+    lines += ["", "## Plots", ""]
+    captions = {"frontier": "Reward–KL frontier: held-out gold against KL to the SFT model; one curve per method over "
+                            "its trials (mean of seeds, bars: 95 % intervals), best-of-n at its KL bound, and the SFT, "
+                            "sharpened-SFT and heuristic levels.",
+                "vs_sft": "Gold difference to SFT (methods at their chosen setting, and baselines) with 95 % cluster "
+                          "intervals, and the win rate against SFT.",
+                "overopt": "Over-optimisation (Gao et al. 2022 style): the proxy (reward model) and gold reward against "
+                           "KL. Lines: online methods' training rollouts; dots: final models; crosses: best-of-n.",
+                "curves": "Online methods: proxy and gold reward of the training rollouts over steps."}
+    for key, name in files.items():
+        lines += [f"![{key}]({name})", "", captions[key], ""]
+    lines += ["Per-run numbers: `results.csv` / `results.json`; baselines per seed: `seedS/baselines.json` (with "
+              "the full battery of constant and heuristic answers). Each run directory holds its config, metrics and "
+              f"`eval-{spec.task}.json` (samples in `eval-{spec.task}.samples.jsonl`)."]
+    return "\n".join(lines) + "\n"
+
+
+def _reward_model_section(spec, results: dict) -> list[str]:
+    runs, chosen = results["runs"], results["chosen"]
+    rows = [(m, runs[chosen[m]]) for m in spec.methods if "rm_accuracy_own" in runs[chosen[m]]]
+    if not rows:
+        return []
+    out = ["", "## The reward model on the policies' own samples", "",
+           "How often the reward model orders a method's sample and the SFT sample of the same prompt as the gold "
+           "reward does (pairs with equal gold left out, pooled over seeds), next to the method's mean RM score. "
+           "Accuracy that falls as a method moves away from SFT is the reward model being exploited.", "",
+           "| method | RM accuracy on (method, SFT) sample pairs | mean RM score | training: proxy / gold change |",
+           "| --- | --- | --- | --- |"]
+    for m, e in rows:
+        o = e.get("overoptimised")
+        trend = (f"{o['proxy_change']:+.3f} / {o['gold_change']:+.3f}" + (" **over-optimised**" if o["flag"] else "")
+                 if o else "–")
+        out.append(f"| {m} | {e['rm_accuracy_own']:.3f} | {e.get('rm_score', float('nan')):.3f} | {trend} |")
+    flagged = [m for m, e in rows if (e.get("overoptimised") or {}).get("flag")]
+    out += ["", f"Proxy up while gold went down over training: {', '.join(flagged)}." if flagged else
+            "", "No online run's training rollouts had the proxy rising while the gold fell." if not flagged else ""]
+    return out
+
+
+def _trials_section(spec, results: dict) -> list[str]:
+    if spec.trials <= 1:
+        return []
+    runs, chosen = results["runs"], results["chosen"]
+    out = ["", "## Every trial", "", "| method | setting | validation gold | held-out gold [95% CI] | Δ vs SFT | KL |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for m in spec.methods:
+        if m == "sft":
+            continue
+        for run, _ in runs_of(spec, m):
+            e = runs[run]
+            mark = " (chosen)" if run == chosen[m] else ""
+            out.append(f"| {m} | {_setting(e['setting'])}{mark} | {e.get('val_gold', float('nan')):.3f} | "
+                       f"{_level(e['gold'])} | {_ci(e['vs']['sft'])} | {_level(e['kl'])} |")
+    return out
+
+
+def _stages_section(results: dict) -> list[str]:
+    st = results.get("stages") or {}
+    if not st:
+        return []
+    out = ["", "## The shared stages, per seed", "",
+           "| seed | annotators (agreement) | SFT gold: untrained -> trained (greedy) | labels on SFT samples | "
+           "reward model accuracy vs gold / vs labels (held-out task pairs) |", "| --- | --- | --- | --- | --- |"]
+    for seed, s in sorted(st.items()):
+        out.append(f"| {seed} | {s.get('annotators', '–')} | {s.get('sft', '–')} | {s.get('pairs', '–')} | "
+                   f"{s.get('reward', '–')} |")
+    return out
+
+
+def _ratings_section(spec, results: dict) -> list[str]:
+    r = results.get("ratings")
+    if not r:
+        return []
+    out = ["", f"## Ratings from all pairwise judgments ({r['matches']} matches: every pair of methods on every "
+           "held-out prompt and seed, gold judge, ties half)", "",
+           "SFT anchors the Bradley–Terry scale (its interval has no width). These intervals resample matches as if "
+           "independent (each sample plays every other method): read them as a lower bound on the uncertainty; "
+           "the cluster intervals above are the ones to trust.", "",
+           "| method | Bradley–Terry (SFT = 1000) [95% CI] | Elo [95% CI] |", "| --- | --- | --- |"]
+    bt, elo = r["bradley_terry"], r["elo"]
+    for m in sorted(spec.methods, key=lambda m: -bt[m]["rating"]):
+        out.append(f"| {m} | {bt[m]['rating']:.0f} [{bt[m]['low']:.0f}, {bt[m]['high']:.0f}] | "
+                   f"{elo[m]['rating']:.0f} [{elo[m]['low']:.0f}, {elo[m]['high']:.0f}] |")
+    return out
