@@ -54,8 +54,8 @@ def reference_scorer(model, tokenizer, device, precision):
         return None
 
     def score_reloaded(prompts, completions):
-        from transformers import AutoModelForCausalLM
-        ref = AutoModelForCausalLM.from_pretrained(path).to(device)
+        from ..loading import load_causal_lm
+        ref = load_causal_lm(path).to(device)
         lp = completion_logps(ref, tokenizer, prompts, completions, device, precision)
         del ref
         return lp

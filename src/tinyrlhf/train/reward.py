@@ -134,8 +134,8 @@ def normalise(rm: RewardModel, tokenizer, cfg: RewardConfig, pairs, device) -> d
     n = cfg.normalize_samples
     prompts = [p.prompt for p in pairs[:n]]
     if cfg.normalize_on:
-        from transformers import AutoModelForCausalLM
-        policy = AutoModelForCausalLM.from_pretrained(cfg.normalize_on).to(device)
+        from ..loading import load_causal_lm
+        policy = load_causal_lm(cfg.normalize_on).to(device)
         completions = sample(policy, load_tokenizer(cfg.normalize_on), prompts,
                              max_new_tokens=cfg.eval.max_new_tokens, temperature=1.0, seed=cfg.seed,
                              device=device)

@@ -204,10 +204,10 @@ def build_value(policy, value_model: str, value_init: str, reward_model, device)
     if value_model == "shared":
         return ValueHead(hidden_size(policy)).to(device)
     if value_init:
-        from transformers import AutoModelForCausalLM
-        if not os.path.isfile(os.path.join(value_init, "config.json")):
+        from ..loading import is_adapter_dir, load_causal_lm
+        if not (os.path.isfile(os.path.join(value_init, "config.json")) or is_adapter_dir(value_init)):
             raise ConfigError(f"ppo.value_init '{value_init}': not a Hugging Face model directory")
-        lm = AutoModelForCausalLM.from_pretrained(value_init)
+        lm = load_causal_lm(value_init)
     elif reward_model is not None:
         lm = copy.deepcopy(reward_model.lm)  # InstructGPT: the value function starts from the RM
     else:
