@@ -286,6 +286,8 @@ def save_reward_model(rm: RewardModel, tokenizer, out: str):
         tensors["logp_weight"] = rm.logp_weight.detach().float().reshape(1).contiguous()
     save_file(tensors, os.path.join(out, "reward_head.safetensors"))
     meta = {"gain": float(rm.gain), "bias": float(rm.bias)}
+    if getattr(rm, "normalized_on", None):  # what the gain and bias were computed on (train/reward.py)
+        meta["normalized_on"] = rm.normalized_on
     if rm.pool != "last" or rm.logp_feature:
         meta.update(pool=rm.pool, logp_feature=rm.logp_feature)
     with open(os.path.join(out, "reward_head.json"), "w") as f:
@@ -314,6 +316,7 @@ def load_reward_model(path: str) -> tuple[RewardModel, object]:
         rm.logp_weight.data.copy_(head["logp_weight"].reshape(()))
     rm.gain.fill_(norm["gain"])
     rm.bias.fill_(norm["bias"])
+    rm.normalized_on = norm.get("normalized_on")
     return rm.eval(), load_tokenizer(path)
 
 

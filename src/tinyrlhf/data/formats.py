@@ -123,7 +123,8 @@ def detect_format(obj: Any) -> str | None:
     if not isinstance(obj, dict):
         return None
     if isinstance(obj.get("messages"), list) and "prompt" not in obj:  # chat: a conversation
-        return "sft"
+        last = obj["messages"][-1] if obj["messages"] else None
+        return "sft" if isinstance(last, dict) and last.get("role") == "assistant" else "prompt"
     if "prompt" not in obj and isinstance(obj.get("chosen"), list) and isinstance(obj.get("rejected"), list):
         return "pair"  # chat: two whole conversations that differ in the last reply
     if "summaries" in obj and "choice" in obj:

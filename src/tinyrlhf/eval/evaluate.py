@@ -145,7 +145,8 @@ def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str
     score = None
     if reward:
         from ..train.rl import reward_source
-        score, _ = reward_source(reward, task, device, s.precision)
+        # no scale warning here: a trained policy may rightly score far above the SFT samples' mean 0
+        score, _ = reward_source(reward, task, device, s.precision, check_scale=False)
         per_prompt["rm"] = score(prompts, completions).tolist()
         out["rm_score"] = {**_ci(per_prompt["rm"], s.seed), "reward": reward}
     if judge is None:
