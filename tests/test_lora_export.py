@@ -215,3 +215,23 @@ def test_export_of_a_reward_run_keeps_its_head(project, tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.equal(a(ids, mask, mask), b(ids, mask, mask))
     assert "load_reward_model" in open(os.path.join(out, "README.md")).read()
+
+
+def test_reward_normalisation_policy_data_and_ppo_take_an_unmerged_lora_final(project, tmp_path, monkeypatch):
+    from tinyrlhf.config import PPOConfig
+    from tinyrlhf.tasks.policy_data import sample_k
+    from tinyrlhf.train.ppo import run_ppo
+    final = str(project / "runs" / "dpo" / "final")
+    monkeypatch.chdir(tmp_path)
+    assert len(sample_k(final, [TEXT[:-9]], 2, temperature=1.0, max_new_tokens=4, seed=0)[0]) == 2
+    data = str(project / "data")
+    base = ["train.progress=false", "train.threads=1", "data.task=family_tree", f"data.dir={data}"]
+    rm = run_reward(load_config(RewardConfig, None, [f"out_dir={tmp_path / 'rm'}", f"model.path={final}",
+                                                     f"normalize_on={final}", "train.max_steps=1",
+                                                     "train.batch_size=4", "normalize_samples=8", *base]))
+    assert rm["finished"] and rm["norm/samples"] == 8
+    ppo = run_ppo(load_config(PPOConfig, None, [f"out_dir={tmp_path / 'ppo'}", f"model.path={final}", "reward=gold",
+                                                "ppo.value_model=separate", f"ppo.value_init={final}",
+                                                "train.max_steps=1", "rollout.prompts_per_step=4",
+                                                "ppo.minibatch_size=4", "eval.n_prompts=0", *base]))
+    assert ppo["finished"]
