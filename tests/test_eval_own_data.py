@@ -208,3 +208,19 @@ def test_load_prompts_reads_every_format(tmp_path):
         assert [r.prompt for r in records] == prompts, name
         assert [r.reference for r in records] == refs, name
     assert [r.prompt for r in load_prompts(str(tmp_path / "plain.jsonl"), max_records=1)] == ["A?"]
+
+
+def test_heldout_metrics_of_the_untrained_policy_are_the_closed_form(base, tmp_path):
+    """Before any step the policy is its reference: every implicit reward is 0, so the DPO loss is
+    log 2, the margin 0 and no pair is ranked right (accuracy counts strict wins)."""
+    from tinyrlhf.train.data import load_records
+    from tinyrlhf.train.preference import heldout_pairs, offline_policy
+    from tinyrlhf.train.reference import model_fingerprint
+    root, data, sft = base
+    cfg = load_config(PreferenceConfig, None, [f"model.path={sft}", f"data.dir={data}", "data.task=family_tree",
+                                               f"ref_cache_dir={tmp_path / 'cache'}"])
+    model, tok = offline_policy(cfg, None, torch.device("cpu"))
+    _, evals, _ = load_records(cfg.data, "pair")
+    metrics = heldout_pairs(cfg, model, tok, evals, torch.device("cpu"), True, model_fingerprint(model))()
+    assert abs(metrics["eval/loss"] - 0.6931471805599453) < 1e-6
+    assert metrics["eval/margin"] == 0.0 and metrics["eval/accuracy"] == 0.0 and metrics["eval/pairs"] == 8

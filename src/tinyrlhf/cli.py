@@ -22,7 +22,7 @@ import sys
 from .errors import TinyRLHFError
 
 HEADLINE = ("before/gold/mean", "before/gold/greedy", "gold/mean", "gold/greedy", "gold/max", "kl/ref", "kl/coef",
-            "eval/loss", "episodes_per_s",
+            "eval/loss", "eval/accuracy", "eval/margin", "episodes_per_s",
             "eval/accuracy_labels", "eval/accuracy_gold", "tokens_per_s", "train_seconds", "peak_rss_mib",
             "steps", "finished")
 
