@@ -150,9 +150,12 @@ def model_card(run_dir: str | None, model_dir: str, kind: str, reward: bool) -> 
            + {"merged": "with its LoRA adapters merged into the weights.", "plain": "as a plain model directory.",
               "adapter": "as a LoRA adapter: the base model named in adapter_config.json is needed to load it."}[kind],
            "", f"Base model: `{chain[0]['started_from']}`", "", "## Stages", "",
-           "| # | stage | run | started from |", "| --- | --- | --- | --- |"]
+           "| # | stage | run | started from | data | steps |", "| --- | --- | --- | --- | --- | --- |"]
     for i, c in enumerate(chain[1:], 1):
-        out.append(f"| {i} | {c['stage']} | `{c['run']}` | `{c['started_from']}` |")
+        data, train = c["config"].get("data") or {}, c["config"].get("train") or {}
+        source = data.get("train_file") or (f"task {data['task']}" if data.get("task") else data.get("dir", "?"))
+        out.append(f"| {i} | {c['stage']} | `{c['run']}` | `{c['started_from']}` | {source} | "
+                   f"{train.get('max_steps', '?')} |")
     figures = eval_figures(run_dir)
     out += ["", "## Evaluation", "", *(figures or ["No evaluation figures were found in the run directory."])]
     out += ["", "## Loading", "", "```python"]
