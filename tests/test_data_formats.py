@@ -45,7 +45,8 @@ def test_hh_rlhf_splits_at_last_shared_assistant_turn(tmp_path):
     for fmt in ("hh-rlhf", "auto"):
         records = load_preferences(path, fmt)
         assert triples(records) == expected
-        assert records[0].meta == {"source": "hh-rlhf"}
+        assert records[0].meta == {"source": "hh-rlhf",  # the turns, for a tokenizer's chat template
+                                   "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 
 
 def test_hh_rlhf_gzip_as_published(tmp_path):

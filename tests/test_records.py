@@ -79,7 +79,7 @@ def test_record_from_dict_rejects_bad_records(kind, obj, needle):
 
 
 def test_unknown_kind_lists_the_valid_ones():
-    with pytest.raises(DataError, match="unknown record kind 'pairs' \\(valid: sft, pair, ranking, binary\\)"):
+    with pytest.raises(DataError, match="unknown record kind 'pairs' \\(valid: sft, pair, ranking, binary, prompt\\)"):
         record_from_dict("pairs", {})
 
 

@@ -7,6 +7,8 @@
     tinyrlhf kto --config configs/family_tree/kto.yaml
     tinyrlhf ppo --config configs/family_tree/ppo.yaml reward=runs/family_tree/reward
     tinyrlhf rloo|grpo|online-dpo --config configs/family_tree/X.yaml reward=gold
+    tinyrlhf eval runs/ft/dpo --prompts my_prompts.jsonl --reward runs/ft/reward
+    tinyrlhf export runs/ft/dpo --out exported/dpo --merge
 
 User errors (bad data, config, paths) print one line `error: ...` and exit 2, without a traceback.
 """
@@ -20,7 +22,7 @@ import sys
 from .errors import TinyRLHFError
 
 HEADLINE = ("before/gold/mean", "before/gold/greedy", "gold/mean", "gold/greedy", "gold/max", "kl/ref", "kl/coef",
-            "eval/loss", "episodes_per_s",
+            "eval/loss", "eval/accuracy", "eval/margin", "episodes_per_s",
             "eval/accuracy_labels", "eval/accuracy_gold", "tokens_per_s", "train_seconds", "peak_rss_mib",
             "steps", "finished")
 
@@ -101,28 +103,36 @@ def _cmd_eval(args) -> int:
         if key not in fields:
             raise TinyRLHFError(f"unknown eval setting '{key}' (valid: {', '.join(fields)})")
         kwargs[key] = _coerce(value, {"int": int, "float": float, "str": str}[fields[key]], key)
-    judge = None
-    if args.judge == "reward":
-        if not args.reward:
-            raise TinyRLHFError("--judge reward needs --reward (a reward run directory)")
-    if args.judge in ("reward", "chat"):
-        from .eval.judges import ChatJudge, ScoreJudge
-        if args.judge == "chat":
-            judge = ChatJudge(args.judge_url, model=args.judge_model)
-        else:
-            import torch
-
-            from .tasks import get_task
-            from .train.rl import reward_source
-            fn, _ = reward_source(args.reward, get_task(args.task), torch.device("cpu"), "auto")
-            judge = ScoreJudge(lambda p, c: fn(p, c).tolist())
-    result = evaluate_model(args.model, args.task, reward=args.reward or "",
-                            reference=args.reference, judge=judge, settings=EvalSettings(**kwargs))
+    if not args.task and not args.prompts:
+        raise TinyRLHFError("eval needs --task (a built-in task) or --prompts FILE (your own prompts)")
+    if args.task and args.prompts:
+        raise TinyRLHFError("give --task or --prompts, not both")
+    judge = args.judge
+    if judge == "chat":
+        from .eval.judges import ChatJudge
+        judge = ChatJudge(args.judge_url, model=args.judge_model)
+    result = evaluate_model(args.model, args.task or None, prompts_file=args.prompts or "",
+                            prompts_format=args.format, reward=args.reward or "", reference=args.reference,
+                            judge=judge, settings=EvalSettings(**kwargs))
+    name = args.task or "file-" + os.path.basename(args.prompts).split(".")[0]
     out = args.out or os.path.join(args.model if os.path.isfile(os.path.join(args.model, "config.yaml"))
-                                   else ".", f"eval-{args.task}.json")
+                                   else ".", f"eval-{name}.json")
     write_result(result, out)
     print(format_report(result))
     print(f"written: {out}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .export import export_model
+
+    if args.overrides:
+        raise TinyRLHFError(f"export takes no key=value settings, got {' '.join(args.overrides)}")
+    done = export_model(args.run, args.out, merge=args.merge, force=args.force)
+    what = {"merged": "a plain model (LoRA adapters merged)", "plain": "a plain model",
+            "adapter": "a LoRA adapter (needs its base; --merge writes a standalone model)"}[done["kind"]]
+    print(f"exported {what}{' with its reward head' if done['reward_model'] else ''} to {done['out']}")
+    print(f"  files: {', '.join(done['files'])}")
     return 0
 
 
@@ -154,18 +164,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default="", help="with --from-model: the task data directory to take prompts and annotators from")
     p.add_argument("overrides", nargs="*", help="seed=N and task options key=value")
     p.set_defaults(func=_cmd_data)
-    p = sub.add_parser("eval", help="score a model or run on a task's held-out prompts (gold with CI, KL, win rate...)")
-    p.add_argument("model", help="a run directory (its final/ is used) or a Hugging Face model directory")
-    p.add_argument("--task", required=True, help="family_tree or positive_review")
+    p = sub.add_parser("eval", help="score a model or run on a task's held-out prompts or your own prompts file "
+                       "(gold or reward-model score with CI, KL, win rate...)")
+    p.add_argument("model", help="a run directory (its final/ is used), a Hugging Face model directory or an "
+                   "unmerged LoRA final/")
+    p.add_argument("--task", default="", help="a built-in task: family_tree or positive_review (gold reward known)")
+    p.add_argument("--prompts", default="", help="your own prompts: any data file (project JSONL, hh-rlhf, TL;DR, "
+                   "stack-exchange, {\"prompt\": ...} JSONL, CSV, chat messages...); no gold reward then")
+    p.add_argument("--format", default="auto", help="format of --prompts (default: detected)")
     p.add_argument("--reward", default="", help="a reward run directory: also report its score")
     p.add_argument("--reference", default=None,
                    help="reference model or run for KL and win rate (default: the run's starting model; '' = none)")
-    p.add_argument("--judge", choices=("gold", "reward", "chat"), default="gold", help="who judges the win rate")
+    p.add_argument("--judge", choices=("gold", "reward", "chat"), default=None,
+                   help="who judges the win rate (default: gold on a task, else reward with --reward)")
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint (or $TINYRLHF_JUDGE_URL)")
     p.add_argument("--judge-model", default="gpt-4o-mini", help="model name sent to the chat endpoint")
-    p.add_argument("--out", default=None, help="result JSON (default: RUN/eval-TASK.json)")
+    p.add_argument("--out", default=None, help="result JSON (default: RUN/eval-TASK.json or RUN/eval-file-NAME.json)")
     p.add_argument("overrides", nargs="*", help="n_prompts=, max_new_tokens=, temperature=, seed=, data_seed=")
     p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("export", help="write a run's model as a Hugging Face directory with a model card")
+    p.add_argument("run", help="a run directory, its final/ or a model directory")
+    p.add_argument("--out", required=True, help="output directory (refused if not empty, unless --force)")
+    p.add_argument("--merge", action="store_true", help="merge LoRA adapters into the weights (a plain model)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(func=_cmd_export)
     p = sub.add_parser("compare", help="run and evaluate several methods at an equal budget over seeds; write a report")
     p.add_argument("--task", required=True, help="family_tree or positive_review")
     p.add_argument("--methods", default="sft,ppo,dpo,ipo,kto",

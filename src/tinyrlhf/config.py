@@ -165,7 +165,10 @@ class RewardConfig(RunConfig):
     center_coef: float = 0.0
     """Reward centring: adds center_coef * (r_c + r_r)^2 to the loss, keeping raw rewards near 0."""
     normalize_on: str = ""
-    """Model dir (e.g. the SFT run's final/) whose samples set the gain/bias (mean 0, std 1); empty = SFT data."""
+    """The policy to normalise on: a model dir (the SFT run's final/, the model PPO will start from) whose own
+    samples on the training prompts get rewards of mean 0 and std 1 (Ziegler et al. 2019, §2.2). Empty =
+    normalise on the chosen completions of the training pairs, which can be far from what the policy
+    writes (PPO then warns when its first samples score far from mean 0 / std 1)."""
     normalize_samples: int = 256
     """Completions used to compute the normalisation."""
     pool: Literal["last", "mean"] = "last"

@@ -50,7 +50,9 @@ def _check_model_dir(path: str):
 
 
 def load_tokenizer(path: str):
-    tok = AutoTokenizer.from_pretrained(path)
+    """The tokenizer of a model directory or an unmerged LoRA final/ (its base's when it has none)."""
+    from .loading import tokenizer_dir
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir(path))
     if tok.pad_token is None:  # GPT-2's own tokenizer has no pad token: pad with eos (masked anyway)
         tok.pad_token = tok.eos_token
     return tok
@@ -62,11 +64,10 @@ def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0
     if cfg.attention not in ATTENTION_CHOICES:
         raise ConfigError(f"model.attention '{cfg.attention}' is unknown; valid: {', '.join(ATTENTION_CHOICES)}")
     if cfg.path:
-        _check_model_dir(cfg.path)
+        from .loading import check_model_dir, load_causal_lm
+        check_model_dir(cfg.path)  # a model directory, or an unmerged LoRA final/ (merged in memory)
         tokenizer = load_tokenizer(cfg.path)
-        config = AutoConfig.from_pretrained(cfg.path)
-        _fused_gelu(config)
-        model = AutoModelForCausalLM.from_pretrained(cfg.path, config=config, dtype=torch.float32)
+        model = load_causal_lm(cfg.path, dtype=torch.float32, fused_gelu=True)
         _set_dropout(model, cfg.dropout)
     else:
         if cfg.preset not in PRESETS:
@@ -161,7 +162,8 @@ def store_frozen_base(model, dtype: torch.dtype) -> int:
 def _restore_fp32_base(model, source: str):
     """Put the fp32 weights of `source` (the directory the base came from) back under the adapted layers,
     checking that they round to the stored ones (else the directory changed during the run)."""
-    fresh = dict(AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).named_modules())
+    from .loading import load_causal_lm
+    fresh = dict(load_causal_lm(source, dtype=torch.float32).named_modules())
     for name, base in _adapted_layers(model):
         for key, p in base.named_parameters(recurse=False):
             original = getattr(fresh[name], key).data.to(p.device)
@@ -184,7 +186,8 @@ def trunk_and_head(model):
 
 
 def save_hf(model, tokenizer, out: str, merge_lora: bool = True):
-    """Write a directory loadable by AutoModelForCausalLM / AutoTokenizer (LoRA merged, or adapter saved)."""
+    """Write a directory loadable by AutoModelForCausalLM / AutoTokenizer: LoRA merged, or the adapter saved
+    so that peft's AutoPeftModelForCausalLM loads it from any directory (tinyrlhf.loading.save_adapter)."""
     os.makedirs(out, exist_ok=True)
     if hasattr(model, "get_base_model"):
         if merge_lora:
@@ -195,8 +198,9 @@ def save_hf(model, tokenizer, out: str, merge_lora: bool = True):
             merged = merged.merge_and_unload()
             merged.save_pretrained(out)
         else:
-            model.save_pretrained(out)  # adapter_config.json + adapter weights
-            unwrap(model).config.save_pretrained(out)
+            from .loading import save_adapter
+            save_adapter(model, tokenizer, out)  # adapter + tokenizer, the base named by absolute path
+            return
     else:
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -282,6 +286,8 @@ def save_reward_model(rm: RewardModel, tokenizer, out: str):
         tensors["logp_weight"] = rm.logp_weight.detach().float().reshape(1).contiguous()
     save_file(tensors, os.path.join(out, "reward_head.safetensors"))
     meta = {"gain": float(rm.gain), "bias": float(rm.bias)}
+    if getattr(rm, "normalized_on", None):  # what the gain and bias were computed on (train/reward.py)
+        meta["normalized_on"] = rm.normalized_on
     if rm.pool != "last" or rm.logp_feature:
         meta.update(pool=rm.pool, logp_feature=rm.logp_feature)
     with open(os.path.join(out, "reward_head.json"), "w") as f:
@@ -298,7 +304,8 @@ def load_reward_model(path: str) -> tuple[RewardModel, object]:
         raise ConfigError(f"'{path}' is not a reward model directory (no reward_head.safetensors)")
     with open(os.path.join(path, "reward_head.json")) as f:
         norm = json.load(f)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    from .loading import load_causal_lm
+    lm = load_causal_lm(path, dtype=torch.float32)
     _set_dropout(lm, 0.0)
     set_attention(lm, ATTENTION_CHOICES[0])
     rm = RewardModel(lm, pool=norm.get("pool", "last"), logp_feature=norm.get("logp_feature", False))
@@ -309,6 +316,7 @@ def load_reward_model(path: str) -> tuple[RewardModel, object]:
         rm.logp_weight.data.copy_(head["logp_weight"].reshape(()))
     rm.gain.fill_(norm["gain"])
     rm.bias.fill_(norm["bias"])
+    rm.normalized_on = norm.get("normalized_on")
     return rm.eval(), load_tokenizer(path)
 
 

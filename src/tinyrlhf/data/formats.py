@@ -10,6 +10,9 @@
   jsonl, json, csv, parquet  the project's records (records.py), or any table whose columns `columns=` maps to ours,
                            e.g. {"prompt": "instruction", "chosen": "good", "rejected": "bad"}.
 Error positions are lines for JSONL and CSV, and 1-based record positions for a JSON array and parquet.
+Chat rows (OpenAI-style `messages`, or prompts/completions given as message lists) are read as records.py
+describes; hh-rlhf prompts keep their turns in meta["messages"] too, for `records.render_chat`.
+`load_prompts` reads the prompts of any of these files (evaluation on your own data).
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ import os
 from typing import Any, Callable, Iterator
 
 from ..errors import DataError
-from .records import (BinaryRecord, PairRecord, RankingRecord, SFTRecord, SkipCounter, pair_to_binary,
+from .public import (_PUBLIC, HH_ASSISTANT, Parser, parse_hh_turns, split_hh,  # noqa: F401 (re-exported)
+                     tldr_prompt)
+from .records import (BinaryRecord, PairRecord, PromptRecord, RankingRecord, SFTRecord, SkipCounter, pair_to_binary,
                       pair_to_sft, parse_jsonl_lines, ranking_to_pairs, record_from_dict)
 
 PUBLIC_FORMATS = ("hh-rlhf", "summarize-from-feedback", "stack-exchange-paired", "tldr")
@@ -32,11 +37,9 @@ KIND_FIELDS = {  # the project's record kinds and their required fields, in dete
     "ranking": ("prompt", "completions"),
     "binary": ("prompt", "completion", "label"),
     "sft": ("prompt", "completion"),
+    "prompt": ("prompt",),
 }
 COLUMN_FIELDS = ("prompt", "chosen", "rejected", "margin", "completions", "completion", "label", "meta")
-HH_ASSISTANT = "\n\nAssistant:"
-
-Parser = Callable[[dict, dict], Any]  # (row, where) -> one record
 
 
 # ---------------------------------------------------------------- reading rows
@@ -113,128 +116,17 @@ def _rows(path: str, table: str) -> Iterator[tuple[int, Any]]:
         raise DataError(f"cannot read ({e})", path=path) from None
 
 
-# ---------------------------------------------------------------- field helpers
-
-def _text(obj: dict, key: str, where: dict, label: str | None = None, optional: bool = False) -> str | None:
-    """obj[key] as a non-blank string (None when optional and absent); errors name `label` (default: key)."""
-    value = obj.get(key)
-    if value is not None and not isinstance(value, str):
-        raise DataError(f"expected a string, got {type(value).__name__}", field=label or key, **where)
-    if value is None or not value.strip():
-        if optional:
-            return None
-        what = "is empty" if value is not None else "missing" if key not in obj else "is null"
-        raise DataError(what, field=label or key, **where)
-    return value
-
-
-def _lead_space(text: str) -> str:
-    """Completions start with whitespace so that prompt + completion reads (and tokenizes) naturally."""
-    return text if text[:1].isspace() else " " + text
-
-
-def _pair(prompt: str, chosen: str, rejected: str, where: dict, rejected_field: str, meta: dict) -> PairRecord:
-    if chosen == rejected:
-        raise DataError("chosen is identical to rejected", field=rejected_field, **where)
-    return PairRecord(prompt, chosen, rejected, None, {k: v for k, v in meta.items() if v is not None})
-
-
-def tldr_prompt(post: str, title: str | None = None, subreddit: str | None = None) -> str:
-    """The TL;DR prompt of Stiennon et al. (2020): optional SUBREDDIT and TITLE lines, the post, then 'TL;DR:'."""
-    head = f"SUBREDDIT: r/{subreddit.strip()}\n" if subreddit else ""
-    head += f"TITLE: {title.strip()}\n" if title else ""
-    return f"{head}POST: {post.strip()}\nTL;DR:"
-
-
-def split_hh(chosen: str, rejected: str) -> tuple[str, str, str] | None:
-    """(prompt, chosen, rejected) cut after the last '\\n\\nAssistant:' that both transcripts share; None if none."""
-    end = len(chosen)
-    while (i := chosen.rfind(HH_ASSISTANT, 0, end)) != -1:
-        cut = i + len(HH_ASSISTANT)
-        if rejected.startswith(chosen[:cut]):
-            return chosen[:cut], chosen[cut:], rejected[cut:]
-        end = i
-    return None
-
-
-# ---------------------------------------------------------------- public formats
-
-def _hh(obj: dict, where: dict) -> PairRecord:
-    chosen, rejected = _text(obj, "chosen", where), _text(obj, "rejected", where)
-    if HH_ASSISTANT not in chosen:
-        raise DataError(f"has no {HH_ASSISTANT!r} turn", field="chosen", **where)
-    split = split_hh(chosen, rejected)
-    if split is None:
-        raise DataError(f"shares no {HH_ASSISTANT!r} turn with chosen", field="rejected", **where)
-    prompt, chosen, rejected = split
-    for name, reply in (("chosen", chosen), ("rejected", rejected)):
-        if not reply.strip():
-            raise DataError("has no reply after the last shared Assistant turn", field=name, **where)
-    return _pair(prompt, chosen, rejected, where, "rejected", {"source": "hh-rlhf"})
-
-
-def _summarize(obj: dict, where: dict) -> PairRecord:
-    info = obj.get("info")
-    if not isinstance(info, dict):
-        what = "missing" if info is None else f"expected an object, got {type(info).__name__}"
-        raise DataError(what, field="info", **where)
-    if info.get("post") is None and info.get("article") is not None:  # CNN/DM comparisons carry an article
-        post = _text(info, "article", where, label="info.article")
-    else:
-        post = _text(info, "post", where, label="info.post")
-    title = _text(info, "title", where, label="info.title", optional=True)
-    subreddit = _text(info, "subreddit", where, label="info.subreddit", optional=True)
-    summaries = obj.get("summaries")
-    if not isinstance(summaries, list) or len(summaries) != 2:
-        what = "missing" if summaries is None else "expected a list of 2 summaries"
-        raise DataError(what, field="summaries", **where)
-    texts = []
-    for i, s in enumerate(summaries):
-        if not isinstance(s, dict):
-            raise DataError(f"expected an object, got {type(s).__name__}", field=f"summaries[{i}]", **where)
-        texts.append(_lead_space(_text(s, "text", where, label=f"summaries[{i}].text")))
-    choice = obj.get("choice")
-    if type(choice) is not int or choice not in (0, 1):
-        raise DataError("missing" if "choice" not in obj else f"expected 0 or 1, got {json.dumps(choice)}",
-                        field="choice", **where)
-    meta = {"source": "summarize-from-feedback", "id": info.get("id"), "worker": obj.get("worker"),
-            "batch": obj.get("batch"), "split": obj.get("split")}
-    return _pair(tldr_prompt(post, title, subreddit), texts[choice], texts[1 - choice], where,
-                 f"summaries[{1 - choice}].text", meta)
-
-
-def _stack_exchange(obj: dict, where: dict) -> PairRecord:
-    question = _text(obj, "question", where)
-    chosen, rejected = _text(obj, "response_j", where), _text(obj, "response_k", where)
-    return _pair(f"Question: {question}\n\nAnswer:", _lead_space(chosen), _lead_space(rejected), where,
-                 "response_k", {"source": "stack-exchange-paired", "qid": obj.get("qid")})
-
-
-def _tldr(obj: dict, where: dict) -> SFTRecord:
-    summary = _text(obj, "summary", where)
-    title = _text(obj, "title", where, optional=True)
-    subreddit = _text(obj, "subreddit", where, optional=True)
-    if "post" in obj or "prompt" not in obj:
-        prompt = tldr_prompt(_text(obj, "post", where), title, subreddit)
-    else:  # a "prompt" is used as given (often already templated) unless there is a title/subreddit to add
-        prompt = _text(obj, "prompt", where)
-        if title or subreddit:
-            prompt = tldr_prompt(prompt, title, subreddit)
-    return SFTRecord(prompt, _lead_space(summary), {"source": "tldr"})
-
-
-_PUBLIC: dict[str, tuple[str, Parser]] = {  # format -> (record kind it yields, row parser)
-    "hh-rlhf": ("pair", _hh),
-    "summarize-from-feedback": ("pair", _summarize),
-    "stack-exchange-paired": ("pair", _stack_exchange),
-    "tldr": ("sft", _tldr),
-}
-
+# ---------------------------------------------------------------- detection
 
 def detect_format(obj: Any) -> str | None:
     """Name a row's format from its keys: a public format or a record kind (pair, ranking, binary, sft)."""
     if not isinstance(obj, dict):
         return None
+    if isinstance(obj.get("messages"), list) and "prompt" not in obj:  # chat: a conversation
+        last = obj["messages"][-1] if obj["messages"] else None
+        return "sft" if isinstance(last, dict) and last.get("role") == "assistant" else "prompt"
+    if "prompt" not in obj and isinstance(obj.get("chosen"), list) and isinstance(obj.get("rejected"), list):
+        return "pair"  # chat: two whole conversations that differ in the last reply
     if "summaries" in obj and "choice" in obj:
         return "summarize-from-feedback"
     if "response_j" in obj and "response_k" in obj:
@@ -311,7 +203,7 @@ def _choose(fmt: str, target: str, obj: dict, columns: dict | None, table: str, 
     if fmt in _PUBLIC:
         return _PUBLIC[fmt]
     row = _map_columns(obj, columns, where)
-    if all(f in row for f in KIND_FIELDS[target]):
+    if target != "prompt" and all(f in row for f in KIND_FIELDS[target]):  # prompts: the richest kind wins
         kind = target
     elif fmt == "auto" and not columns:
         kind = detect_format(row)
@@ -334,6 +226,10 @@ _CONVERT: dict[str, dict[str, Callable[[Any], list]]] = {  # target kind -> {kin
     "binary": {"binary": lambda r: [r], "pair": pair_to_binary},
     "ranking": {"ranking": lambda r: [r],
                 "pair": lambda r: [RankingRecord(r.prompt, (r.chosen, r.rejected), dict(r.meta))]},
+    "prompt": {"prompt": lambda r: [r], "sft": lambda r: [PromptRecord(r.prompt, r.completion, dict(r.meta))],
+               "pair": lambda r: [PromptRecord(r.prompt, r.chosen, dict(r.meta))],
+               "ranking": lambda r: [PromptRecord(r.prompt, r.completions[0], dict(r.meta))],
+               "binary": lambda r: [PromptRecord(r.prompt, r.completion if r.label else None, dict(r.meta))]},
 }
 
 
@@ -413,3 +309,16 @@ def load_rankings(path: str | os.PathLike, format: str = "auto", *, columns: dic
                   max_records: int | None = None) -> list[RankingRecord]:
     """Best-first rankings: ranking records, or preference pairs as rankings of two."""
     return _load(path, format, "ranking", columns, skip_bad, skipped, max_records)
+
+
+def load_prompts(path: str | os.PathLike, format: str = "auto", *, columns: dict | None = None,
+                 skip_bad: bool = False, skipped: SkipCounter | None = None,
+                 max_records: int | None = None) -> list[PromptRecord]:
+    """The distinct prompts of any file above (first occurrence kept, file order), each with a reference
+    answer when the file has one: an sft completion, the chosen side of a pair, the best of a ranking,
+    a desirable binary completion, or a chat's last assistant turn. A file of bare {"prompt": ...}
+    objects (or a CSV with a prompt column) has none."""
+    seen: set[str] = set()
+    unique = [r for r in _load(path, format, "prompt", columns, skip_bad, skipped, None)
+              if not (r.prompt in seen or seen.add(r.prompt))]  # first occurrence, in file order
+    return unique[:max_records] if max_records is not None else unique

@@ -5,7 +5,18 @@ One JSON object per line. Fields:
   pair     {"prompt": str, "chosen": str, "rejected": str, "margin"?: float}
   ranking  {"prompt": str, "completions": [str, ...]}        (best first, K >= 2)
   binary   {"prompt": str, "completion": str, "label": bool}  (true = desirable)
+  prompt   {"prompt": str}                                     (evaluation prompts; see formats.load_prompts)
 Every record may carry "meta": {...} (free-form, kept as is: annotator id, gold rewards, source).
+
+Chat data. A prompt may be a list of OpenAI-style messages ({"role": "system"|"user"|"assistant",
+"content": str}); an sft record may be {"messages": [...]} whose last turn is the assistant's reply;
+completions (chosen, rejected, completion) may be such lists too, of which the last assistant turn
+counts; a pair may give whole conversations as chosen and rejected, and its prompt is then the turns
+before their replies. Such a record is first rendered with ONE plain template, the one hh-rlhf uses:
+"\n\nHuman: {user}" for each user turn, "\n\nAssistant: {reply}" for each assistant turn,
+"\n\nSystem: {text}" for a system turn, the prompt ending in "\n\nAssistant:" and the completion
+being " " + the reply. Its prompt turns are kept in meta["messages"]; `render_chat` re-renders them with
+a tokenizer's chat template when it has one (hh-rlhf transcripts too: formats.py parses their turns).
 """
 from __future__ import annotations
 
@@ -50,7 +61,120 @@ class BinaryRecord:
     meta: dict = field(default_factory=dict, compare=False)
 
 
-RECORD_TYPES = {"sft": SFTRecord, "pair": PairRecord, "ranking": RankingRecord, "binary": BinaryRecord}
+@dataclass(frozen=True)
+class PromptRecord:
+    prompt: str
+    reference: str | None = None  # a reference answer when the file has one (sft completion, chosen)
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+RECORD_TYPES = {"sft": SFTRecord, "pair": PairRecord, "ranking": RankingRecord, "binary": BinaryRecord,
+                "prompt": PromptRecord}
+
+
+# ---------------------------------------------------------------- chat messages
+
+ROLE_NAMES = {"system": "System", "user": "Human", "assistant": "Assistant"}
+
+
+def render_plain(messages: list[dict]) -> str:
+    """The plain chat template (hh-rlhf's): each turn as "\n\n{Human|Assistant|System}: {content}",
+    then "\n\nAssistant:" for the reply to come."""
+    return "".join(f"\n\n{ROLE_NAMES[m['role']]}: {m['content']}" for m in messages) + "\n\nAssistant:"
+
+
+def _messages(value: Any, key: str, where: dict) -> list[dict]:
+    """A validated list of {"role", "content"} messages (extra keys dropped)."""
+    if not isinstance(value, list) or not value:
+        raise DataError("expected a non-empty list of messages", field=key, **where)
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise DataError("expected {\"role\": ..., \"content\": \"...\"}", field=f"{key}[{i}]", **where)
+        if m.get("role") not in ROLE_NAMES:
+            raise DataError(f"role {m.get('role')!r} is not one of {', '.join(ROLE_NAMES)}",
+                            field=f"{key}[{i}].role", **where)
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _reply(value: Any, key: str, where: dict) -> str:
+    """A completion given as text, or as messages whose last turn is the assistant's reply."""
+    if isinstance(value, list):
+        turns = _messages(value, key, where)
+        if turns[-1]["role"] != "assistant":
+            raise DataError("the last message is not the assistant's reply", field=key, **where)
+        value = turns[-1]["content"]
+    if not isinstance(value, str):
+        return value  # validation below names the field
+    return value if value[:1].isspace() else " " + value
+
+
+def _from_chat(kind: str, obj: dict, where: dict) -> dict:
+    """A chat-shaped row (see the module docstring) as plain fields, prompt turns in meta["messages"]."""
+    obj = dict(obj)
+    if "messages" in obj and "prompt" not in obj:
+        turns = _messages(obj.pop("messages"), "messages", where)
+        if turns[-1]["role"] == "assistant":  # the reply (for evaluation prompts: a reference answer)
+            obj["reference" if kind == "prompt" else "completion"] = turns[-1]["content"]
+            turns = turns[:-1]
+        obj["prompt"] = turns
+    if kind == "pair" and "prompt" not in obj and isinstance(obj.get("chosen"), list) \
+            and isinstance(obj.get("rejected"), list):
+        chosen, rejected = _messages(obj["chosen"], "chosen", where), _messages(obj["rejected"], "rejected", where)
+        if chosen[:-1] != rejected[:-1]:
+            raise DataError("its turns before the reply differ from chosen's", field="rejected", **where)
+        obj["prompt"] = chosen[:-1]
+    if isinstance(obj.get("prompt"), list):
+        turns = _messages(obj["prompt"], "prompt", where)
+        if turns[-1]["role"] == "assistant":
+            raise DataError("the last prompt message is the assistant's; the reply goes in the completion",
+                            field="prompt", **where)
+        obj["prompt"] = render_plain(turns)
+        obj["meta"] = {**(obj.get("meta") if isinstance(obj.get("meta"), dict) else {}), "messages": turns}
+        for key in ("completion", "chosen", "rejected"):
+            if key in obj:
+                obj[key] = _reply(obj[key], key, where)
+        if isinstance(obj.get("completions"), list):
+            obj["completions"] = [_reply(c, "completions", where) for c in obj["completions"]]
+    return obj
+
+
+def _is_chat(obj: dict) -> bool:
+    return isinstance(obj.get("prompt"), list) or "messages" in obj or \
+        any(isinstance(obj.get(k), list) for k in ("chosen", "rejected", "completion"))
+
+
+def render_chat(records: list, tokenizer) -> list:
+    """Records with chat turns (meta["messages"]) re-rendered with the tokenizer's chat template, when it
+    has one; others, and every record for a tokenizer without a template, are returned as they are.
+    The prompt ends with the template's generation prompt; each completion is what the template adds
+    for the reply (its end-of-turn marker included)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return records
+    import dataclasses
+
+    out = []
+    for r in records:
+        turns = r.meta.get("messages") if isinstance(r.meta, dict) else None
+        if not turns:
+            out.append(r)
+            continue
+        prompt = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+        def reply(text: str) -> str:
+            full = tokenizer.apply_chat_template(turns + [{"role": "assistant", "content": text.strip()}],
+                                                 tokenize=False)
+            return full[len(prompt):] if full.startswith(prompt) else text
+
+        changes = {"prompt": prompt}
+        for key in ("completion", "chosen", "rejected"):  # a PromptRecord's reference stays plain text
+            if isinstance(getattr(r, key, None), str) and getattr(r, key):
+                changes[key] = reply(getattr(r, key))
+        if isinstance(r, RankingRecord):
+            changes["completions"] = tuple(reply(c) for c in r.completions)
+        out.append(dataclasses.replace(r, **changes))
+    return out
 
 
 # ---------------------------------------------------------------- validation
@@ -78,6 +202,13 @@ def record_from_dict(kind: str, obj: Any, *, path: str | None = None, line: int 
     where = {"path": path, "line": line}
     if not isinstance(obj, dict):
         raise DataError(f"expected a JSON object, got {type(obj).__name__}", **where)
+    if _is_chat(obj):
+        obj = _from_chat(kind, obj, where)
+    if kind == "prompt":
+        reference = obj.get("reference")
+        if reference is not None and not isinstance(reference, str):
+            raise DataError(f"expected a string, got {type(reference).__name__}", field="reference", **where)
+        return PromptRecord(_req_str(obj, "prompt", where), reference, _meta(obj, where))
     if kind == "sft":
         return SFTRecord(_req_str(obj, "prompt", where, allow_empty=True),
                          _req_str(obj, "completion", where), _meta(obj, where))
@@ -123,6 +254,8 @@ def record_to_dict(record) -> dict:
         d["completions"] = list(record.completions)
     if isinstance(record, PairRecord) and record.margin is None:
         del d["margin"]
+    if isinstance(record, PromptRecord) and record.reference is None:
+        del d["reference"]
     if not d.get("meta"):
         d.pop("meta", None)
     return d

@@ -1,12 +1,15 @@
-"""`tinyrlhf eval`: score one model on a task's held-out prompts.
+"""`tinyrlhf eval`: score one model on a task's held-out prompts, or on your own prompts file.
 
     tinyrlhf eval runs/family_tree/ppo --task family_tree --reward runs/family_tree/reward
+    tinyrlhf eval runs/hh/dpo --prompts hh/test.jsonl --reward runs/hh-rm --judge chat --judge-url URL
 
-Samples one completion per held-out prompt (fixed seed, settings recorded) and reports the gold reward
-with a bootstrap 95 % CI, the greedy gold, the reward model's score (with --reward), the KL to a reference
-model estimated from the samples, the win rate against the reference's own samples (judged by the gold
-reward, a reward model or a chat endpoint; ties count half), length, distinct-1/2, and ROUGE-L / BLEU
-against the task's reference answers when it has them.
+Samples one completion per prompt (fixed seed, settings recorded) and reports the reward model's score
+with a bootstrap 95 % CI (with --reward), the KL to a reference model estimated from the samples, the
+win rate against the reference's own samples (judged by the gold reward, a reward model or a chat
+endpoint; ties count half), length, distinct-1/2, and ROUGE-L / BLEU against reference answers when
+there are some. On a built-in task also the gold reward with a CI and the greedy gold; a prompts file
+has no gold reward, and the report says so. The model may be a run directory, a model directory or an
+unmerged LoRA final/ (its adapters are merged in memory).
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import torch
 import yaml
 
 from ..errors import ConfigError
-from ..models import _check_model_dir, load_tokenizer
+from ..loading import check_model_dir, find_relative, load_causal_lm
+from ..models import load_tokenizer
 from ..sampling import sample
 from ..tasks import get_task
 from . import metrics as M
@@ -28,7 +32,7 @@ from .policy import completion_logps
 @dataclass(frozen=True)
 class EvalSettings:
     n_prompts: int = 200
-    """Held-out prompts (the task's eval split, drawn with data_seed)."""
+    """Prompts: the task's held-out prompts (drawn with data_seed), or the first N distinct prompts of --prompts."""
     max_new_tokens: int = 24
     """Longest completion."""
     temperature: float = 1.0
@@ -43,9 +47,9 @@ class EvalSettings:
     """bf16 autocast (auto/bf16) or fp32."""
 
 
-def resolve_model(path: str, task_name: str) -> tuple[str, dict | None]:
-    """A run dir (-> its final/) or a model dir. Returns (model dir, the run's config or None).
-    A run trained on another task is refused: its scores on this task would mean nothing."""
+def resolve_model(path: str, task_name: str | None = None) -> tuple[str, dict | None]:
+    """A run dir (-> its final/) or a model dir (an unmerged LoRA final/ too). Returns (model dir, the
+    run's config or None). A run trained on another task is refused: its scores there would mean nothing."""
     if not os.path.exists(path):
         raise ConfigError(f"'{path}': no such model or run directory")
     run_cfg = None
@@ -54,100 +58,143 @@ def resolve_model(path: str, task_name: str) -> tuple[str, dict | None]:
         with open(cfg_file) as f:
             run_cfg = yaml.safe_load(f) or {}
         trained_on = (run_cfg.get("data") or {}).get("task") or ""
-        if trained_on and trained_on != task_name:
+        if task_name and trained_on and trained_on != task_name:
             raise ConfigError(f"run '{path}' was trained on task '{trained_on}', not '{task_name}'")
         model_dir = os.path.join(path, "final")
         if not os.path.isdir(model_dir):
             raise ConfigError(f"run '{path}' has no final/ model yet (unfinished run? run its command again)")
     else:
         model_dir = path
-    _check_model_dir(model_dir)
+    check_model_dir(model_dir)
     return model_dir, run_cfg
 
 
-def default_reference(run_cfg: dict | None) -> str:
-    """The model a policy run started from (its SFT model), if it was a local directory."""
+def default_reference(run_cfg: dict | None, run_dir: str = ".") -> str:
+    """The model a policy run started from (its SFT model), if it is a local directory. A relative
+    model.path is looked up from the run directory upwards, then here (loading.find_relative)."""
     start = ((run_cfg or {}).get("model") or {}).get("path") or ""
-    return start if start and os.path.isdir(start) else ""
+    found = find_relative(start, run_dir) if start else None
+    return found if found and os.path.isdir(found) else ""
 
 
 def _load(model_dir: str, device):
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    model = load_causal_lm(model_dir, dtype=torch.float32).to(device).eval()
     return model, load_tokenizer(model_dir)
 
 
-def evaluate_model(path: str, task_name: str, *, reward: str = "", reference: str | None = None,
-                   judge=None, settings: EvalSettings = EvalSettings(), device=None) -> dict:
-    """All metrics of one model (see the module docstring). `reference=None` uses the run's starting
-    model when there is one, "" none. `judge` (a tinyrlhf.eval.judges judge) defaults to the gold reward.
-    Per-prompt gold rewards and the samples are returned too, for paired comparisons."""
-    from ..train.engine import autocast
-    from .judges import GoldJudge
+def _ci(values: list[float], seed: int) -> dict:
+    mean, low, high = M.bootstrap_ci(values, seed=seed)
+    return {"mean": mean, "low": low, "high": high}
 
-    task = get_task(task_name)
+
+def eval_prompts(task, prompts_file: str, fmt: str, s: EvalSettings, tokenizer) -> tuple[list[str], list]:
+    """(prompts, reference answers or Nones): the task's eval split, or the first n_prompts distinct
+    prompts of a file in any supported format, chat turns rendered with the model's tokenizer."""
+    if task is not None:
+        prompts = task.prompts("eval", s.n_prompts, s.data_seed)
+        return prompts, [task.reference_answer(p) for p in prompts]
+    from ..data import load_prompts, render_chat
+    records = render_chat(load_prompts(prompts_file, fmt, max_records=s.n_prompts), tokenizer)
+    return [r.prompt for r in records], [r.reference for r in records]
+
+
+def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str = "", prompts_format: str = "auto",
+                   reward: str = "", reference: str | None = None, judge=None,
+                   settings: EvalSettings = EvalSettings(), device=None) -> dict:
+    """All metrics of one model (see the module docstring), on `task_name`'s held-out prompts or on the
+    prompts of `prompts_file`. `reference=None` uses the run's starting model when there is one, "" none.
+    `judge`: a tinyrlhf.eval.judges judge, or "gold" / "reward" (the task's gold reward / the reward
+    model of `reward`); default gold on a task, else the reward model when there is one, else no win
+    rate. Per-prompt scores and the samples are returned too, for paired comparisons."""
+    from ..train.engine import autocast
+    from .judges import GoldJudge, ScoreJudge
+
+    if bool(task_name) == bool(prompts_file):
+        raise ConfigError("evaluate on a built-in task (--task) or on a prompts file (--prompts), one of the two")
+    task = get_task(task_name) if task_name else None
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model_dir, run_cfg = resolve_model(path, task_name)
     if reference is None:
-        reference = default_reference(run_cfg)
+        reference = default_reference(run_cfg, path)
+    if judge == "gold" and task is None:
+        raise ConfigError("--judge gold needs --task (a prompts file has no gold reward)")
+    if judge == "reward" and not reward:
+        raise ConfigError("--judge reward needs --reward (a reward run directory)")
     s = settings
-    prompts = task.prompts("eval", s.n_prompts, s.data_seed)
     model, tok = _load(model_dir, device)
+    prompts, refs = eval_prompts(task, prompts_file, prompts_format, s, tok)
     gen = dict(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, device=device)
     with autocast(device, s.precision):
         completions = sample(model, tok, prompts, temperature=s.temperature, seed=s.seed, **gen)
-        greedy = sample(model, tok, prompts, temperature=0.0, seed=s.seed, **gen)
-    gold = [task.gold_reward(p, c) for p, c in zip(prompts, completions)]
-    mean, low, high = M.bootstrap_ci(gold, seed=s.seed)
-    out: dict = {"model": model_dir, "task": task_name, "settings": asdict(s),
-                 "gold": {"mean": mean, "low": low, "high": high, "max": task.max_gold},
-                 "gold_greedy": sum(task.gold_reward(p, c) for p, c in zip(prompts, greedy)) / len(prompts),
+    out: dict = {"model": model_dir, "task": task_name or None, "settings": asdict(s),
                  "length": M.mean_length(completions),
                  "distinct_1": M.distinct_n(completions, 1), "distinct_2": M.distinct_n(completions, 2)}
-    refs = [task.reference_answer(p) for p in prompts]
-    if all(r is not None for r in refs):
+    per_prompt: dict = {}
+    if task is not None:
+        with autocast(device, s.precision):
+            greedy = sample(model, tok, prompts, temperature=0.0, seed=s.seed, **gen)
+        per_prompt["gold"] = [task.gold_reward(p, c) for p, c in zip(prompts, completions)]
+        out["gold"] = {**_ci(per_prompt["gold"], s.seed), "max": task.max_gold}
+        out["gold_greedy"] = sum(task.gold_reward(p, c) for p, c in zip(prompts, greedy)) / len(prompts)
+    else:
+        out["prompts"] = {"file": prompts_file, "format": prompts_format, "n": len(prompts),
+                          "with_reference": sum(r is not None for r in refs)}
+    if refs and all(r is not None for r in refs):  # every prompt has a reference answer
         out["rouge_l"] = M.rouge_l(completions, refs)
         out["bleu"] = M.bleu(completions, refs)
+    score = None
     if reward:
         from ..train.rl import reward_source
-        score, _ = reward_source(reward, task, device, s.precision)
-        rm_scores = score(prompts, completions).tolist()
-        m, lo, hi = M.bootstrap_ci(rm_scores, seed=s.seed)
-        out["rm_score"] = {"mean": m, "low": lo, "high": hi, "reward": reward}
+        # no scale warning here: a trained policy may rightly score far above the SFT samples' mean 0
+        score, _ = reward_source(reward, task, device, s.precision, check_scale=False)
+        per_prompt["rm"] = score(prompts, completions).tolist()
+        out["rm_score"] = {**_ci(per_prompt["rm"], s.seed), "reward": reward}
+    if judge is None:
+        judge = "gold" if task is not None else "reward" if reward else None
+    if judge == "gold":
+        judge = GoldJudge(task)
+    elif judge == "reward":
+        judge = ScoreJudge(lambda p, c: score(p, c).tolist())
     if reference:
         ref_model, ref_tok = _load(resolve_model(reference, task_name)[0], device)
         policy_lp = completion_logps(model, tok, prompts, completions, device, s.precision)
         ref_lp = completion_logps(ref_model, ref_tok, prompts, completions, device, s.precision)
         kl = (policy_lp - ref_lp).tolist()  # E_y~π[log π(y|x) − log π_ref(y|x)], one sample per prompt
-        m, lo, hi = M.bootstrap_ci(kl, seed=s.seed)
-        out["kl_ref"] = {"mean": m, "low": lo, "high": hi, "reference": reference}
-        with autocast(device, s.precision):
-            ref_completions = sample(ref_model, ref_tok, prompts, temperature=s.temperature, seed=s.seed, **gen)
-        judge = judge or GoldJudge(task)
-        verdicts = judge.judge_many(prompts, completions, ref_completions)
-        rate, lo, hi = M.win_rate(verdicts, seed=s.seed)
-        out["win_rate"] = {"rate": rate, "low": lo, "high": hi, "judge": judge.name,
-                           "against": reference}
+        per_prompt["kl"] = kl
+        out["kl_ref"] = {**_ci(kl, s.seed), "reference": reference}
+        if judge is not None:
+            with autocast(device, s.precision):
+                ref_completions = sample(ref_model, ref_tok, prompts, temperature=s.temperature, seed=s.seed, **gen)
+            per_prompt["win"] = judge.judge_many(prompts, completions, ref_completions)
+            rate, lo, hi = M.win_rate(per_prompt["win"], seed=s.seed)
+            out["win_rate"] = {"rate": rate, "low": lo, "high": hi, "judge": judge.name, "against": reference}
         del ref_model
-    out["per_prompt"] = {"gold": gold, **({"win": verdicts, "kl": kl} if reference else {})}
+    out["per_prompt"] = per_prompt
     out["samples"] = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
     return out
 
 
 def format_report(result: dict) -> str:
-    g = result["gold"]
-    lines = [f"model: {result['model']}  task: {result['task']}  prompts: {result['settings']['n_prompts']}",
-             f"  gold reward          {g['mean']:.3f}  [95% CI {g['low']:.3f}, {g['high']:.3f}]  (max {g['max']})",
-             f"  gold, greedy         {result['gold_greedy']:.3f}"]
+    where = f"task: {result['task']}" if result.get("task") else f"prompts: {result['prompts']['file']}"
+    n = result["prompts"]["n"] if "prompts" in result else result["settings"]["n_prompts"]
+    lines = [f"model: {result['model']}  {where}  ({n} prompts)"]
+    if "gold" in result:
+        g = result["gold"]
+        lines += [f"  gold reward          {g['mean']:.3f}  [95% CI {g['low']:.3f}, {g['high']:.3f}]  (max {g['max']})",
+                  f"  gold, greedy         {result['gold_greedy']:.3f}"]
+    else:
+        lines.append("  gold reward          none: these prompts come from a file, not a built-in task")
     if "rm_score" in result:
         r = result["rm_score"]
-        lines.append(f"  reward-model score   {r['mean']:.3f}  [{r['low']:.3f}, {r['high']:.3f}]")
+        lines.append(f"  reward-model score   {r['mean']:.3f}  [95% CI {r['low']:.3f}, {r['high']:.3f}]")
     if "kl_ref" in result:
         k = result["kl_ref"]
         lines.append(f"  KL to reference      {k['mean']:.3f}  [{k['low']:.3f}, {k['high']:.3f}]  ({k['reference']})")
     if "win_rate" in result:
         w = result["win_rate"]
         lines.append(f"  win rate vs ref      {w['rate']:.3f}  [{w['low']:.3f}, {w['high']:.3f}]  judge: {w['judge']}")
+    elif "kl_ref" in result:
+        lines.append("  win rate vs ref      none: no judge (give --reward, or --judge chat --judge-url URL)")
     lines.append(f"  length               {result['length']['chars']:.1f} chars, {result['length']['words']:.1f} words")
     lines.append(f"  distinct-1 / -2      {result['distinct_1']:.3f} / {result['distinct_2']:.3f}")
     if "rouge_l" in result:

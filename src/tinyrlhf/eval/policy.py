@@ -15,7 +15,10 @@ from ..train.engine import autocast
 @torch.no_grad()
 def completion_logps(model, tokenizer, prompts, completions, device, precision, max_length=512,
                      batch_size=64) -> torch.Tensor:
-    """Sum of log-probs of each completion (EOS included) given its prompt, (N,)."""
+    """Sum of log-probs of each completion (EOS included) given its prompt, (N,). Longer inputs are cut
+    to max_length, or to the model's context when that is shorter (the project's truncation policy)."""
+    from ..models import unwrap
+    max_length = min(max_length, unwrap(model).config.max_position_embeddings)
     was_training = model.training
     model.eval()
     examples = encode(tokenizer, prompts, completions, max_length)

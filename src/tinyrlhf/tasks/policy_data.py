@@ -43,14 +43,13 @@ def _pool(manifest: dict) -> AnnotatorPool:
 def sample_k(model_dir: str, prompts: list[str], k: int, *, temperature: float, max_new_tokens: int,
              seed: int, batch_size: int = 64, precision: str = "auto") -> list[list[str]]:
     """k sampled completions per prompt from a model directory (the project's rollout engine)."""
-    from transformers import AutoModelForCausalLM
-
+    from ..loading import load_causal_lm
     from ..models import load_tokenizer
     from ..rollout import encode_prompts, generate
     from ..train.engine import autocast
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    model = load_causal_lm(model_dir).to(device).eval()  # a model dir or an unmerged LoRA final/
     tok = load_tokenizer(model_dir)
     limit = model.config.max_position_embeddings - max_new_tokens
     out: list[list[str]] = []

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..data import render_chat
 from ..errors import ConfigError
 from ..eval.policy import completion_logps, policy_eval
 from ..models import _set_dropout, add_lora, build_model, save_hf
@@ -49,8 +50,9 @@ def open_online(cfg) -> Online | dict:
     start = begin_run(cfg, "sft")
     if isinstance(start, dict):
         return start
-    prompts = list(dict.fromkeys(r.prompt for r in start.train))  # unique, in file order
     policy, tokenizer = build_model(cfg.model, task_corpus(start.task, cfg.data.seed), seed=cfg.seed)
+    # unique, in file order; chat prompts in the tokenizer's chat template when it has one
+    prompts = list(dict.fromkeys(r.prompt for r in render_chat(start.train, tokenizer)))
     _set_dropout(policy, 0.0)  # dropout off: rollout, old and new log-probs must agree [details]
     policy = add_lora(policy, cfg.lora).to(start.device)
     reward, rm = reward_source(cfg.reward, start.task, start.device, cfg.train.precision, cfg.data.max_length)

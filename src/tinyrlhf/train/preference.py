@@ -5,7 +5,15 @@
 Chosen and rejected go through the policy together: their shared prompt once, then both completions as
 one 2B batch on its key/value cache (train.share_prompt; logprobs.grouped_token_logps). Reference
 log-probs are computed once and cached (train/reference.py); reference-free losses (SimPO, ORPO)
-compute none.
+compute none for training.
+
+Held-out pairs (data.eval_file, else the task data directory's eval_pairs.jsonl; the first 1,000) are
+scored at eval_every and at the end: `eval/loss` (the run's loss), `eval/accuracy` (share of pairs whose
+chosen completion gets the higher implicit reward), `eval/margin` (mean implicit-reward margin) and
+`eval/reward_chosen` / `eval/reward_rejected`. The implicit reward is β·(log π(y|x) − log π_ref(y|x))
+summed over the completion, with the run's β, for every loss (SimPO and ORPO included, whose training
+metrics use their own rewards); the reference log-probs of the held-out pairs are cached like the
+training ones.
 """
 from __future__ import annotations
 
@@ -15,14 +23,17 @@ import torch
 
 from .. import losses as L
 from ..config import PreferenceConfig
+from ..data import render_chat
 from ..data.collate import BatchPlan, TruncationStats, encode_groups, pad_groups
 from ..eval.policy import completion_logps, policy_eval
 from ..logprobs import grouped_token_logps, scored_tokens
 from ..models import add_lora, build_model, save_hf, store_frozen_base
 from .data import begin_run
 from .engine import compute_dtype, fit
-from .reference import reference_disabled, reference_logps
+from .reference import group_logps, model_fingerprint, reference_disabled, reference_logps
 from .sft import task_corpus
+
+EVAL_MAX = 1000  # held-out pairs (or KTO examples) scored at each evaluation
 
 
 def _loss(cfg: PreferenceConfig, batch, policy_sums, policy_counts):
@@ -54,8 +65,8 @@ def reference_scorer(model, tokenizer, device, precision):
         return None
 
     def score_reloaded(prompts, completions):
-        from transformers import AutoModelForCausalLM
-        ref = AutoModelForCausalLM.from_pretrained(path).to(device)
+        from ..loading import load_causal_lm
+        ref = load_causal_lm(path).to(device)
         lp = completion_logps(ref, tokenizer, prompts, completions, device, precision)
         del ref
         return lp
@@ -74,6 +85,28 @@ def policy_evaluator(model, tokenizer, task, cfg, device):
     return evaluate
 
 
+def heldout_pairs(cfg: PreferenceConfig, model, tokenizer, pairs, device, share: bool, model_key: str):
+    """The held-out pair metrics of the module docstring, as a function of the current policy. The
+    reference log-probs are computed (or read from the cache) now, before any training step."""
+    pairs = pairs[:EVAL_MAX]
+    if not pairs:
+        return lambda: {}
+    groups = encode_groups(tokenizer, [p.prompt for p in pairs], [[p.chosen, p.rejected] for p in pairs],
+                           cfg.data.max_length)
+    args = (groups, tokenizer.pad_token_id, device, cfg.train.precision)
+    ref, _ = reference_logps(model, *args, cfg.ref_cache_dir, share_prompt=share, model_key=model_key)  # (2, N)
+
+    def evaluate() -> dict:
+        policy, counts = group_logps(model, *args, share_prompt=share)  # (2, N): chosen, rejected
+        losses, _ = _loss(cfg, {"ref_chosen": ref[0], "ref_rejected": ref[1]}, policy.T.reshape(-1),
+                          counts.T.reshape(-1).clamp(min=1))
+        chosen, rejected = cfg.beta * (policy - ref)  # implicit rewards (Rafailov et al. 2023, §5)
+        return {"eval/loss": losses.mean().item(), "eval/accuracy": (chosen > rejected).float().mean().item(),
+                "eval/margin": (chosen - rejected).mean().item(), "eval/reward_chosen": chosen.mean().item(),
+                "eval/reward_rejected": rejected.mean().item(), "eval/pairs": len(pairs)}
+    return evaluate
+
+
 def offline_policy(cfg, task, device):
     """(policy, tokenizer) of a DPO / KTO run: the model with LoRA added, on `device`. With LoRA under bf16
     from a model directory, the adapted layers' frozen weights are kept in bf16 (lora.bf16_base)."""
@@ -89,8 +122,9 @@ def run_preference(cfg: PreferenceConfig) -> dict:
     start = begin_run(cfg, "pair")
     if isinstance(start, dict):
         return start
-    run, device, task, pairs = start.run, start.device, start.task, start.train
+    run, device, task = start.run, start.device, start.task
     model, tokenizer = offline_policy(cfg, task, device)
+    pairs, eval_pairs = render_chat(start.train, tokenizer), render_chat(start.evals, tokenizer)
 
     stats = TruncationStats()
     # one prompt, two completions: chosen and rejected keep the same (truncated) prompt
@@ -98,11 +132,13 @@ def run_preference(cfg: PreferenceConfig) -> dict:
                            cfg.data.max_length, stats)
     share = cfg.train.share_prompt and not cfg.model.gradient_checkpointing
     t_ref = time.time()
+    model_key = model_fingerprint(model)
     if cfg.loss in L.REFERENCE_FREE:
         ref = torch.zeros(2, len(pairs))
     else:
         ref, _ = reference_logps(model, groups, tokenizer.pad_token_id, device, cfg.train.precision,
-                                 cfg.ref_cache_dir, share_prompt=share)
+                                 cfg.ref_cache_dir, share_prompt=share, model_key=model_key)
+    heldout = heldout_pairs(cfg, model, tokenizer, eval_pairs, device, share, model_key)
     t_ref = time.time() - t_ref
     plan = BatchPlan([len(p) + max(map(len, cs)) for p, cs in groups], cfg.train.batch_size, cfg.seed)
 
@@ -116,8 +152,8 @@ def run_preference(cfg: PreferenceConfig) -> dict:
         losses, metrics = _loss(cfg, batch, tok.sum(-1), scored_tokens(batch).clamp(min=1))
         return losses.mean(), metrics
 
-    evaluate = policy_evaluator(model, tokenizer, task, cfg, device)
-    summary = fit(run, model, cfg.train, plan, device, make_batch, loss_fn, evaluate,
+    gold = policy_evaluator(model, tokenizer, task, cfg, device)
+    summary = fit(run, model, cfg.train, plan, device, make_batch, loss_fn, lambda: {**heldout(), **gold()},
                   stop_after=cfg.train.stop_after, desc=cfg.loss)
     if summary["finished"]:
         save_hf(model, tokenizer, run.final, merge_lora=cfg.lora.merge or not cfg.lora.enabled)

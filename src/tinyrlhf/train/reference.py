@@ -43,6 +43,29 @@ def reference_disabled(model):
 
 
 @torch.no_grad()
+def group_logps(model, groups, pad_id: int, device, precision: str, *, share_prompt: bool = True,
+                batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion-token log-probs under `model` as it is (in eval mode, no gradient) and the
+    scored-token counts, each (k, N), for `groups` = [(prompt_ids, [completion_ids] * k)]."""
+    was_training = model.training
+    model.eval()
+    sums, counts = [], []
+    # batches of similar prompt lengths waste little on padding; results go back to data order below
+    order = sorted(range(len(groups)), key=lambda i: len(groups[i][0]))
+    for i in range(0, len(order), batch_size):
+        chunk = [groups[j] for j in order[i:i + batch_size]]
+        batch = {k: v.to(device) for k, v in pad_groups(chunk, pad_id).items()}
+        with autocast(device, precision):
+            tok = grouped_token_logps(model, batch, share_prompt=share_prompt)
+        sums.append(tok.sum(-1).float().cpu().view(len(chunk), -1).T)  # (k, b)
+        counts.append(scored_tokens(batch).cpu().view(len(chunk), -1).T)
+    model.train(was_training)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return torch.cat(sums, 1)[:, inverse], torch.cat(counts, 1)[:, inverse]
+
+
+@torch.no_grad()
 def reference_logps(model, groups, pad_id: int, device, precision: str, cache_dir: str, *,
                     share_prompt: bool = True, batch_size: int = 32,
                     model_key: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,23 +80,9 @@ def reference_logps(model, groups, pad_id: int, device, precision: str, cache_di
     if os.path.isfile(path):
         cached = torch.load(path)
         return cached["sums"], cached["counts"]
-    was_training = model.training
-    model.eval()
-    sums, counts = [], []
-    # batches of similar prompt lengths waste little on padding; results go back to data order below
-    order = sorted(range(len(groups)), key=lambda i: len(groups[i][0]))
     with reference_disabled(model):
-        for i in range(0, len(order), batch_size):
-            chunk = [groups[j] for j in order[i:i + batch_size]]
-            batch = {k: v.to(device) for k, v in pad_groups(chunk, pad_id).items()}
-            with autocast(device, precision):
-                tok = grouped_token_logps(model, batch, share_prompt=share_prompt)
-            sums.append(tok.sum(-1).float().cpu().view(len(chunk), -1).T)  # (k, b)
-            counts.append(scored_tokens(batch).cpu().view(len(chunk), -1).T)
-    model.train(was_training)
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
-    sums, counts = torch.cat(sums, 1)[:, inverse], torch.cat(counts, 1)[:, inverse]
+        sums, counts = group_logps(model, groups, pad_id, device, precision, share_prompt=share_prompt,
+                                   batch_size=batch_size)
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save({"sums": sums, "counts": counts}, tmp)

@@ -11,6 +11,7 @@ import torch
 
 from ..config import RewardConfig
 from ..errors import ConfigError
+from ..data import render_chat
 from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..losses import bradley_terry_loss
 from ..models import RewardModel, add_lora, build_model, load_tokenizer, save_reward_model
@@ -85,6 +86,7 @@ def run_reward(cfg: RewardConfig) -> dict:
         data_metrics = {**data_metrics, "data/train_pairs": len(pairs)}
 
     lm, tokenizer = build_model(cfg.model, task_corpus(task, cfg.data.seed), seed=cfg.seed)
+    pairs, eval_pairs = render_chat(pairs, tokenizer), render_chat(eval_pairs, tokenizer)  # chat templates
     rm = RewardModel(add_lora(lm, cfg.lora), pool=cfg.pool, logp_feature=cfg.logp_feature).to(device)
 
     stats = TruncationStats()
@@ -129,13 +131,16 @@ def run_reward(cfg: RewardConfig) -> dict:
 
 
 def normalise(rm: RewardModel, tokenizer, cfg: RewardConfig, pairs, device) -> dict:
-    """Set gain and bias so rewards on SFT samples have mean 0, std 1 (Ziegler et al. 2019, §2.2).
-    SFT samples: completions drawn from `normalize_on` (the SFT model), else the chosen completions."""
+    """Set gain and bias so rewards on SFT samples have mean 0, std 1 (Ziegler et al. 2019, §2.2: the
+    policy's own samples, so that PPO's KL coefficient and clipping see rewards of unit scale).
+    SFT samples: completions drawn from `normalize_on` (the SFT model), else the chosen completions,
+    which may be written quite differently (human replies in hh-rlhf) and then give the policy's
+    samples rewards of another scale: `scale_warning` says so when PPO first scores them."""
     n = cfg.normalize_samples
     prompts = [p.prompt for p in pairs[:n]]
     if cfg.normalize_on:
-        from transformers import AutoModelForCausalLM
-        policy = AutoModelForCausalLM.from_pretrained(cfg.normalize_on).to(device)
+        from ..loading import load_causal_lm
+        policy = load_causal_lm(cfg.normalize_on).to(device)
         completions = sample(policy, load_tokenizer(cfg.normalize_on), prompts,
                              max_new_tokens=cfg.eval.max_new_tokens, temperature=1.0, seed=cfg.seed,
                              device=device)
@@ -147,4 +152,27 @@ def normalise(rm: RewardModel, tokenizer, cfg: RewardConfig, pairs, device) -> d
     mean, std = raw.mean().item(), raw.std().clamp(min=1e-6).item()
     rm.gain.fill_(1.0 / std)
     rm.bias.fill_(-mean / std)
+    rm.normalized_on = f"samples of {cfg.normalize_on}" if cfg.normalize_on else "the chosen completions"
+    if not cfg.normalize_on:
+        print("note: reward normalised on the chosen completions of the training pairs; normalize_on=<the SFT "
+              "model's final/> normalises on the policy's own samples (Ziegler et al. 2019)", flush=True)
     return {"norm/raw_mean": mean, "norm/raw_std": std, "norm/samples": len(prompts)}
+
+
+SCALE_MEAN, SCALE_STD = 3.0, (1 / 3, 3.0)  # far from the N(0, 1) that normalisation targets
+
+
+def scale_warning(scores: torch.Tensor, source: str, normalized_on: str | None = None) -> str | None:
+    """One line when a normalised reward model scores a policy's samples far from mean 0 / std 1
+    (|mean| > 3 or std outside [1/3, 3], over at least 8 samples), else None. PPO's KL coefficient,
+    clipping and value loss assume rewards of about unit scale; an hh-rlhf reward model normalised on
+    human replies once gave PPO's samples scores of -175."""
+    if scores.numel() < 8:
+        return None
+    mean, std = scores.float().mean().item(), scores.float().std().item()
+    if abs(mean) <= SCALE_MEAN and SCALE_STD[0] <= std <= SCALE_STD[1]:
+        return None
+    how = f" (it was normalised on {normalized_on})" if normalized_on else ""
+    return (f"warning: reward model {source} scores the policy's first {scores.numel()} samples at mean {mean:.2f}, "
+            f"std {std:.2f}, far from mean 0 / std 1{how}; retrain it with normalize_on=<the policy's starting "
+            "model> so that rewards are normalised on the policy's own samples")

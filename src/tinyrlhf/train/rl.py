@@ -36,9 +36,10 @@ def reward_model_dir(spec: str) -> str | None:
     return None
 
 
-def reward_source(spec: str, task, device, precision: str, max_length: int = 256):
+def reward_source(spec: str, task, device, precision: str, max_length: int = 256, check_scale: bool = True):
     """f(prompts, completions) -> (B,) float tensor, checked. `spec`: 'gold', a reward-model run dir,
-    or 'package.module:function'. Returns (function, reward model or None)."""
+    or 'package.module:function'. Returns (function, reward model or None). With `check_scale`, the
+    first batch a reward model scores is checked for an extreme scale (train/reward.py scale_warning)."""
     if not spec:
         raise ConfigError("reward: no reward source given (a reward run dir, 'gold' or 'module:function')")
     rm = None
@@ -71,7 +72,20 @@ def reward_source(spec: str, task, device, precision: str, max_length: int = 256
     else:
         raise ConfigError(f"reward '{spec}': not 'gold', not a reward run directory (no "
                           "reward_head.safetensors in it or its final/), not 'module:function'")
-    return _checked(fn, spec), rm
+    checked = _checked(fn, spec)
+    if rm is None or not check_scale:
+        return checked, rm
+    first = [True]
+
+    def scored(prompts: list[str], completions: list[str]) -> torch.Tensor:
+        out = checked(prompts, completions)
+        if first[0]:
+            from .reward import scale_warning
+            first[0] = False
+            if line := scale_warning(out, spec, rm.normalized_on):
+                print(line, flush=True)
+        return out
+    return scored, rm
 
 
 def _checked(fn: Callable, spec: str) -> Callable:
@@ -204,10 +218,10 @@ def build_value(policy, value_model: str, value_init: str, reward_model, device)
     if value_model == "shared":
         return ValueHead(hidden_size(policy)).to(device)
     if value_init:
-        from transformers import AutoModelForCausalLM
-        if not os.path.isfile(os.path.join(value_init, "config.json")):
+        from ..loading import is_adapter_dir, load_causal_lm
+        if not (os.path.isfile(os.path.join(value_init, "config.json")) or is_adapter_dir(value_init)):
             raise ConfigError(f"ppo.value_init '{value_init}': not a Hugging Face model directory")
-        lm = AutoModelForCausalLM.from_pretrained(value_init)
+        lm = load_causal_lm(value_init)
     elif reward_model is not None:
         lm = copy.deepcopy(reward_model.lm)  # InstructGPT: the value function starts from the RM
     else:

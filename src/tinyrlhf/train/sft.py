@@ -9,6 +9,7 @@ import time
 import torch
 
 from ..config import SFTConfig
+from ..data import render_chat
 from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..logprobs import token_logps
 from ..models import add_lora, build_model, save_hf
@@ -62,6 +63,8 @@ def run_sft(cfg: SFTConfig) -> dict:
 
     model, tokenizer = build_model(cfg.model, task_corpus(task, cfg.data.seed), seed=cfg.seed)
     model = add_lora(model, cfg.lora).to(device)
+    # chat records (messages, hh-rlhf turns) in the tokenizer's chat template when it has one
+    train_records, eval_records = render_chat(train_records, tokenizer), render_chat(eval_records, tokenizer)
 
     stats = TruncationStats()
     examples = encode(tokenizer, [r.prompt for r in train_records], [r.completion for r in train_records],
