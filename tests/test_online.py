@@ -60,7 +60,7 @@ def rows(run_dir):
 def test_ppo_runs_and_logs_every_detail(base):
     root, data, model = base
     summary = run_ppo(cfg(PPOConfig, root, data, model, "ppo", "reward=gold", "train.max_steps=3",
-                          "ppo.minibatch_size=4", "ppo.epochs=2"))
+                          "ppo.minibatch_size=4", "ppo.epochs=2", "ppo.early_stop_kl=0"))
     assert summary["finished"] and summary["steps"] == 3 and summary["episodes"] == 24
     assert os.path.isfile(root / "ppo" / "final" / "config.json")
     log = rows(root / "ppo")

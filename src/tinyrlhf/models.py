@@ -42,15 +42,82 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
                                    pad_token=EOS, unk_token=EOS)
 
 
-def _check_model_dir(path: str):
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def _check_model_dir(path: str, what: str = "model directory"):
+    """One clear ConfigError naming `what` and `path` unless `path` looks like a loadable Hugging Face model
+    directory: config.json that parses, weights whose files are complete (a safetensors header must cover
+    the whole file; a zip-format .bin must have its central directory), and tokenizer files. Checked before
+    anything loads, so a truncated copy fails in a second, not as a library traceback mid-run."""
+    def fail(problem: str):
+        raise ConfigError(f"{what} '{path}': {problem}")
+
     if not os.path.isdir(path):
-        raise ConfigError(f"model.path '{path}': no such directory")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise ConfigError(f"model.path '{path}': not a Hugging Face model directory (no config.json)")
+        fail("no such directory" if not os.path.exists(path) else "not a directory")
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        fail("not a Hugging Face model directory (no config.json)")
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+    except UnicodeDecodeError:
+        fail("config.json is not UTF-8 text")
+    except json.JSONDecodeError as e:
+        fail(f"config.json is not valid JSON (line {e.lineno}: {e.msg})")
+    if not isinstance(config, dict) or "model_type" not in config:
+        fail("config.json has no model_type (not a transformers config)")
+    present = [n for n in WEIGHT_FILES if os.path.isfile(os.path.join(path, n))]
+    if not present:
+        fail(f"no weights (none of {', '.join(WEIGHT_FILES[::2])})")
+    for name in sorted(os.listdir(path)):
+        if (problem := _weight_file_problem(os.path.join(path, name))) is not None:
+            fail(problem)
+    if not any(os.path.isfile(os.path.join(path, n)) for n in TOKENIZER_FILES):
+        fail(f"no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); copy them from the model it was "
+             "trained from")
+
+
+def _weight_file_problem(file: str) -> str | None:
+    """What is wrong with one weights file (None if nothing we can see cheaply)."""
+    name = os.path.basename(file)
+    if name.endswith(".safetensors"):
+        from safetensors import safe_open
+        try:
+            with safe_open(file, "pt") as f:
+                f.keys()
+        except Exception as e:  # SafetensorError and OSError: the header does not describe this file
+            return f"{name} is truncated or corrupt ({str(e).splitlines()[0]})"
+    elif name.endswith(".bin"):
+        import zipfile
+        with open(file, "rb") as f:
+            zipped = f.read(2) == b"PK"  # torch.save's format since 1.6; older pickles are left to torch
+        if zipped and not zipfile.is_zipfile(file):
+            return f"{name} is truncated or corrupt (no zip central directory)"
+    elif name.endswith(".index.json"):
+        try:
+            with open(file, encoding="utf-8") as f:
+                shards = set(json.load(f)["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return f"{name} is not a valid shard index"
+        missing = sorted(s for s in shards if not os.path.isfile(os.path.join(os.path.dirname(file), s)))
+        if missing:
+            return f"{name} lists missing shard(s): {', '.join(missing)}"
+    return None
 
 
 def load_tokenizer(path: str):
-    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # the tokenizer library raises plain Exceptions on a corrupt tokenizer.json
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"'{path}': cannot load its tokenizer ({why})") from None
+    if len(tok) < 2:
+        raise ConfigError(f"'{path}': its tokenizer has {len(tok)} token(s); the tokenizer files are incomplete")
+    if tok.eos_token is None:
+        raise ConfigError(f"'{path}': its tokenizer has no eos token (completions end with one)")
     if tok.pad_token is None:  # GPT-2's own tokenizer has no pad token: pad with eos (masked anyway)
         tok.pad_token = tok.eos_token
     return tok
@@ -62,12 +129,20 @@ def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0
     if cfg.attention not in ATTENTION_CHOICES:
         raise ConfigError(f"model.attention '{cfg.attention}' is unknown; valid: {', '.join(ATTENTION_CHOICES)}")
     if cfg.path:
-        _check_model_dir(cfg.path)
+        _check_model_dir(cfg.path, "model.path")
         tokenizer = load_tokenizer(cfg.path)
-        config = AutoConfig.from_pretrained(cfg.path)
-        _fused_gelu(config)
-        model = AutoModelForCausalLM.from_pretrained(cfg.path, config=config, dtype=torch.float32)
+        try:
+            config = AutoConfig.from_pretrained(cfg.path)
+            _fused_gelu(config)
+            model = AutoModelForCausalLM.from_pretrained(cfg.path, config=config, dtype=torch.float32)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:  # what _check_model_dir cannot see
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"model.path '{cfg.path}': cannot load the model ({why})") from None
         _set_dropout(model, cfg.dropout)
+        rows = model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:  # a token id past the embedding would fail mid-run with an IndexError
+            raise ConfigError(f"model.path '{cfg.path}': the tokenizer has {len(tokenizer)} tokens but the "
+                              f"model's embedding only {rows} rows (tokenizer from another model?)")
     else:
         if cfg.preset not in PRESETS:
             raise ConfigError(f"model.preset '{cfg.preset}' is unknown; valid: {', '.join(PRESETS)}")
@@ -292,12 +367,18 @@ def load_reward_model(path: str) -> tuple[RewardModel, object]:
     """Load a reward model written by `save_reward_model` (a reward run's final/)."""
     from safetensors.torch import load_file
 
-    _check_model_dir(path)
+    _check_model_dir(path, "reward model")
     head_file = os.path.join(path, "reward_head.safetensors")
     if not os.path.isfile(head_file):
         raise ConfigError(f"'{path}' is not a reward model directory (no reward_head.safetensors)")
-    with open(os.path.join(path, "reward_head.json")) as f:
-        norm = json.load(f)
+    if (problem := _weight_file_problem(head_file)) is not None:
+        raise ConfigError(f"reward model '{path}': {problem}")
+    try:
+        with open(os.path.join(path, "reward_head.json"), encoding="utf-8") as f:
+            norm = json.load(f)
+        float(norm["gain"]), float(norm["bias"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"reward model '{path}': reward_head.json is missing or corrupt ({e})") from None
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     _set_dropout(lm, 0.0)
     set_attention(lm, ATTENTION_CHOICES[0])
