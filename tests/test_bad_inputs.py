@@ -251,3 +251,29 @@ def test_real_cli_exit_status_and_stderr(argv, env):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert [line.startswith("error: ") for line in proc.stderr.splitlines() if "error:" in line] == [True]
+
+
+def test_truncated_reference_cache_is_recomputed(env, tmp_path, capsys):
+    """A reference-cache file cut short (a kill mid-write in an older version, a full disk) is named on one
+    line and rebuilt; the run then trains exactly as with the intact cache."""
+    cache = tmp_path / "cache"
+    args = ["dpo", *TINY, f"data.dir={env['data']}", f"model.path={env['model']}", f"ref_cache_dir={cache}",
+            "train.log_every=1"]
+    assert main([*args, f"out_dir={tmp_path / 'a'}"]) == 0
+    [name] = os.listdir(cache)
+    intact = (cache / name).read_bytes()
+    (cache / name).write_bytes(intact[: len(intact) // 2])
+    capsys.readouterr()
+    assert main([*args, f"out_dir={tmp_path / 'b'}"]) == 0
+    out = capsys.readouterr().out
+    assert f"reference cache {cache / name} is unreadable" in out and "recomputing it" in out
+    assert torch.equal(torch.load(cache / name)["sums"], torch.load(_bytes_file(tmp_path, intact))["sums"])
+    metrics = [(tmp_path / run / "metrics.jsonl").read_text() for run in "ab"]
+    assert [json.loads(line)["loss"] for line in metrics[0].splitlines()] == \
+        [json.loads(line)["loss"] for line in metrics[1].splitlines()]
+
+
+def _bytes_file(tmp_path, data: bytes):
+    path = tmp_path / "intact.pt"
+    path.write_bytes(data)
+    return path

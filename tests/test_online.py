@@ -11,6 +11,7 @@ import torch
 from conftest import tiny_sft
 from tinyrlhf.cli import main
 from tinyrlhf.config import GroupConfig, OnlineDPOConfig, PPOConfig, load_config
+from tinyrlhf.errors import ConfigError
 from tinyrlhf.rollout import Rollout
 from tinyrlhf.train.group import run_group
 from tinyrlhf.train.online import truncate_at_stop
@@ -185,7 +186,7 @@ def test_group_methods_run(base, algo, extra):
 
 def test_group_needs_two_samples(base):
     root, data, model = base
-    with pytest.raises(Exception, match="k must be >= 2"):
+    with pytest.raises(ConfigError, match="config key 'k': must be >= 2, got 1"):
         run_group(cfg(GroupConfig, root, data, model, "rloo1", "reward=gold", "k=1", "train.max_steps=1"))
 
 
