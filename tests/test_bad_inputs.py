@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from conftest import tiny_sft
 from tinyrlhf.cli import main
@@ -53,6 +54,9 @@ def env(tmp_path_factory):
         "no_weights": model_copy("no_weights", lambda d: os.remove(d / "model.safetensors")),
         "bad_head": model_copy("bad_head", lambda d: ((d / "reward_head.safetensors").write_bytes(b"\x08\x00"),
                                                       (d / "reward_head.json").write_text('{"gain": 1, "bias": 0}'))),
+        "bad_head_json": model_copy("bad_head_json", lambda d: (
+            save_file({"weight": torch.zeros(1, 128), "bias": torch.zeros(1)}, str(d / "reward_head.safetensors")),
+            (d / "reward_head.json").write_text('{"gain": 1,'))),
         "a_file": str(bad / "a_file.txt"),
         "dir_as_file": str(bad / "dir.jsonl"),
     }
@@ -176,6 +180,9 @@ CASES = [
      ["normalize_on", "truncated"]),
     ("reward-model-bad-head", lambda e, t: ["ppo", fresh(t), *TINY, f"data.dir={e['data']}", f"model.path={e['model']}",
                                             f"reward={e['bad_head']}"], ["bad_head", "reward_head.safetensors"]),
+    ("reward-model-corrupt-head-json", lambda e, t: ["ppo", fresh(t), *TINY, f"data.dir={e['data']}",
+                                                     f"model.path={e['model']}", f"reward={e['bad_head_json']}"],
+     ["bad_head_json", "reward_head.json"]),
     # -- reward callables
     ("reward-no-module", lambda e, t: ["ppo", fresh(t), *TINY, f"data.dir={e['data']}", f"model.path={e['model']}",
                                        "reward=no_such_module_xyz:score"], ["no_such_module_xyz", "cannot import"]),

@@ -1,6 +1,7 @@
-"""The normal path prints no library warnings: a short SFT, DPO (with evaluation), PPO and eval run through
-the CLI raise no Python warning and log no transformers deprecation (e.g. the `past_key_values` keyword,
-which transformers 5.24 renamed `cache` and warns about on every forward that passes it)."""
+"""The normal path prints no library warnings: a short SFT, DPO (with evaluation; full and LoRA), PPO and
+eval run through the CLI raise no Python warning and log no transformers deprecation (e.g. the
+`past_key_values` keyword, which transformers 5.24 renamed `cache` and warns about on every forward that
+passes it)."""
 import logging
 import warnings
 
@@ -18,6 +19,8 @@ def test_sft_dpo_ppo_eval_emit_no_warnings(tmp_path, capfd):
         data, model = tiny_sft(tmp_path)
         assert main(["dpo", *tiny, f"data.dir={data}", f"model.path={model}", f"out_dir={tmp_path / 'dpo'}",
                      f"ref_cache_dir={tmp_path / 'cache'}"]) == 0
+        assert main(["dpo", *tiny, f"data.dir={data}", f"model.path={model}", f"out_dir={tmp_path / 'lora'}",
+                     f"ref_cache_dir={tmp_path / 'cache'}", "lora.enabled=true", "lora.r=4"]) == 0
         assert main(["ppo", *tiny, f"data.dir={data}", f"model.path={model}", f"out_dir={tmp_path / 'ppo'}",
                      "reward=gold", "rollout.prompts_per_step=4", "rollout.max_new_tokens=4",
                      "ppo.minibatch_size=4"]) == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -202,7 +203,11 @@ def add_lora(model, cfg: LoRAConfig):
         raise ConfigError(f"lora.target_modules {list(cfg.target_modules)} match no module of this model")
     lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                       bias="none", fan_in_fan_out=model.config.model_type == "gpt2")
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        # peft (0.21.2, the latest) reads transformers' deprecated `is_gradient_checkpointing` while wrapping
+        # any model, which warns on every LoRA run; nothing in this call can avoid it
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def _adapted_layers(model):
@@ -367,12 +372,10 @@ def load_reward_model(path: str) -> tuple[RewardModel, object]:
     """Load a reward model written by `save_reward_model` (a reward run's final/)."""
     from safetensors.torch import load_file
 
-    _check_model_dir(path, "reward model")
+    _check_model_dir(path, "reward model")  # also checks reward_head.safetensors, as every *.safetensors
     head_file = os.path.join(path, "reward_head.safetensors")
     if not os.path.isfile(head_file):
         raise ConfigError(f"'{path}' is not a reward model directory (no reward_head.safetensors)")
-    if (problem := _weight_file_problem(head_file)) is not None:
-        raise ConfigError(f"reward model '{path}': {problem}")
     try:
         with open(os.path.join(path, "reward_head.json"), encoding="utf-8") as f:
             norm = json.load(f)
