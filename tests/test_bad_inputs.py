@@ -112,6 +112,8 @@ CASES = [
     ("warmup-negative", lambda e, t: ["sft", "train.warmup_steps=-1"], ["'train.warmup_steps'"]),
     ("threads-negative", lambda e, t: ["sft", "train.threads=-2"], ["'train.threads'"]),
     ("device-tpu", lambda e, t: ["sft", "train.device=tpu"], ["'train.device'", "cuda:N"]),
+    ("device-cuda-absent", lambda e, t: ["sft", fresh(t), *TINY, f"data.dir={e['data']}", "train.device=cuda:99"],
+     ["train.device=cuda:99", "CUDA device"]),
     ("max-length-1", lambda e, t: ["sft", "data.max_length=1"], ["'data.max_length'", ">= 2"]),
     ("max-train-negative", lambda e, t: ["sft", "data.max_train=-1"], ["'data.max_train'"]),
     ("lora-r-0", lambda e, t: ["sft", "lora.enabled=true", "lora.r=0"], ["'lora.r'", ">= 1"]),
