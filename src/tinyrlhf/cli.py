@@ -62,7 +62,7 @@ def _cmd_data(args) -> int:
         raise TinyRLHFError(f"seed must be an integer in [0, 2^32), got {seed!r}")
     _check_data_out(args.out, args.force, args.base if args.from_model else "")
     if args.from_model:
-        from .models import _check_model_dir
+        from .model_dir import check_model_dir
         from .tasks.policy_data import write_policy_data
         if not args.base:
             raise TinyRLHFError("--from-model needs --base (the task data directory whose annotators and prompts to use)")
@@ -72,7 +72,7 @@ def _cmd_data(args) -> int:
                 raise TinyRLHFError(f"with --from-model: bad option {key}={value!r} (valid: {', '.join(valid)})")
             if not value > 0:
                 raise TinyRLHFError(f"with --from-model: {key} must be > 0, got {value!r}")
-        _check_model_dir(args.from_model, "--from-model")
+        check_model_dir(args.from_model, "--from-model")
         manifest = os.path.join(args.base, "manifest.json")
         base_task = args.task
         if os.path.isfile(manifest):  # a missing one is reported by write_policy_data

@@ -13,7 +13,8 @@ from ..config import RewardConfig
 from ..errors import ConfigError
 from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..losses import bradley_terry_loss
-from ..models import RewardModel, _check_model_dir, add_lora, build_model, load_tokenizer, save_reward_model
+from ..model_dir import check_model_dir
+from ..models import RewardModel, add_lora, build_model, load_tokenizer, save_reward_model
 from ..sampling import sample
 from .data import begin_run
 from .engine import autocast, fit
@@ -81,7 +82,7 @@ def run_reward(cfg: RewardConfig) -> dict:
     run, device, task, t_start = start.run, start.device, start.task, start.t_start
     pairs, eval_pairs, data_metrics = start.train, start.evals[:1000], start.data_metrics
     if cfg.normalize_on:  # checked now, not after training, where it is first loaded
-        _check_model_dir(cfg.normalize_on, "normalize_on")
+        check_model_dir(cfg.normalize_on, "normalize_on")
     if cfg.rankings:
         pairs = pairs + ranking_pairs(cfg)
         data_metrics = {**data_metrics, "data/train_pairs": len(pairs)}

@@ -18,7 +18,8 @@ from torch import nn
 from ..data.collate import encode, pad
 from ..errors import ConfigError, TinyRLHFError
 from ..logprobs import token_logps
-from ..models import _check_model_dir, _set_dropout, load_reward_model, trunk_and_head, unwrap
+from ..model_dir import check_model_dir
+from ..models import _set_dropout, load_reward_model, trunk_and_head, unwrap
 from .engine import autocast
 from .reference import reference_disabled
 
@@ -221,7 +222,7 @@ def build_value(policy, value_model: str, value_init: str, reward_model, device)
         return ValueHead(hidden_size(policy)).to(device)
     if value_init:
         from transformers import AutoModelForCausalLM
-        _check_model_dir(value_init, "ppo.value_init")
+        check_model_dir(value_init, "ppo.value_init")
         lm = AutoModelForCausalLM.from_pretrained(value_init)
     elif reward_model is not None:
         lm = copy.deepcopy(reward_model.lm)  # InstructGPT: the value function starts from the RM
