@@ -160,26 +160,34 @@ def test_each_loss_gets_its_own_beta_and_warnings_name_inherited_values():
     assert {loss: load_config(C.PreferenceConfig, None, [f"loss={loss}"]).beta
             for loss in ("dpo", "cdpo", "ipo", "hinge", "simpo", "orpo")} == \
         {"dpo": 0.5, "cdpo": 0.5, "ipo": 0.1, "hinge": 0.5, "simpo": 2.0, "orpo": None}
-    for loss in ("dpo", "cdpo", "ipo", "hinge", "simpo", "orpo"):  # the built-in defaults never warn
+    for loss in ("dpo", "cdpo", "ipo", "hinge", "orpo"):  # the built-in defaults never warn...
         assert C.loss_warnings(load_config(C.PreferenceConfig, None, [f"loss={loss}"])) == []
+    # ...except SimPO at the stage's (DPO's) learning rate, which collapsed it on family_tree
+    [lr] = C.loss_warnings(load_config(C.PreferenceConfig, None, ["loss=simpo"]))
+    assert "train.lr=0.0002" in lr and "train.lr<=5e-6" in lr
     dpo_yaml = os.path.join(CONFIGS, "dpo.yaml")
     warn = lambda loss, *o: C.loss_warnings(load_config(C.PreferenceConfig, dpo_yaml, [f"loss={loss}", *o]))  # noqa
     assert warn("dpo") == warn("cdpo") == warn("hinge") == []
-    [simpo] = warn("simpo")
-    assert "beta=0.5 (dpo's value)" in simpo and "beta=2.0" in simpo
-    assert warn("simpo", "beta=2.5") == []
-    assert len(warn("simpo", "beta=2.5", "gamma=5")) == 1
+    beta, lr = warn("simpo")
+    assert "beta=0.5 (dpo's value)" in beta and "2.0-2.5" in beta and "train.lr=0.0002" in lr
+    assert warn("simpo", "beta=2.5", "train.lr=5e-6") == []
+    assert warn("simpo", "beta=2.5", "train.lr=1e-5") == []
+    assert len(warn("simpo", "beta=2.5", "train.lr=2e-5")) == 1
+    assert len(warn("simpo", "beta=2.5", "train.lr=5e-6", "gamma=5")) == 1
     [ipo] = warn("ipo")
     assert "beta=0.5 (dpo's value)" in ipo and "0.1" in ipo
+    assert warn("ipo", "beta=0.2") == []  # a value of its own, not another loss's
     [orpo] = warn("orpo")
     assert "ignores beta=0.5" in orpo and "orpo_lambda" in orpo
+    assert len(warn("orpo", "beta=", "orpo_lambda=3")) == 1
     assert C.loss_warnings(load_config(C.KTOConfig)) == []
 
 
 def test_cli_prints_the_loss_warning(capsys):
     assert main(["dpo", "--config", os.path.join(CONFIGS, "dpo.yaml"), "loss=simpo", "--print-config"]) == 0
     err = capsys.readouterr().err
-    assert err.startswith("warning: loss=simpo with beta=0.5") and err.count("\n") == 1
+    assert err.startswith("warning: loss=simpo with beta=0.5") and err.count("\n") == 2
+    assert err.splitlines()[1].startswith("warning: loss=simpo at train.lr=0.0002")
 
 
 def test_group_kl_placement_follows_the_command(capsys):

@@ -299,6 +299,9 @@ class PreferenceConfig(RunConfig):
             raise FieldError("ref_cache_dir", "is empty")
 
 
+SIMPO_MAX_LR = 1e-5  # above it SimPO lost gold on family_tree (loss_warnings); Meng et al. 2024 use 3e-7-1e-6
+
+
 def loss_warnings(cfg) -> list[str]:
     """One line per loss-sensitive key of an offline preference config that sits outside what its loss
     needs: most often a value kept from another loss's config (`--config dpo.yaml loss=simpo`)."""
@@ -309,11 +312,15 @@ def loss_warnings(cfg) -> list[str]:
     from_other = f" ({other}'s value)" if other else ""
     if loss == "simpo":
         if not 2.0 <= beta <= 10.0:
-            # the README's `loss=simpo` run with dpo.yaml's beta 0.5 collapsed: gold 0.316 -> 0.090 in 20 steps
-            out.append(f"loss=simpo with beta={beta:g}{from_other}: SimPO scales length-normalised log-probs and "
-                       "needs beta ~2-10 (Meng et al. 2024 use 2.0-2.5); set beta=2.0")
+            out.append(f"loss=simpo with beta={beta:g}{from_other}: SimPO's beta scales length-normalised "
+                       "log-probs; Meng et al. 2024 use 2.0-2.5 (simpo's default here: 2.0)")
         if not 0.3 <= cfg.gamma <= 1.6:
             out.append(f"loss=simpo with gamma={cfg.gamma:g}: Meng et al. 2024 use a target margin of 0.3-1.6")
+        if cfg.train.lr > SIMPO_MAX_LR:
+            # measured on family_tree from the README's SFT model, dpo.yaml's pairs, 150 steps x 32 (SFT 0.39)
+            out.append(f"loss=simpo at train.lr={cfg.train.lr:g}: no reference holds SimPO near the SFT model; "
+                       "on family_tree lr 2e-4 collapsed it (gold 0.39 -> 0.03 at beta 2, 0.21 at beta 0.5), "
+                       "2e-5 lost 0.08, 5e-6 kept it (KL 0.05); use train.lr<=5e-6")
     elif loss == "ipo" and beta != LOSS_BETA["ipo"] and other:
         out.append(f"loss=ipo with beta={beta:g}{from_other}: IPO's target margin is 1/(2 beta) = {1 / (2 * beta):g} "
                    "nats; on family_tree beta 0.5 barely moved the model (KL 0.05); ipo's default is 0.1")

@@ -64,7 +64,7 @@ def _coerce(value: Any, tp, key: str):
             raise FieldError(key, f"{value!r} is not one of {list(typing.get_args(tp))}")
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None:
+        if value is None or value == "":  # `beta=` on the command line: back to the default it stands for
             return None
         return _coerce(value, [a for a in typing.get_args(tp) if a is not type(None)][0], key)
     if origin is tuple:
