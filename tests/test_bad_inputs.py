@@ -57,6 +57,7 @@ def env(tmp_path_factory):
         "bad_head_json": model_copy("bad_head_json", lambda d: (
             save_file({"weight": torch.zeros(1, 128), "bias": torch.zeros(1)}, str(d / "reward_head.safetensors")),
             (d / "reward_head.json").write_text('{"gain": 1,'))),
+        "foreign_tokenizer": model_copy("foreign_tokenizer", lambda d: _bigger_tokenizer(data, model).save_pretrained(d)),
         "a_file": str(bad / "a_file.txt"),
         "dir_as_file": str(bad / "dir.jsonl"),
     }
@@ -83,6 +84,17 @@ def env(tmp_path_factory):
         (bad / name).write_bytes(content)
         paths[name] = str(bad / name)
     return paths
+
+
+def _bigger_tokenizer(data: str, model: str):
+    """A tokenizer with more tokens than the model's embedding has rows: as if taken from another model."""
+    from tinyrlhf.models import train_tokenizer
+    with open(os.path.join(data, "sft.jsonl")) as f:
+        texts = [r["prompt"] + r["completion"] for r in map(json.loads, f)]
+    tok = train_tokenizer(texts, 2000)
+    with open(os.path.join(model, "config.json")) as f:
+        assert len(tok) > json.load(f)["vocab_size"]
+    return tok
 
 
 def tree_hashes(root: str) -> dict[str, str]:
@@ -171,6 +183,8 @@ CASES = [
                                          f"model.path={e['no_tokenizer']}"], ["no_tokenizer", "no tokenizer files"]),
     ("model-corrupt-tokenizer", lambda e, t: ["sft", fresh(t), *TINY, f"data.dir={e['data']}",
                                               f"model.path={e['corrupt_tokenizer']}"], ["corrupt_tokenizer", "tokenizer"]),
+    ("model-foreign-tokenizer", lambda e, t: ["dpo", fresh(t), *TINY, f"data.dir={e['data']}",
+                                              f"model.path={e['foreign_tokenizer']}"], ["foreign_tokenizer", "embedding"]),
     ("model-no-weights", lambda e, t: ["ppo", fresh(t), *TINY, f"data.dir={e['data']}", "reward=gold",
                                        f"model.path={e['no_weights']}"], ["no_weights", "no weights"]),
     ("eval-corrupt-config", lambda e, t: ["eval", e["corrupt_config"], "--task", "family_tree", "n_prompts=2",
