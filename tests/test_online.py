@@ -11,6 +11,7 @@ import torch
 from conftest import tiny_sft
 from tinyrlhf.cli import main
 from tinyrlhf.config import GroupConfig, OnlineDPOConfig, PPOConfig, load_config
+from tinyrlhf.errors import ConfigError
 from tinyrlhf.rollout import Rollout
 from tinyrlhf.train.group import run_group
 from tinyrlhf.train.online import truncate_at_stop
@@ -60,7 +61,7 @@ def rows(run_dir):
 def test_ppo_runs_and_logs_every_detail(base):
     root, data, model = base
     summary = run_ppo(cfg(PPOConfig, root, data, model, "ppo", "reward=gold", "train.max_steps=3",
-                          "ppo.minibatch_size=4", "ppo.epochs=2"))
+                          "ppo.minibatch_size=4", "ppo.epochs=2", "ppo.early_stop_kl=0"))
     assert summary["finished"] and summary["steps"] == 3 and summary["episodes"] == 24
     assert os.path.isfile(root / "ppo" / "final" / "config.json")
     log = rows(root / "ppo")
@@ -185,7 +186,7 @@ def test_group_methods_run(base, algo, extra):
 
 def test_group_needs_two_samples(base):
     root, data, model = base
-    with pytest.raises(Exception, match="k must be >= 2"):
+    with pytest.raises(ConfigError, match="config key 'k': must be >= 2, got 1"):
         run_group(cfg(GroupConfig, root, data, model, "rloo1", "reward=gold", "k=1", "train.max_steps=1"))
 
 

@@ -35,15 +35,36 @@ def _print_summary(summary: dict, out_dir: str):
             print(f"  {k:24s} {v:.4f}" if isinstance(v, float) else f"  {k:24s} {v}")
 
 
+# what `tinyrlhf data` writes: an --out that already holds any of these is refused without --force
+DATA_FILES = ("manifest.json", "sft.jsonl", "pairs.jsonl", "rankings.jsonl", "binary.jsonl",
+              "eval_prompts.jsonl", "eval_pairs.jsonl")
+
+
+def _check_data_out(out: str, force: bool, base: str = ""):
+    """Refuse an --out that is a file, or that already holds task data (finished runs read those files and
+    their reuse and reference caches depend on them) unless --force."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise TinyRLHFError(f"--out '{out}' is a file, not a directory")
+    if base and os.path.isdir(base) and os.path.realpath(out) == os.path.realpath(base):
+        raise TinyRLHFError(f"--out '{out}' is the --base directory; write the new data elsewhere")
+    held = [n for n in DATA_FILES if os.path.exists(os.path.join(out, n))] if os.path.isdir(out) else []
+    if held and not force:
+        raise TinyRLHFError(f"--out '{out}' already holds data ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); "
+                            "runs that used it depend on those files: choose another --out, or add --force "
+                            "to overwrite them")
+
+
 def _cmd_data(args) -> int:
     from .config import parse_overrides
     from .tasks.generate import write_task_data
 
     kwargs = dict(parse_overrides(args.overrides))
     seed = kwargs.pop("seed", 0)
-    if not isinstance(seed, int):
-        raise TinyRLHFError(f"seed must be an integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise TinyRLHFError(f"seed must be an integer in [0, 2^32), got {seed!r}")
+    _check_data_out(args.out, args.force, args.base if args.from_model else "")
     if args.from_model:
+        from .loading import check_model_dir
         from .tasks.policy_data import write_policy_data
         if not args.base:
             raise TinyRLHFError("--from-model needs --base (the task data directory whose annotators and prompts to use)")
@@ -51,11 +72,17 @@ def _cmd_data(args) -> int:
         for key, value in kwargs.items():
             if key not in valid or not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise TinyRLHFError(f"with --from-model: bad option {key}={value!r} (valid: {', '.join(valid)})")
+            if not value > 0:
+                raise TinyRLHFError(f"with --from-model: {key} must be > 0, got {value!r}")
+        check_model_dir(args.from_model, "--from-model")
         manifest = os.path.join(args.base, "manifest.json")
         base_task = args.task
         if os.path.isfile(manifest):  # a missing one is reported by write_policy_data
-            with open(manifest) as f:
-                base_task = json.load(f).get("task", args.task)
+            try:
+                with open(manifest, encoding="utf-8") as f:
+                    base_task = json.load(f).get("task", args.task)
+            except (ValueError, AttributeError):
+                raise TinyRLHFError(f"--base '{args.base}': manifest.json is not a JSON object") from None
         if base_task != args.task:
             raise TinyRLHFError(f"--base '{args.base}' holds {base_task} data, not {args.task}")
         counts = write_policy_data(args.from_model, args.base, args.out, seed=seed,
@@ -79,11 +106,21 @@ def _cmd_train(args) -> int:
              "grpo": (C.GroupConfig, "group", "run_group"),
              "online-dpo": (C.OnlineDPOConfig, "online_dpo", "run_online_dpo")}
     cls, module, fn = table[args.command]
-    cfg = C.load_config(cls, args.config, args.overrides)
-    if args.command in ("rloo", "grpo"):
-        if getattr(cfg, "algo") != args.command and any(o.startswith("algo=") for o in args.overrides):
-            raise TinyRLHFError(f"'tinyrlhf {args.command}' cannot run algo={cfg.algo}; use 'tinyrlhf {cfg.algo}'")
-        cfg = C.replace(cfg, algo=args.command)
+    overrides = list(args.overrides)
+    if args.command in ("rloo", "grpo"):  # the command names the algorithm (and its defaults, e.g. kl_in)
+        for key, value in C.parse_overrides(overrides):
+            if key == "algo" and value != args.command:
+                raise TinyRLHFError(f"'tinyrlhf {args.command}' cannot run algo={value}; use 'tinyrlhf {value}'")
+        overrides.insert(0, f"algo={args.command}")
+    cfg = C.load_config(cls, args.config, overrides)
+    for line in C.loss_warnings(cfg):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    if args.print_config:
+        source = f"{args.config} + overrides" if args.config else "built-in defaults + overrides"
+        print(f"# tinyrlhf {args.command}: the resolved config ({source}); "
+              "save it and run with --config FILE")
+        print(C.render_yaml(cfg))
+        return 0
     summary = getattr(importlib.import_module(f".train.{module}", __package__), fn)(cfg)
     _print_summary(summary, cfg.out_dir)
     if not summary.get("finished", False):
@@ -162,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-model", default="", help="pairs and binary labels on THIS model's samples (e.g. the SFT "
                    "model's final/), judged by the annotators of --base; options n_prompts= k= temperature=")
     p.add_argument("--base", default="", help="with --from-model: the task data directory to take prompts and annotators from")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite the data files already in --out (runs trained on them no longer match them)")
     p.add_argument("overrides", nargs="*", help="seed=N and task options key=value")
     p.set_defaults(func=_cmd_data)
     p = sub.add_parser("eval", help="score a model or run on a task's held-out prompts or your own prompts file "
@@ -222,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("online-dpo", "online DPO: fresh pairs from the policy ranked by a reward source")):
         p = sub.add_parser(name, help=what)
         p.add_argument("--config", help="YAML config file (see configs/)")
+        p.add_argument("--print-config", action="store_true",
+                       help="print the resolved config as YAML, each key with its documentation, and exit")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
         p.set_defaults(func=_cmd_train)
     return parser

@@ -4,7 +4,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config import RunConfig
+from .config import RunConfig, TrainConfig
+from .config_load import FieldError, check_range
+
+
+def _online_train(**kw) -> TrainConfig:
+    """Online stages' defaults (configs/family_tree/{ppo,rloo,grpo,online_dpo}.yaml): 60 steps, constant lr
+    after 10 warmup steps, micro-batches of 64, a line every 5 steps and a checkpoint every 20."""
+    return TrainConfig(**{"max_steps": 60, "batch_size": 64, "warmup_steps": 10, "schedule": "constant",
+                          "log_every": 5, "eval_every": 0, "save_every": 20, **kw})
+
+
+def _check_online(cfg):
+    if cfg.train.max_steps < 1:
+        raise FieldError("train.max_steps", f"must be >= 1 for online methods (one step = one rollout batch), "
+                                            f"got {cfg.train.max_steps}")
 
 
 @dataclass(frozen=True)
@@ -27,6 +41,14 @@ class RolloutConfig:
     missing_eos_penalty: float = 1.0
     """Subtracted from the score of a response that never ends (no EOS, no stop token) within max_new_tokens."""
 
+    def __post_init__(self):
+        for name in ("prompts_per_step", "max_new_tokens", "max_prompt_tokens"):
+            check_range(self, name, 1)
+        check_range(self, "temperature", 0, lo_open=True)  # RL needs sampled responses: no greedy rollouts
+        check_range(self, "top_k", 0)
+        check_range(self, "top_p", 0, 1, lo_open=True)
+        check_range(self, "missing_eos_penalty", 0)
+
 
 @dataclass(frozen=True)
 class KLConfig:
@@ -40,6 +62,11 @@ class KLConfig:
     """Target KL to the reference per response (nats) for the adaptive controller."""
     horizon: int = 10000
     """Episodes over which the adaptive controller moves beta by up to 20 % per unit of error."""
+
+    def __post_init__(self):
+        check_range(self, "coef", 0)
+        check_range(self, "target", 0, lo_open=True)
+        check_range(self, "horizon", 1)
 
 
 @dataclass(frozen=True)
@@ -70,52 +97,94 @@ class PPOHyper:
     """Separate critic's starting weights: a model dir; empty = the reward model's trunk when the reward
     is a reward model (InstructGPT), else the policy's starting weights."""
 
+    def __post_init__(self):
+        check_range(self, "epochs", 1)
+        check_range(self, "minibatch_size", 1)
+        check_range(self, "clip", 0, lo_open=True)
+        check_range(self, "value_clip", 0, lo_open=True)
+        check_range(self, "vf_coef", 0)
+        check_range(self, "gamma", 0, 1)
+        check_range(self, "lam", 0, 1)
+        check_range(self, "early_stop_kl", 0)
+
 
 @dataclass(frozen=True)
 class PPOConfig(RunConfig):
     out_dir: str = "runs/ppo"
     """Run directory (config.yaml, metrics.jsonl, summary.json, checkpoints/, final/)."""
+    train: TrainConfig = field(default_factory=lambda: _online_train(lr=3e-5))
+    """Optimisation, precision, logging and checkpoints (defaults: the README's PPO runs, lr 3e-5)."""
     reward: str = ""
     """Reward source: a reward run dir (or its final/), 'gold' (the task's gold reward: an oracle upper
     bound) or 'package.module:function' called as f(prompts, completions) -> list of floats."""
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    kl: KLConfig = field(default_factory=KLConfig)
-    ppo: PPOHyper = field(default_factory=PPOHyper)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(prompts_per_step=64))
+    """Sampling of each step's rollout batch."""
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.1, target=0.5, horizon=100))
+    """KL penalty to the reference; adaptive towards 0.5 nats (horizon 100: at 500 the KL overshot to 0.8-1.0)."""
+    ppo: PPOHyper = field(default_factory=lambda: PPOHyper(minibatch_size=16, early_stop_kl=0.05))
+    """PPO epochs, clipping, value function and GAE."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_online(self)
 
 
 @dataclass(frozen=True)
 class GroupConfig(RunConfig):
     out_dir: str = "runs/rloo"
     """Run directory (config.yaml, metrics.jsonl, summary.json, checkpoints/, final/)."""
+    train: TrainConfig = field(default_factory=lambda: _online_train(lr=1e-4))
+    """Optimisation, precision, logging and checkpoints (defaults: configs/family_tree/rloo.yaml, grpo.yaml)."""
     algo: Literal["rloo", "grpo"] = "rloo"
     """Advantage: rloo (leave-one-out baseline) or grpo (group mean/std normalised)."""
     reward: str = ""
     """Reward source: a reward run dir (or its final/), 'gold', or 'package.module:function'."""
     k: int = 4
-    """Samples per prompt."""
-    kl_in: Literal["reward", "loss"] = "reward"
+    """Samples per prompt (>= 2: the baseline comes from the others)."""
+    kl_in: Literal["reward", "loss"] | None = None
     """Where the KL to the reference goes: subtracted from the sequence reward (RLOO paper) or added
-    to the loss as a per-token k3 term (GRPO paper)."""
+    to the loss as a per-token k3 term (GRPO paper); empty = reward for rloo, loss for grpo."""
     epochs: int = 1
     """Passes over each rollout batch (1 = on-policy REINFORCE; >1 uses the clipped ratio)."""
-    minibatch_size: int = 16
+    minibatch_size: int = 64
     """Episodes per optimizer step (processed in micro-batches of train.batch_size)."""
     clip: float = 0.2
     """Ratio clip epsilon."""
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    kl: KLConfig = field(default_factory=lambda: KLConfig(adaptive=False))
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(prompts_per_step=16))
+    """Sampling of each step's rollout batch (prompts_per_step prompts, k samples each)."""
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.05, adaptive=False))
+    """KL penalty to the reference (fixed beta 0.05 by default)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_online(self)
+        if self.kl_in is None:
+            object.__setattr__(self, "kl_in", "reward" if self.algo == "rloo" else "loss")
+        check_range(self, "k", 2)
+        check_range(self, "epochs", 1)
+        check_range(self, "minibatch_size", 1)
+        check_range(self, "clip", 0, lo_open=True)
 
 
 @dataclass(frozen=True)
 class OnlineDPOConfig(RunConfig):
     out_dir: str = "runs/online_dpo"
     """Run directory (config.yaml, metrics.jsonl, summary.json, checkpoints/, final/)."""
+    train: TrainConfig = field(default_factory=lambda: _online_train(lr=1e-4))
+    """Optimisation, precision, logging and checkpoints (defaults: configs/family_tree/online_dpo.yaml)."""
     reward: str = ""
     """Reward source that ranks the two samples: a reward run dir, 'gold', or 'package.module:function'."""
     loss: Literal["dpo", "ipo"] = "dpo"
     """Preference loss applied to each fresh pair."""
     beta: float = 0.1
-    """DPO/IPO beta."""
-    minibatch_size: int = 16
+    """DPO/IPO beta (> 0)."""
+    minibatch_size: int = 32
     """Pairs per optimizer step (processed in micro-batches of train.batch_size)."""
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(prompts_per_step=32))
+    """Sampling of each step's rollout batch (two samples per prompt)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_online(self)
+        check_range(self, "beta", 0, lo_open=True)
+        check_range(self, "minibatch_size", 1)

@@ -22,4 +22,9 @@ class DataError(TinyRLHFError):
 
 
 class ConfigError(TinyRLHFError):
-    """Bad config file, unknown key or bad value: the message names the key."""
+    """Bad config file, unknown key or bad value: the message names the key. `key` (dotted, when the error
+    is about one config key) lets the loader say whether a file line or a command-line override set it."""
+
+    def __init__(self, message: str, *, key: str | None = None):
+        super().__init__(message)
+        self.key = key

@@ -113,13 +113,18 @@ def adapter_base(adapter_dir: str) -> str:
                       "base_model_name_or_path in adapter_config.json at a copy")
 
 
-def check_model_dir(path: str):
-    """Raise a one-line ConfigError unless `path` is a loadable model or adapter directory."""
-    from .models import _check_model_dir
+def check_model_dir(path: str, what: str = "model directory"):
+    """Raise a one-line ConfigError naming `what` unless `path` is a loadable model directory
+    (model_dir.check_model_dir: config, complete weights, tokenizer) or an unmerged LoRA final/ whose
+    adapter files are complete and whose base passes the same check."""
+    from .model_dir import check_model_dir as check_plain, weight_file_problem
     if is_adapter_dir(path):
-        check_model_dir(adapter_base(path))
+        for name in sorted(os.listdir(path)):
+            if (problem := weight_file_problem(os.path.join(path, name))) is not None:
+                raise ConfigError(f"{what} '{path}': {problem}")
+        check_plain(adapter_base(path), f"{what} '{path}': its base model")
     else:
-        _check_model_dir(path)
+        check_plain(path, what)
 
 
 def load_causal_lm(path: str, *, dtype: torch.dtype = torch.float32, fused_gelu: bool = False):
@@ -128,7 +133,7 @@ def load_causal_lm(path: str, *, dtype: torch.dtype = torch.float32, fused_gelu:
     so reloading from it gives the same weights. `fused_gelu`: see models._fused_gelu."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .models import _check_model_dir, _fused_gelu
+    from .models import _fused_gelu
     if is_adapter_dir(path):
         from peft import PeftModel
         base = load_causal_lm(adapter_base(path), dtype=dtype, fused_gelu=fused_gelu)
@@ -137,7 +142,7 @@ def load_causal_lm(path: str, *, dtype: torch.dtype = torch.float32, fused_gelu:
             model = PeftModel.from_pretrained(base, path).merge_and_unload()
         model.requires_grad_(True)  # peft froze the base; a full fine-tune from this model trains it all
     else:
-        _check_model_dir(path)
+        check_model_dir(path)
         config = AutoConfig.from_pretrained(path)
         if fused_gelu:
             _fused_gelu(config)

@@ -3,6 +3,9 @@ for the whole batch: the LM head is applied only to completion positions, in row
 chunk's logits are upcast to fp32 on their own (and recomputed in backward when they would be large)."""
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -18,6 +21,25 @@ def position_ids(attention_mask):
     """Positions counted over real tokens only, so a left-padded row (rollouts) gets the same positions
     as the unpadded sequence; identical to arange for right-padded rows."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg_of(forward_owner: type) -> str:
+    params = inspect.signature(forward_owner.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwarg(model) -> str:
+    """The keyword a transformers forward takes its key/value cache under: `cache` in recent transformers 5
+    releases, which deprecate the older `past_key_values` (and warn on every call), else `past_key_values`.
+    Asked of the forward's own signature, so a version that would silently swallow an unknown keyword in
+    **kwargs never gets one."""
+    return _cache_kwarg_of(type(model.get_base_model() if hasattr(model, "get_base_model") else model))
+
+
+def output_cache(out):
+    """The key/value cache a forward returned (`out.cache` or, in older releases, `out.past_key_values`)."""
+    return out["cache"] if "cache" in out else out.past_key_values
 
 
 def _chunk_logps(head, h, targets, temperature: float):
@@ -114,13 +136,13 @@ def grouped_token_logps(model, batch, *, share_prompt: bool = True, temperature:
         embeds = trunk.get_input_embeddings()(torch.cat([pids.flatten(), cids.flatten()]))
         p_embeds, c_embeds = embeds[:pids.numel()].view(*pids.shape, -1), embeds[pids.numel():].view(*cids.shape, -1)
         out = trunk(inputs_embeds=p_embeds, attention_mask=pmask, position_ids=position_ids(pmask), use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         # the prompt's keys/values once per completion; repeat_interleave stays in the graph, and its
         # backward is a sum over the k copies (an index-select's would be a slow scatter-add on CPU)
         cache.batch_repeat_interleave(k)
         hidden = trunk(inputs_embeds=c_embeds, attention_mask=full_mask,
-                       position_ids=position_ids(full_mask)[:, p_width:], past_key_values=cache,
-                       use_cache=True).last_hidden_state
+                       position_ids=position_ids(full_mask)[:, p_width:], use_cache=True,
+                       **{cache_kwarg(trunk): cache}).last_hidden_state
         predictors = torch.cat([out.last_hidden_state[:, -1:].repeat_interleave(k, 0), hidden[:, :-1]], 1)
     return _head_logps(head, predictors, cids, targets, temperature)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -42,17 +43,19 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
                                    pad_token=EOS, unk_token=EOS)
 
 
-def _check_model_dir(path: str):
-    if not os.path.isdir(path):
-        raise ConfigError(f"model.path '{path}': no such directory")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise ConfigError(f"model.path '{path}': not a Hugging Face model directory (no config.json)")
-
-
 def load_tokenizer(path: str):
     """The tokenizer of a model directory or an unmerged LoRA final/ (its base's when it has none)."""
     from .loading import tokenizer_dir
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir(path))
+    where = tokenizer_dir(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(where)
+    except Exception as e:  # the tokenizer library raises plain Exceptions on a corrupt tokenizer.json
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"'{where}': cannot load its tokenizer ({why})") from None
+    if len(tok) < 2:
+        raise ConfigError(f"'{where}': its tokenizer has {len(tok)} token(s); the tokenizer files are incomplete")
+    if tok.eos_token is None:
+        raise ConfigError(f"'{where}': its tokenizer has no eos token (completions end with one)")
     if tok.pad_token is None:  # GPT-2's own tokenizer has no pad token: pad with eos (masked anyway)
         tok.pad_token = tok.eos_token
     return tok
@@ -65,10 +68,18 @@ def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0
         raise ConfigError(f"model.attention '{cfg.attention}' is unknown; valid: {', '.join(ATTENTION_CHOICES)}")
     if cfg.path:
         from .loading import check_model_dir, load_causal_lm
-        check_model_dir(cfg.path)  # a model directory, or an unmerged LoRA final/ (merged in memory)
+        check_model_dir(cfg.path, "model.path")  # a model directory, or an unmerged LoRA final/ (merged in memory)
         tokenizer = load_tokenizer(cfg.path)
-        model = load_causal_lm(cfg.path, dtype=torch.float32, fused_gelu=True)
+        try:
+            model = load_causal_lm(cfg.path, dtype=torch.float32, fused_gelu=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:  # what check_model_dir cannot see
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"model.path '{cfg.path}': cannot load the model ({why})") from None
         _set_dropout(model, cfg.dropout)
+        rows = model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:  # a token id past the embedding would fail mid-run with an IndexError
+            raise ConfigError(f"model.path '{cfg.path}': the tokenizer has {len(tokenizer)} tokens but the "
+                              f"model's embedding only {rows} rows (tokenizer from another model?)")
     else:
         if cfg.preset not in PRESETS:
             raise ConfigError(f"model.preset '{cfg.preset}' is unknown; valid: {', '.join(PRESETS)}")
@@ -128,7 +139,11 @@ def add_lora(model, cfg: LoRAConfig):
         raise ConfigError(f"lora.target_modules {list(cfg.target_modules)} match no module of this model")
     lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                       bias="none", fan_in_fan_out=model.config.model_type == "gpt2")
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        # peft (0.21.2, the latest) reads transformers' deprecated `is_gradient_checkpointing` while wrapping
+        # any model, which warns on every LoRA run; nothing in this call can avoid it
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def _adapted_layers(model):
@@ -298,12 +313,17 @@ def load_reward_model(path: str) -> tuple[RewardModel, object]:
     """Load a reward model written by `save_reward_model` (a reward run's final/)."""
     from safetensors.torch import load_file
 
-    _check_model_dir(path)
+    from .loading import check_model_dir
+    check_model_dir(path, "reward model")  # also checks reward_head.safetensors, as every *.safetensors
     head_file = os.path.join(path, "reward_head.safetensors")
     if not os.path.isfile(head_file):
         raise ConfigError(f"'{path}' is not a reward model directory (no reward_head.safetensors)")
-    with open(os.path.join(path, "reward_head.json")) as f:
-        norm = json.load(f)
+    try:
+        with open(os.path.join(path, "reward_head.json"), encoding="utf-8") as f:
+            norm = json.load(f)
+        float(norm["gain"]), float(norm["bias"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"reward model '{path}': reward_head.json is missing or corrupt ({e})") from None
     from .loading import load_causal_lm
     lm = load_causal_lm(path, dtype=torch.float32)
     _set_dropout(lm, 0.0)

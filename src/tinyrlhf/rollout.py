@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ConfigError, DataError
-from .logprobs import position_ids
+from .logprobs import cache_kwarg, output_cache, position_ids
 from .models import unwrap
 
 # Drop finished rows from the running batch (copying the KV cache) once this fraction of it is done:
@@ -182,7 +182,7 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_token_i
             # prompt once, its cache and last logits repeated for its n_per_prompt samples
             out = model(input_ids=unique_ids, attention_mask=unique_mask, position_ids=position_ids(unique_mask),
                         use_cache=True, **keep)
-            cache, logits = out.past_key_values, out.logits[:, -1]
+            cache, logits = output_cache(out), out.logits[:, -1]
             if n_per_prompt > 1:
                 if hasattr(cache, "batch_repeat_interleave"):
                     cache.batch_repeat_interleave(n_per_prompt)
@@ -190,7 +190,7 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_token_i
                 else:  # a cache type that cannot repeat rows: prefill every copy
                     out = model(input_ids=prompt_ids, attention_mask=prompt_mask,
                                 position_ids=position_ids(prompt_mask), use_cache=True, **keep)
-                    cache, logits = out.past_key_values, out.logits[:, -1]
+                    cache, logits = output_cache(out), out.logits[:, -1]
             steps = 0
             for t in range(max_new_tokens):
                 # 3. Sample for every running row; rows already done write pad / 0 (masked out).
@@ -211,8 +211,8 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_token_i
                 # 5. Feed the sampled token at its real position; the mask covers prompt + tokens so far.
                 out = model(input_ids=torch.where(done, pad_token_id, tok).unsqueeze(-1),
                             attention_mask=attn[:, :P + t + 1], position_ids=next_pos,
-                            past_key_values=cache, use_cache=True, **keep)
-                cache, logits = out.past_key_values, out.logits[:, -1]
+                            use_cache=True, **{cache_kwarg(model): cache}, **keep)
+                cache, logits = output_cache(out), out.logits[:, -1]
                 next_pos = next_pos + 1
     finally:
         model.train(was_training)

@@ -276,6 +276,16 @@ class SkipCounter:
             self.messages.append(str(err))
 
 
+def check_data_file(path: str, key: str):
+    """DataError naming the config key unless `path` is a readable file (not missing, not a directory)."""
+    if os.path.isdir(path):
+        raise DataError(f"{key} is a directory; pass a file", path=path)
+    if not os.path.isfile(path):
+        raise DataError(f"{key}: no such file", path=path)
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{key}: not readable (permissions)", path=path)
+
+
 def parse_jsonl_lines(path: str) -> Iterator[tuple[int, Any]]:
     """Yield (line_number, parsed object or that line's DataError) for each non-blank line.
 
@@ -286,19 +296,22 @@ def parse_jsonl_lines(path: str) -> Iterator[tuple[int, Any]]:
     if not os.path.isfile(path):
         raise DataError("no such file", path=path)
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield n, DataError("not UTF-8 text", path=path, line=n)
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, DataError(f"not valid JSON ({e.msg} at column {e.colno})", path=path, line=n)
+    try:
+        with opener(path, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                try:  # utf-8-sig on line 1: a byte-order mark (Windows editors) is not part of the JSON
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    yield n, DataError(f"not UTF-8 text (byte {e.start + 1} of the line)", path=path, line=n)
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    yield n, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield n, DataError(f"not valid JSON ({e.msg} at column {e.colno})", path=path, line=n)
+    except (OSError, EOFError) as e:  # unreadable, or a truncated / non-gzip .gz
+        raise DataError(f"cannot read ({e})", path=path) from None
 
 
 def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:

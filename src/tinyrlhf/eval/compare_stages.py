@@ -95,6 +95,9 @@ def _train(spec: CompareSpec, seed: int, run: str, p: dict, common: list[str]) -
     steps = _steps_for_budget(cfg, spec.budget)
     cfg = C.replace(cfg, **{"train.max_steps": steps, "train.save_every": max(1, steps // 4),
                            "train.log_every": max(1, steps // 60), **trial})
+    import sys
+    for line in C.loss_warnings(cfg):  # a loss-sensitive key left at another loss's value (see config.py)
+        print(line, file=sys.stderr)
     module, fn = loop.split(":")
     return getattr(importlib.import_module(f"..train.{module}", __package__), fn)(cfg)
 

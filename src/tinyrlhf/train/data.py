@@ -43,7 +43,9 @@ def _is_project_format(path: str, kind: str) -> bool:
     import json
     keys = {"sft": {"prompt", "completion"}, "pair": {"prompt", "chosen", "rejected"},
             "binary": {"prompt", "completion", "label"}}[kind]
-    with open(path, encoding="utf-8") as f:
+    if not os.path.isfile(path):
+        return True  # a directory or a missing file: the strict reader names the problem
+    with open(path, encoding="utf-8", errors="replace") as f:  # a bad byte: the strict reader names its line
         for line in f:
             if line.strip():
                 try:
@@ -57,9 +59,10 @@ def _is_project_format(path: str, kind: str) -> bool:
 def load_records(cfg: DataConfig, kind: str) -> tuple[list, list, dict]:
     """(train records, eval records, data metrics) for record `kind` ('sft', 'pair', 'binary')."""
     skipped = R.SkipCounter()
+    for key in ("train_file", "eval_file"):  # given explicitly: it must be there (never silently skipped)
+        if getattr(cfg, key):
+            R.check_data_file(getattr(cfg, key), f"data.{key}")
     if cfg.train_file:
-        if not os.path.exists(cfg.train_file):
-            raise ConfigError(f"data.train_file '{cfg.train_file}': no such file")
         train = _load(cfg.train_file, kind, cfg.format, cfg.skip_bad, skipped)
         evals = _load(cfg.eval_file, kind, cfg.format, cfg.skip_bad, skipped) if cfg.eval_file else []
     else:

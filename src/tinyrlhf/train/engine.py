@@ -38,8 +38,11 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
         torch.set_num_threads(cfg.threads)
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise TinyRLHFError("train.device=cuda but no CUDA device is available")
+    if cfg.device.startswith("cuda"):
+        index = int(cfg.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise TinyRLHFError(f"train.device={cfg.device} but this machine has {torch.cuda.device_count()} "
+                                "CUDA device(s)")
     return torch.device(cfg.device)
 
 

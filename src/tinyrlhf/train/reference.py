@@ -42,6 +42,26 @@ def reference_disabled(model):
     return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
 
 
+def _read_cache(path: str, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(sums, counts) from a cache file, or None when there is none. A file that does not load as two
+    finite (k, n) tensors (truncated by a kill mid-write in an older version, or damaged on disk) is
+    reported on one line and recomputed: the cache holds nothing that cannot be rebuilt."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        sums, counts = cached["sums"], cached["counts"]
+        ok = sums.shape == counts.shape == (k, n) and bool(torch.isfinite(sums).all())
+        problem = "" if ok else f"shape {tuple(sums.shape)} instead of {(k, n)}, or non-finite values"
+    except Exception as e:  # a truncated zip, an unpickling error, a missing key: all mean "rebuild it"
+        problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if not problem:
+        return sums, counts
+    print(f"reference cache {path} is unreadable ({problem}); recomputing it", flush=True)
+    os.remove(path)
+    return None
+
+
 @torch.no_grad()
 def group_logps(model, groups, pad_id: int, device, precision: str, *, share_prompt: bool = True,
                 batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,9 +97,8 @@ def reference_logps(model, groups, pad_id: int, device, precision: str, cache_di
     layout = "shared" if share_prompt else "flat"
     key = f"{model_key or model_fingerprint(model)}-{data_fingerprint(groups)}-{precision}-{layout}"
     path = os.path.join(cache_dir, f"{key}.pt")
-    if os.path.isfile(path):
-        cached = torch.load(path)
-        return cached["sums"], cached["counts"]
+    if (cached := _read_cache(path, len(groups[0][1]) if groups else 0, len(groups))) is not None:
+        return cached
     with reference_disabled(model):
         sums, counts = group_logps(model, groups, pad_id, device, precision, share_prompt=share_prompt,
                                    batch_size=batch_size)

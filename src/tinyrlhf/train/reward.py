@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from ..data import render_chat
 from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..losses import bradley_terry_loss
+from ..loading import check_model_dir
 from ..models import RewardModel, add_lora, build_model, load_tokenizer, save_reward_model
 from ..sampling import sample
 from .data import begin_run
@@ -81,6 +82,8 @@ def run_reward(cfg: RewardConfig) -> dict:
         return start
     run, device, task, t_start = start.run, start.device, start.task, start.t_start
     pairs, eval_pairs, data_metrics = start.train, start.evals[:1000], start.data_metrics
+    if cfg.normalize_on:  # checked now, not after training, where it is first loaded
+        check_model_dir(cfg.normalize_on, "normalize_on")
     if cfg.rankings:
         pairs = pairs + ranking_pairs(cfg)
         data_metrics = {**data_metrics, "data/train_pairs": len(pairs)}

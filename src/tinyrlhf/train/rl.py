@@ -9,6 +9,7 @@ import importlib
 import math
 import os
 import random
+import sys
 from typing import Callable
 
 import torch
@@ -62,13 +63,7 @@ def reward_source(spec: str, task, device, precision: str, max_length: int = 256
                     out.append(rm(b["input_ids"], b["attention_mask"], b["completion_mask"]).float().cpu())
             return torch.cat(out)
     elif ":" in spec and not os.path.exists(spec):
-        module, _, name = spec.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"reward '{spec}': cannot import it ({e})") from None
-        if not callable(fn):
-            raise ConfigError(f"reward '{spec}' is not callable")
+        fn = _import_callable(spec)
     else:
         raise ConfigError(f"reward '{spec}': not 'gold', not a reward run directory (no "
                           "reward_head.safetensors in it or its final/), not 'module:function'")
@@ -86,6 +81,27 @@ def reward_source(spec: str, task, device, precision: str, max_length: int = 256
                 print(line, flush=True)
         return out
     return scored, rm
+
+
+def _import_callable(spec: str) -> Callable:
+    """`package.module:function` -> the function. The working directory is importable, as under
+    `python -m`, so `reward=my_rewards:score` finds ./my_rewards.py from the `tinyrlhf` command too."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ConfigError(f"reward '{spec}': expected 'package.module:function'")
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except Exception as e:  # ImportError, AttributeError, SyntaxError or whatever the module raises on import
+        raise ConfigError(f"reward '{spec}': cannot import it ({type(e).__name__}: {e})") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    if not callable(fn):
+        raise ConfigError(f"reward '{spec}' is a {type(fn).__name__}, not a function f(prompts, completions)")
+    return fn
 
 
 def _checked(fn: Callable, spec: str) -> Callable:
@@ -218,9 +234,8 @@ def build_value(policy, value_model: str, value_init: str, reward_model, device)
     if value_model == "shared":
         return ValueHead(hidden_size(policy)).to(device)
     if value_init:
-        from ..loading import is_adapter_dir, load_causal_lm
-        if not (os.path.isfile(os.path.join(value_init, "config.json")) or is_adapter_dir(value_init)):
-            raise ConfigError(f"ppo.value_init '{value_init}': not a Hugging Face model directory")
+        from ..loading import check_model_dir, load_causal_lm
+        check_model_dir(value_init, "ppo.value_init")
         lm = load_causal_lm(value_init)
     elif reward_model is not None:
         lm = copy.deepcopy(reward_model.lm)  # InstructGPT: the value function starts from the RM
