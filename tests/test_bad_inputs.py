@@ -283,14 +283,17 @@ def test_truncated_reference_cache_is_recomputed(env, tmp_path, capsys):
     args = ["dpo", *TINY, f"data.dir={env['data']}", f"model.path={env['model']}", f"ref_cache_dir={cache}",
             "train.log_every=1"]
     assert main([*args, f"out_dir={tmp_path / 'a'}"]) == 0
-    [name] = os.listdir(cache)
-    intact = (cache / name).read_bytes()
-    (cache / name).write_bytes(intact[: len(intact) // 2])
+    names = sorted(os.listdir(cache))  # the training pairs' reference and the held-out pairs' reference
+    assert len(names) == 2
+    intact = {name: (cache / name).read_bytes() for name in names}
+    for name in names:
+        (cache / name).write_bytes(intact[name][: len(intact[name]) // 2])
     capsys.readouterr()
     assert main([*args, f"out_dir={tmp_path / 'b'}"]) == 0
     out = capsys.readouterr().out
-    assert f"reference cache {cache / name} is unreadable" in out and "recomputing it" in out
-    assert torch.equal(torch.load(cache / name)["sums"], torch.load(_bytes_file(tmp_path, intact))["sums"])
+    for name in names:
+        assert f"reference cache {cache / name} is unreadable" in out and "recomputing it" in out
+        assert torch.equal(torch.load(cache / name)["sums"], torch.load(_bytes_file(tmp_path, intact[name]))["sums"])
     metrics = [(tmp_path / run / "metrics.jsonl").read_text() for run in "ab"]
     assert [json.loads(line)["loss"] for line in metrics[0].splitlines()] == \
         [json.loads(line)["loss"] for line in metrics[1].splitlines()]
