@@ -161,8 +161,10 @@ def corruption(run_dir: str) -> list[str]:
                     problems.append(f"metrics.jsonl:{i + 1}")
     for name in ("last", "prev"):
         path = os.path.join(run_dir, "checkpoints", name)
-        if os.path.isdir(path) and C.verify(path)[0] is None:
-            problems.append(f"checkpoints/{name}: {C.verify(path)[1]}")
+        if os.path.isdir(path):
+            manifest, problem = C.verify(path)
+            if manifest is None or manifest.get("legacy"):  # this version always writes a manifest
+                problems.append(f"checkpoints/{name}: {problem or 'no manifest'}")
     summary = os.path.join(run_dir, "summary.json")
     if os.path.exists(summary):
         s = json.load(open(summary))
