@@ -214,3 +214,51 @@ def dpo_args(out: str, data: str, model: str, cache: str, *extra: str) -> list[s
     return ["dpo", f"out_dir={out}", f"model.path={model}", f"data.dir={data}", f"ref_cache_dir={cache}",
             "train.max_steps=5", "train.batch_size=8", "train.warmup_steps=1", "train.progress=false",
             "eval.n_prompts=0", "train.save_every=1", "train.threads=1", "train.log_every=1", *extra]
+
+
+# ------------------------------------------------------------------ in-process SFT runs (test_run_integrity,
+# test_nan_guard): env = (data dir, model dir, reference run dir of the uninterrupted 8-step run)
+
+def integrity_env(tmp_path_factory) -> tuple[str, str, str]:
+    if "env" not in _BASE:
+        from tinyrlhf.train.sft import run_sft
+        data, model = base(tmp_path_factory)
+        ref = str(tmp_path_factory.mktemp("ref") / "sft")
+        run_sft(cfg((data, model, ref), ref))
+        _BASE["env"] = (data, model, ref)
+    return _BASE["env"]
+
+
+def args(env, out, *extra) -> list[str]:
+    data, model, _ = env
+    return sft_args(str(out), data, model, *extra)
+
+
+def cfg(env, out, *extra):
+    from tinyrlhf.config import SFTConfig, load_config
+    return load_config(SFTConfig, None, args(env, out, *extra)[1:])
+
+
+def snapshot(run_dir) -> dict:
+    """sha256 of every file under a run directory (the lock file aside)."""
+    import hashlib
+    out = {}
+    for root, _, files in os.walk(run_dir):
+        for name in files:
+            if name != ".lock":
+                path = os.path.join(root, name)
+                out[os.path.relpath(path, run_dir)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+def one_line_error(capsys) -> str:
+    """The CLI's stderr: exactly one line `error: ...`, no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+def same_as_reference(env, out):
+    """Logged losses equal and final weights bit-identical to the uninterrupted run's."""
+    assert rows(str(out)) == rows(env[2])
+    assert same_weights(os.path.join(out, "final"), os.path.join(env[2], "final"))
