@@ -178,7 +178,7 @@ def corruption(run_dir: str) -> list[str]:
 
 def rows(run_dir: str, keys=("step", "loss", "lr", "grad_norm")) -> list[tuple]:
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [tuple(r.get(k) for k in keys) for r in map(json.loads, f) if "loss" in r]
+        return [tuple(r.get(k) for k in keys) for r in map(json.loads, f) if keys[1] in r]
 
 
 def weights(model_dir: str) -> dict:
@@ -262,3 +262,14 @@ def same_as_reference(env, out):
     """Logged losses equal and final weights bit-identical to the uninterrupted run's."""
     assert rows(str(out)) == rows(env[2])
     assert same_weights(os.path.join(out, "final"), os.path.join(env[2], "final"))
+
+
+def ppo_cfg(env, out, *extra):
+    """A 3-step PPO run on the gold reward from the shared SFT model (save_every=1)."""
+    from tinyrlhf.config import PPOConfig, load_config
+    data, model, _ = env
+    return load_config(PPOConfig, None, [
+        f"out_dir={out}", f"model.path={model}", f"data.dir={data}", "reward=gold", "data.task=family_tree",
+        "train.max_steps=3", "train.save_every=1", "train.progress=false", "eval.n_prompts=0", "train.threads=1",
+        "train.log_every=1", "rollout.prompts_per_step=4", "rollout.max_new_tokens=6", "ppo.minibatch_size=2",
+        "ppo.epochs=1", "train.batch_size=4", *extra])

@@ -94,17 +94,11 @@ def test_infinite_lr_writes_nothing_non_finite(env, tmp_path, capsys):
 
 def test_ppo_stops_on_nonfinite_weights(env, tmp_path, monkeypatch):
     """online.step_optimizer checks the weights too; the message names the stage and the step."""
-    from tinyrlhf.config import PPOConfig
     from tinyrlhf.train import online
     from tinyrlhf.train.ppo import run_ppo
-    data, model, _ = env
     out = tmp_path / "ppo"
     _poison_weights_at(online, monkeypatch, 3)  # 2 optimizer steps per PPO step: the 3rd is in step 2
-    c = load_config(PPOConfig, None, [f"out_dir={out}", f"model.path={model}", f"data.dir={data}",
-                                      "reward=gold", "data.task=family_tree", "train.max_steps=3",
-                                      "train.save_every=1", "train.progress=false", "eval.n_prompts=0",
-                                      "train.threads=1", "rollout.prompts_per_step=4", "rollout.max_new_tokens=6",
-                                      "ppo.minibatch_size=2", "ppo.epochs=1", "train.batch_size=4"])
+    c = H.ppo_cfg(env, out)
     with pytest.raises(TrainingDiverged, match=r"^ppo: the weights .* at step 2; the last good checkpoint "
                                                r"\(step 1\)"):
         run_ppo(c)

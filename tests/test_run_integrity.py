@@ -64,6 +64,19 @@ def test_unfinished_run_resumed_with_another_config_is_refused(env, tmp_path):
     assert snapshot(out) == before
 
 
+def test_run_written_before_manifests_and_headers_still_resumes(env, tmp_path):
+    """Run directories from earlier versions (config.yaml without its header line, a checkpoint without
+    manifest.json) resume as before."""
+    out = tmp_path / "run"
+    run_sft(cfg(env, out, "train.stop_after=4"))
+    text = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(text.split("\n", 1)[1])
+    for name in ("last", "prev"):
+        os.remove(out / "checkpoints" / name / "manifest.json")
+    run_sft(cfg(env, out))
+    same_as_reference(env, out)
+
+
 def test_force_new_moves_the_old_run_aside(env, tmp_path, capsys):
     """--force-new: the old run moves to OUT.old-1 untouched; the new run starts from step 0."""
     out = tmp_path / "run"
@@ -114,6 +127,42 @@ def test_ctrl_c_checkpoints_at_the_end_of_the_step(env, tmp_path, monkeypatch, c
     monkeypatch.setattr(sft, "token_logps", real)
     assert main(a) == 0
     same_as_reference(env, out)
+
+
+def test_ppo_crash_then_ctrl_c_then_resume_equals_uninterrupted(env, tmp_path, monkeypatch):
+    """online.online_fit: a crash in step 2 before any checkpoint leaves row 1, which the next attempt
+    drops and redoes; SIGINT in step 2 of that attempt stops after step 2's checkpoint; the counters
+    (episodes) travel in it, so the final rows, summary and weights equal the uninterrupted run's."""
+    from tinyrlhf.train import ppo
+    from tinyrlhf.train.guard import RunInterrupted
+    keys = ("step", "objective/scores", "loss/policy", "loss/value", "kl/seq", "kl/coef")
+    ref = ppo.run_ppo(H.ppo_cfg(env, tmp_path / "ref"))
+    out, real = tmp_path / "run", ppo.sample_and_score
+
+    def on_second_call(action):
+        calls = []
+
+        def sample(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                action()
+            return real(*a, **k)
+        return sample
+
+    def crash():
+        raise RuntimeError("simulated crash")
+    monkeypatch.setattr(ppo, "sample_and_score", on_second_call(crash))
+    with pytest.raises(RuntimeError):
+        ppo.run_ppo(H.ppo_cfg(env, out, "train.save_every=0"))
+    assert [r[0] for r in H.rows(str(out), keys)] == [1] and not (out / "checkpoints").exists()
+    monkeypatch.setattr(ppo, "sample_and_score", on_second_call(lambda: os.kill(os.getpid(), signal.SIGINT)))
+    with pytest.raises(RunInterrupted, match=r"^ppo: stopped by SIGINT after step 2 of 3"):
+        ppo.run_ppo(H.ppo_cfg(env, out, "train.save_every=0"))
+    monkeypatch.undo()
+    summary = ppo.run_ppo(H.ppo_cfg(env, out, "train.save_every=0"))
+    assert summary["episodes"] == ref["episodes"] == 12
+    assert H.rows(str(out), keys) == H.rows(str(tmp_path / "ref"), keys)
+    assert H.same_weights(str(out / "final"), str(tmp_path / "ref" / "final"))
 
 
 def test_interrupt_outside_a_step_says_what_exists(env, tmp_path, monkeypatch, capsys):
