@@ -65,12 +65,13 @@ def test_unfinished_run_resumed_with_another_config_is_refused(env, tmp_path):
 
 
 def test_run_written_before_manifests_and_headers_still_resumes(env, tmp_path):
-    """Run directories from earlier versions (config.yaml without its header line, a checkpoint without
-    manifest.json) resume as before."""
+    """Run directories from earlier versions (config.yaml without its header line or without a key added
+    since, which counts as its default; a checkpoint without manifest.json) resume as before."""
     out = tmp_path / "run"
     run_sft(cfg(env, out, "train.stop_after=4"))
     text = (out / "config.yaml").read_text()
-    (out / "config.yaml").write_text(text.split("\n", 1)[1])
+    assert "  attention: tinyrlhf\n" in text
+    (out / "config.yaml").write_text(text.split("\n", 1)[1].replace("  attention: tinyrlhf\n", ""))
     for name in ("last", "prev"):
         os.remove(out / "checkpoints" / name / "manifest.json")
     run_sft(cfg(env, out))

@@ -13,6 +13,7 @@ the old run aside to `<out_dir>.old-N` and starts anew: nothing is ever mixed or
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -119,9 +120,19 @@ def config_differences(old: dict, new_cfg) -> list[tuple[str, object, object]]:
     """(key, old value, new value) for every key of `new_cfg` that differs from the run on disk, HARMLESS
     keys aside. A key missing on disk (added to tinyrlhf since) counts as its default."""
     new = _flat(config_to_dict(new_cfg))
-    defaults = _flat(config_to_dict(type(new_cfg)()))
-    old = {**defaults, **_flat(old)}
+    old = {**_defaults(type(new_cfg)), **_flat(old)}
     return [(k, old.get(k), v) for k, v in new.items() if k not in HARMLESS and not _same(old.get(k), v)]
+
+
+def _defaults(cls) -> dict:
+    """Flat defaults of a run config class, read from its fields (the class itself is not constructed:
+    it may require some fields)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.update(_flat(config_to_dict(value), f"{f.name}.") if dataclasses.is_dataclass(value)
+                   else {f.name: list(value) if isinstance(value, tuple) else value})
+    return out
 
 
 def _suggest(out_dir: str, diffs) -> str:
@@ -171,9 +182,13 @@ class RunDir:
             raise ConfigError(f"out_dir '{path}': cannot create it ({e.strerror})") from None
         self._key = _acquire(path)
         self._finalizer = weakref.finalize(self, _release, self._key)
-        if force_new and self._has_run_files():
-            self._move_aside()
-        self._check_identity(resume)
+        try:
+            if force_new and self._has_run_files():
+                self._move_aside()
+            self._check_identity(resume)
+        except BaseException:
+            self._finalizer()  # refused: let go of the directory at once
+            raise
         _ACTIVE[:] = [r for r in _ACTIVE if r() is not None] + [weakref.ref(self)]
         if not os.path.isfile(self.config_file):
             text = HEADER.format(cls=type(config).__name__)
@@ -194,7 +209,10 @@ class RunDir:
         while os.path.exists(f"{self.path.rstrip('/')}.old-{n}"):
             n += 1
         old = f"{self.path.rstrip('/')}.old-{n}"
-        os.replace(self.path, old)  # our lock file moves with it; we hold it until the new one is ours
+        try:
+            os.replace(self.path, old)  # our lock file moves with it; we hold it until the new one is ours
+        except OSError as e:
+            raise ConfigError(f"--force-new: cannot move '{self.path}' to '{old}' ({e.strerror})") from None
         os.makedirs(self.path)
         self._finalizer()
         self._key = _acquire(self.path)
@@ -350,7 +368,7 @@ class RunDir:
                     "after it was saved")
         else:
             kept = "no checkpoint had been written yet (nothing non-finite was saved)"
-        return f"{self.stage}: {what} became {value} at step {step}; {kept}. Try a lower train.lr"
+        return f"{self.stage}: {what} became {value} at step {step}; {kept} (a lower train.lr often helps)"
 
 
 def _plain(v):
