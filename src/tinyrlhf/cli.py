@@ -112,6 +112,8 @@ def _cmd_train(args) -> int:
             if key == "algo" and value != args.command:
                 raise TinyRLHFError(f"'tinyrlhf {args.command}' cannot run algo={value}; use 'tinyrlhf {value}'")
         overrides.insert(0, f"algo={args.command}")
+    if args.force_new:
+        overrides.append("train.force_new=true")
     cfg = C.load_config(cls, args.config, overrides)
     for line in C.loss_warnings(cfg):
         print(f"warning: {line}", file=sys.stderr, flush=True)
@@ -264,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--print-config", action="store_true",
                        help="print the resolved config as YAML, each key with its documentation, and exit")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
+        p.add_argument("--force-new", action="store_true",
+                       help="start anew even if out_dir holds a run: move it aside to OUT_DIR.old-N first")
         p.set_defaults(func=_cmd_train)
     return parser
 
@@ -278,14 +282,36 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = list(getattr(args, "overrides", [])) + extra
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load drown our own output
+    from .train.guard import RunInterrupted
+    on_term = _raise_on_sigterm()
     try:
         return args.func(args)
     except TinyRLHFError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to continue from the last checkpoint", file=sys.stderr)
-        return 130
+    except RunInterrupted as e:  # a training loop stopped at a step boundary and wrote its checkpoint
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt as e:  # outside a training step (setup, evaluation, final save)
+        from .train.rundir import interrupted_note
+        print(f"interrupted: {interrupted_note()}", file=sys.stderr)
+        return 143 if str(e) == "SIGTERM" else 130
+    finally:
+        on_term()
+
+
+def _raise_on_sigterm():
+    """SIGTERM (e.g. `kill`, a job scheduler) stops like Ctrl-C: training loops checkpoint first. Returns
+    the function that restores the previous handler."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+    old = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

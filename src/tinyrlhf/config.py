@@ -137,8 +137,14 @@ class TrainConfig:
     """Run evaluation every N steps (0 = only at the end)."""
     save_every: int = 100
     """Write a resumable checkpoint every N steps (0 = only at the end)."""
+    save_minutes: float = 10.0
+    """Also write one when this many minutes have passed since the last (0 = off): a `kill -9` or power
+    loss then costs at most this much work. SIGINT/SIGTERM always checkpoint before stopping."""
     resume: bool = True
     """Continue from `checkpoints/` in the run directory if one is there."""
+    force_new: bool = False
+    """Start the run anew even if out_dir holds one (CLI: --force-new): the old directory is moved aside to
+    `<out_dir>.old-N`, never deleted. Without it, a run whose config differs is refused."""
     progress: bool = True
     """Show a progress bar with ETA."""
     prompt_loss_weight: float = 0.0

@@ -102,15 +102,18 @@ class RunStart:
 
 
 def begin_run(cfg, kind: str) -> RunStart | dict:
-    """Open the run directory; a finished run returns its summary (reused, never overwritten).
-    Otherwise seed everything, pick the device, and load the task and the records of `kind`."""
+    """Open the run directory (locked; its config must match this one, see rundir.RunDir); a finished
+    run returns its summary (reused, never overwritten). Otherwise prepare the resume, seed everything,
+    pick the device, and load the task and the records of `kind`."""
     from ..tasks import get_task
-    from .engine import RunDir, resolve_device, set_seed
+    from .engine import resolve_device, set_seed
+    from .rundir import RunDir
 
-    run = RunDir(cfg.out_dir, cfg, resume=cfg.train.resume)
+    run = RunDir(cfg.out_dir, cfg, resume=cfg.train.resume, force_new=cfg.train.force_new)
     if (done := run.finished_summary()) is not None:
-        print(f"{cfg.out_dir} is already finished; reusing it")
+        print(f"{cfg.out_dir} is already finished with this config; reusing it")
         return done
+    run.prepare_resume()
     t_start = time.time()
     set_seed(cfg.seed)
     device = resolve_device(cfg.train)

@@ -1,30 +1,25 @@
-"""Shared engine pieces: device and precision, optimizer and schedule, the run directory
-(metrics.jsonl, summary.json, checkpoints/, final/), and the offline optimisation loop that SFT,
-the reward model, DPO and KTO all use (each supplies its own batches, loss and evaluation)."""
+"""Shared engine pieces: device and precision, optimizer and schedule, and the offline optimisation loop
+that SFT, the reward model, DPO and KTO all use (each supplies its own batches, loss and evaluation).
+The run directory (config.yaml, metrics, summary, final/, lock) is rundir.py; checkpoints are
+checkpoint.py; when to save, signals and the NaN/inf checks are guard.py."""
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import random
 import resource
-import shutil
 import time
 from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig, config_to_dict
+from ..config import TrainConfig
 from ..data.collate import BatchPlan
 from ..errors import TinyRLHFError
-
-
-class TrainingDiverged(TinyRLHFError):
-    """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
+from .guard import SaveSchedule, StopOnSignal, TrainingDiverged, check_weights
+from .rundir import RunDir, _plain  # noqa: F401  (RunDir re-exported: loops import it from here)
 
 
 def set_seed(seed: int):
@@ -105,93 +100,6 @@ def current_rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class RunDir:
-    """One directory layout for every run: config.yaml, metrics.jsonl, summary.json, checkpoints/, final/."""
-
-    def __init__(self, path: str, config, resume: bool = True):
-        self.path = path
-        self.final = os.path.join(path, "final")
-        self.ckpt = os.path.join(path, "checkpoints", "last")
-        self.metrics_file = os.path.join(path, "metrics.jsonl")
-        self.summary_file = os.path.join(path, "summary.json")
-        if os.path.exists(path) and os.listdir(path) and not resume:
-            raise TinyRLHFError(f"run directory '{path}' already exists and train.resume=false: "
-                                "choose another out_dir (nothing was overwritten)")
-        os.makedirs(path, exist_ok=True)
-        self.config = config
-        self._write_text("config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
-
-    def _write_text(self, name: str, text: str):
-        tmp = os.path.join(self.path, f".{name}.tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(self.path, name))
-
-    def finished_summary(self) -> dict | None:
-        if os.path.isfile(self.summary_file) and os.path.isdir(self.final):
-            with open(self.summary_file) as f:
-                summary = json.load(f)
-            return summary if summary.get("finished") else None
-        return None
-
-    def log(self, metrics: dict):
-        with open(self.metrics_file, "a") as f:
-            f.write(json.dumps({k: _plain(v) for k, v in metrics.items()}) + "\n")
-
-    def truncate_metrics(self, after_step: int):
-        """On resume, drop log lines written after the checkpoint we continue from."""
-        if not os.path.isfile(self.metrics_file):
-            return
-        with open(self.metrics_file) as f:
-            keep = [line for line in f if json.loads(line).get("step", 0) <= after_step]
-        self._write_text("metrics.jsonl", "".join(keep))
-
-    def write_summary(self, summary: dict):
-        self._write_text("summary.json", json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2))
-
-    def save_checkpoint(self, modules: dict, optimizer, scheduler, step: int, extra: dict | None = None):
-        """Model(s) + optimizer + scheduler + RNG states, written to a temp dir then renamed (atomic)."""
-        tmp = self.ckpt + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                         "numpy": np.random.get_state()},
-                 "modules": {k: {n: t for n, t in m.state_dict().items()} for k, m in modules.items()},
-                 "extra": extra or {}}
-        if torch.cuda.is_available():
-            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(state, os.path.join(tmp, "state.pt"))
-        shutil.rmtree(self.ckpt, ignore_errors=True)
-        os.replace(tmp, self.ckpt)
-
-    def load_checkpoint(self, modules: dict, optimizer, scheduler) -> tuple[int, dict] | None:
-        path = os.path.join(self.ckpt, "state.pt")
-        if not os.path.isfile(path):
-            return None
-        state = torch.load(path, weights_only=False, map_location="cpu")
-        for k, m in modules.items():
-            m.load_state_dict(state["modules"][k])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        return state["step"], state["extra"]
-
-
-def _plain(v):
-    if isinstance(v, torch.Tensor):
-        return v.item() if v.numel() == 1 else v.tolist()
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
-
-
 def total_steps(cfg: TrainConfig, plan: BatchPlan) -> int:
     if cfg.max_steps > 0:
         return cfg.max_steps
@@ -213,70 +121,71 @@ def fit(run: RunDir, model: torch.nn.Module, cfg: TrainConfig, plan: BatchPlan, 
     """The offline optimisation loop: micro-batches -> loss -> backward (accumulated) -> clip -> step.
 
     `loss_fn(batch)` returns (mean loss, metrics of detached scalars) and runs under autocast.
-    Logs to metrics.jsonl, evaluates every `eval_every`, checkpoints every `save_every` and resumes
-    from the last checkpoint. Returns the training summary (throughput, memory, last metrics)."""
+    Logs to metrics.jsonl, evaluates every `eval_every`, checkpoints (guard.SaveSchedule) and resumes
+    from the last checkpoint exactly: the loop's own state (the log_every averaging window, token and
+    time counters, the last evaluation) travels in the checkpoint, so the rows and the summary after a
+    resume equal an uninterrupted run's. Stops within one step on a NaN/inf loss, gradient or weight,
+    and at the end of the step on SIGINT/SIGTERM after a checkpoint. Returns the training summary."""
     steps = total_steps(cfg, plan)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps)
-    start = 0
-    if cfg.resume:
-        loaded = run.load_checkpoint({"model": model}, optimizer, scheduler)
-        if loaded is not None:
-            start = loaded[0]
-            run.truncate_metrics(start)
-    elif os.path.exists(run.metrics_file):
-        os.remove(run.metrics_file)
+    start, extra = 0, {}
+    if cfg.resume and (loaded := run.load_checkpoint({"model": model}, optimizer, scheduler)) is not None:
+        start, extra = loaded
+    run.truncate_metrics(start)  # rows after the checkpoint (or all but step 0's, without one) are redone
     batches = plan.iter_from(start * cfg.grad_accum)
     params = [p for p in model.parameters() if p.requires_grad]
-    tokens = 0
-    train_time = 0.0
-    last_eval: dict = {}
-    pbar = tqdm(total=steps, initial=start, desc=desc, disable=not cfg.progress, dynamic_ncols=True)
-    window: dict[str, list[float]] = {}
+    tokens, train_time = extra.get("tokens", 0), extra.get("train_time", 0.0)
+    last_eval: dict = extra.get("last_eval", {})
+    window: dict[str, list[float]] = extra.get("window", {})
+    schedule = SaveSchedule(cfg, steps)
     step = start
-    for step in range(start + 1, steps + 1):
-        model.train()
-        t0 = time.perf_counter()
-        for _ in range(cfg.grad_accum):
-            batch = {k: v.to(device, non_blocking=True) for k, v in make_batch(next(batches)).items()}
-            with autocast(device, cfg.precision):
-                loss, metrics = loss_fn(batch)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at step {step}; the last good "
-                                       f"checkpoint is kept in {run.ckpt}")
-            (loss / cfg.grad_accum).backward()
-            tokens += batch_tokens(batch)
-            for k, v in {"loss": loss.detach(), **metrics}.items():
-                window.setdefault(k, []).append(float(v))
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else 1e12)
-        if not torch.isfinite(grad_norm):
-            raise TrainingDiverged(f"gradient norm became {grad_norm.item()} at step {step}; the last good "
-                                   f"checkpoint is kept in {run.ckpt}")
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_time += time.perf_counter() - t0
-        window.setdefault("grad_norm", []).append(float(grad_norm))
-        pbar.update(1)
-        if step % cfg.log_every == 0 or step == steps:
-            row = {"step": step, "lr": scheduler.get_last_lr()[0],
-                   **{k: sum(v) / len(v) for k, v in window.items()},
-                   "tokens_per_s": tokens / max(train_time, 1e-9)}
-            window = {}
-            pbar.set_postfix(loss=f"{row['loss']:.4f}")
-            if evaluate is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
+    with StopOnSignal() as stop, tqdm(total=steps, initial=start, desc=desc, disable=not cfg.progress,
+                                      dynamic_ncols=True) as pbar:
+        for step in range(start + 1, steps + 1):
+            model.train()
+            t0 = time.perf_counter()
+            for _ in range(cfg.grad_accum):
+                batch = {k: v.to(device, non_blocking=True) for k, v in make_batch(next(batches)).items()}
+                with autocast(device, cfg.precision):
+                    loss, metrics = loss_fn(batch)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(run.diverged_message("the loss", loss.item(), step))
+                (loss / cfg.grad_accum).backward()
+                tokens += batch_tokens(batch)
+                for k, v in {"loss": loss.detach(), **metrics}.items():
+                    window.setdefault(k, []).append(float(v))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else 1e12)
+            if not torch.isfinite(grad_norm):
+                raise TrainingDiverged(run.diverged_message("the gradient norm", grad_norm.item(), step))
+            optimizer.step()
+            check_weights(params, run, step)  # a finite gradient can still make an infinite update (lr=inf)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_time += time.perf_counter() - t0
+            window.setdefault("grad_norm", []).append(float(grad_norm))
+            pbar.update(1)
+            if step % cfg.log_every == 0 or step == steps:
+                row = {"step": step, "lr": scheduler.get_last_lr()[0],
+                       **{k: sum(v) / len(v) for k, v in window.items()},
+                       "tokens_per_s": tokens / max(train_time, 1e-9)}
+                window = {}
+                pbar.set_postfix(loss=f"{row['loss']:.4f}")
+                if evaluate is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
+                    last_eval = evaluate()
+                    row.update(last_eval)
+                run.log(row)
+            elif evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
                 last_eval = evaluate()
-                row.update(last_eval)
-            run.log(row)
-        elif evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
-            last_eval = evaluate()
-            run.log({"step": step, **last_eval})
-        if (cfg.save_every and step % cfg.save_every == 0) or step == steps \
-                or (stop_after and step == stop_after):
-            run.save_checkpoint({"model": model}, optimizer, scheduler, step)
-        if stop_after and step == stop_after and step < steps:
-            break
-    pbar.close()
+                run.log({"step": step, **last_eval})
+            if schedule.due(step, stop.signum is not None):
+                run.save_checkpoint({"model": model}, optimizer, scheduler, step, extra={
+                    "tokens": tokens, "train_time": train_time, "last_eval": last_eval, "window": window})
+                schedule.saved()
+            if stop.signum is not None and step < steps:
+                raise stop.interrupted(run, step, steps)
+            if stop_after and step == stop_after and step < steps:
+                break
     return {"steps": step, "total_steps": steps, "finished": step == steps, "train_tokens": tokens,
             "train_seconds": train_time, "tokens_per_s": tokens / max(train_time, 1e-9),
             **peak_memory_mib(device), **last_eval}

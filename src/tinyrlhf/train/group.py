@@ -70,7 +70,7 @@ def run_group(cfg: GroupConfig) -> dict:
                         kl_term = L.masked_mean(L.kl_per_token(logprobs, ref_logprobs[rows], "k3"), m)
                         loss = loss + kl.value * kl_term
                         stats.setdefault("loss/kl", []).append(float(kl_term.detach()))
-                    check_finite("the policy loss", loss.detach(), step, S.run.ckpt)
+                    check_finite("the policy loss", loss.detach(), step, S.run)
                     (loss * weight).backward()
                     stats.setdefault("loss/policy", []).append(float(L.masked_mean(pg.detach(), m)))
                     stats.setdefault("policy/clipfrac", []).append(float(pg_m["clipfrac"]))

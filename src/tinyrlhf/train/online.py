@@ -4,7 +4,6 @@ evaluation, checkpoints, resume, NaN stop). Each method supplies only its own `u
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,6 +18,7 @@ from ..models import _set_dropout, add_lora, build_model, save_hf
 from ..rollout import Rollout, encode_prompts, generate
 from .data import begin_run
 from .engine import autocast, build_optimizer, build_scheduler, current_rss_mib, peak_memory_mib
+from .guard import SaveSchedule, StopOnSignal, check_weights
 from .reference import reference_disabled
 from .rl import KLController, check_finite, frozen_reference, reward_source
 from .sft import task_corpus
@@ -112,7 +112,9 @@ def reference_scorer(S: Online):
 def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[[int, KLController], dict],
                kl: KLController | None = None, modules: dict | None = None, desc: str = "rl") -> dict:
     """Run `update(step, kl) -> metrics` for train.max_steps steps with logging, evaluation, checkpoints and
-    resume. `update` does the method's own rollout and optimizer steps through `S.optimizer`."""
+    resume. `update` does the method's own rollout and optimizer steps through `S.optimizer` (and
+    `step_optimizer`, which checks the weights after each). As in engine.fit: the loop's counters travel
+    in the checkpoint, and SIGINT/SIGTERM stop at the end of the step after a checkpoint."""
     cfg, run = S.cfg, S.run
     steps = cfg.train.max_steps
     if steps < 1:
@@ -121,13 +123,11 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
     S.scheduler = build_scheduler(S.optimizer, cfg.train, steps * updates_per_step)
     modules = {"policy": S.policy, **(modules or {})}
     kl = kl or KLController(0.0, False, 1.0, 1)
-    start = 0
+    start, extra = 0, {}
     if cfg.train.resume and (loaded := run.load_checkpoint(modules, S.optimizer, S.scheduler)) is not None:
         start, extra = loaded
         kl.value = extra.get("kl_coef", kl.value)
-        run.truncate_metrics(start)
-    elif os.path.exists(run.metrics_file):
-        os.remove(run.metrics_file)
+    run.truncate_metrics(start)
     scorer = reference_scorer(S)
 
     def evaluate():
@@ -136,31 +136,36 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
         return policy_eval(S.policy, S.tokenizer, S.task, cfg.eval, S.device, cfg.seed, cfg.data.seed,
                            cfg.train.precision, scorer)
 
-    pbar = tqdm(total=steps, initial=start, desc=desc, disable=not cfg.train.progress, dynamic_ncols=True)
-    episodes, seconds, last_eval, step = 0, 0.0, {}, start
-    for step in range(start + 1, steps + 1):
-        t0 = time.perf_counter()
-        metrics = update(step, kl)
-        dt = time.perf_counter() - t0
-        episodes += metrics.pop("episodes")
-        seconds += dt
-        row = {"step": step, "lr": S.scheduler.get_last_lr()[0], "kl/coef": kl.value, **metrics,
-               "time/step": dt, "episodes_per_s": episodes / seconds, "mem/rss_mib": current_rss_mib()}
-        pbar.update(1)
-        pbar.set_postfix(score=f"{metrics.get('objective/scores', 0):.3f}", kl=f"{metrics.get('kl/seq', 0):.2f}")
-        if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or step == steps:
-            last_eval = evaluate()
-            row.update(last_eval)
-        if step % cfg.train.log_every == 0 or step == steps or "gold/mean" in row:
-            run.log(row)
-        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == steps \
-                or (cfg.train.stop_after and step == cfg.train.stop_after):
-            run.save_checkpoint(modules, S.optimizer, S.scheduler, step, extra={"kl_coef": kl.value})
-        if cfg.train.stop_after and step == cfg.train.stop_after and step < steps:
-            break
-    pbar.close()
+    episodes, seconds = extra.get("episodes", 0), extra.get("seconds", 0.0)
+    last_eval, step = extra.get("last_eval", {}), start
+    schedule = SaveSchedule(cfg.train, steps)
+    with StopOnSignal() as stop, tqdm(total=steps, initial=start, desc=desc, disable=not cfg.train.progress,
+                                      dynamic_ncols=True) as pbar:
+        for step in range(start + 1, steps + 1):
+            t0 = time.perf_counter()
+            metrics = update(step, kl)
+            dt = time.perf_counter() - t0
+            episodes += metrics.pop("episodes")
+            seconds += dt
+            row = {"step": step, "lr": S.scheduler.get_last_lr()[0], "kl/coef": kl.value, **metrics,
+                   "time/step": dt, "episodes_per_s": episodes / seconds, "mem/rss_mib": current_rss_mib()}
+            pbar.update(1)
+            pbar.set_postfix(score=f"{metrics.get('objective/scores', 0):.3f}", kl=f"{metrics.get('kl/seq', 0):.2f}")
+            if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or step == steps:
+                last_eval = evaluate()
+                row.update(last_eval)
+            if step % cfg.train.log_every == 0 or step == steps or "gold/mean" in row:
+                run.log(row)
+            if schedule.due(step, stop.signum is not None):
+                run.save_checkpoint(modules, S.optimizer, S.scheduler, step, extra={
+                    "kl_coef": kl.value, "episodes": episodes, "seconds": seconds, "last_eval": last_eval})
+                schedule.saved()
+            if stop.signum is not None and step < steps:
+                raise stop.interrupted(run, step, steps)
+            if cfg.train.stop_after and step == cfg.train.stop_after and step < steps:
+                break
     finished = step == steps
-    if finished:
+    if finished:  # written to a staging dir; write_summary publishes it as final/
         save_hf(S.policy, S.tokenizer, run.final, merge_lora=cfg.lora.merge or not cfg.lora.enabled)
     summary = {"steps": step, "total_steps": steps, "finished": finished, "episodes": episodes,
                "train_seconds": seconds, "episodes_per_s": episodes / max(seconds, 1e-9), "kl/coef": kl.value,
@@ -171,11 +176,12 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
 
 
 def step_optimizer(S: Online, params: list, step: int) -> float:
-    """Clip, check, step the optimizer and scheduler; returns the gradient norm."""
+    """Clip, check, step the optimizer and scheduler, check the weights; returns the gradient norm."""
     max_norm = S.cfg.train.max_grad_norm if S.cfg.train.max_grad_norm > 0 else 1e12
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    check_finite("the gradient norm", grad_norm, step, S.run.ckpt)
+    check_finite("the gradient norm", grad_norm, step, S.run)
     S.optimizer.step()
+    check_weights(params, S.run, step)
     S.scheduler.step()
     S.optimizer.zero_grad(set_to_none=True)
     return float(grad_norm)

@@ -54,7 +54,7 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
                 pc, pr, rc, rr = _order(sums, first_wins[part]) + _order(ref_pairs[part], first_wins[part])
                 losses, metrics = loss_fn(pc, pr, rc, rr, beta=cfg.beta)
                 loss = losses.mean()
-                check_finite("the DPO loss", loss.detach(), step, S.run.ckpt)
+                check_finite("the DPO loss", loss.detach(), step, S.run)
                 (loss * weight).backward()
                 for k, v in {"loss/dpo": loss.detach(), **metrics}.items():
                     stats.setdefault(k, []).append(float(v))

@@ -41,7 +41,7 @@ def run_ppo(cfg: PPOConfig) -> dict:
             old_logprobs, old_values = policy_forward(S.policy, value, seqs, plen, temperature)
             ref_logprobs = reference_token_logps(S.policy, S.reference, seqs, temperature)[:, plen - 1:]
         old_values = old_values * mask
-        check_finite("values", old_values, step, S.run.ckpt)
+        check_finite("values", old_values, step, S.run)
         # 3. Per-token reward: −β·KL on every token, plus the score on the last one (Ziegler et al. eq. 2).
         kl_tokens = L.kl_per_token(old_logprobs, ref_logprobs, K.estimator) * mask
         rewards = -kl.value * kl_tokens
@@ -71,7 +71,7 @@ def run_ppo(cfg: PPOConfig) -> dict:
                     vf, vf_m = L.ppo_value_loss(values, old_values[rows], returns[rows], m, clip=P.value_clip)
                     pg_loss, vf_loss = L.masked_mean(pg, m), L.masked_mean(vf, m)
                     loss = pg_loss + P.vf_coef * vf_loss
-                    check_finite("the PPO loss", loss.detach(), step, S.run.ckpt)
+                    check_finite("the PPO loss", loss.detach(), step, S.run)
                     (loss * weight).backward()
                     mb_kl += weight * float(pg_m["approx_kl"])
                     for k, v in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("policy/clipfrac",

@@ -266,8 +266,8 @@ def policy_forward(policy, value: ValueHead | None, seqs: dict, prompt_len: int,
     return logprobs, values
 
 
-def check_finite(name: str, x: torch.Tensor, step: int, ckpt: str):
-    from .engine import TrainingDiverged
+def check_finite(name: str, x: torch.Tensor, step: int, run):
+    """Raise TrainingDiverged (stage, step and the checkpoint kept, from `run`: a RunDir) if `x` has NaN/inf."""
+    from .guard import TrainingDiverged
     if not torch.isfinite(x).all():
-        raise TrainingDiverged(f"{name} became NaN/inf at step {step}; the last good checkpoint is kept "
-                               f"in {ckpt}")
+        raise TrainingDiverged(run.diverged_message(name, "NaN/inf", step))

@@ -1,0 +1,381 @@
+"""The run directory every loop writes, and what keeps it trustworthy:
+
+    config.yaml      the resolved config, written once when the run starts and never rewritten
+    metrics.jsonl    one JSON row per log step; rows after the checkpoint resumed from are dropped
+    summary.json     finished=true only once final/ and its evaluation are complete
+    checkpoints/     last/ and prev/, each with a manifest of sha256 checksums (checkpoint.py)
+    final/           the Hugging Face directory, published whole by a rename
+    .lock            flock'ed by the process that owns the run (its pid inside)
+
+Identity: an existing run is resumed or reused only when its config matches the new one, apart from the
+keys in HARMLESS; otherwise one error names the differing keys. `train.force_new` (`--force-new`) moves
+the old run aside to `<out_dir>.old-N` and starts anew: nothing is ever mixed or silently deleted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import weakref
+
+import numpy as np
+import torch
+import yaml
+
+from ..config import config_to_dict
+from ..errors import ConfigError, DataError, TinyRLHFError
+from . import checkpoint as ckpt
+
+try:  # POSIX; elsewhere runs are not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+HARMLESS = ("out_dir", "train.threads", "train.progress", "train.stop_after", "train.resume", "train.force_new",
+            "train.device", "train.save_every", "train.save_minutes", "train.log_every", "train.eval_every",
+            "ref_cache_dir")
+"""Keys that may differ between the run on disk and the command that continues or reuses it: where and
+how fast it runs, when it logs, evaluates and checkpoints, where caches live. None changes the weights
+(evaluation samples on its own RNG stream; checkpoints do not touch RNG state)."""
+
+STAGES = {"SFTConfig": "sft", "RewardConfig": "reward", "PreferenceConfig": "dpo", "KTOConfig": "kto",
+          "PPOConfig": "ppo", "GroupConfig": "rloo/grpo", "OnlineDPOConfig": "online-dpo"}
+HEADER = "# tinyrlhf {cls} run config: written once when the run started, never rewritten\n"
+_HEADER_RE = re.compile(r"^# tinyrlhf (\w+) run config")
+
+
+def stage_name(cfg) -> str:
+    """The command a config belongs to, as messages name it: sft, reward, dpo|ipo|..., kto, ppo, rloo|grpo,
+    online-dpo."""
+    name = type(cfg).__name__
+    if name == "PreferenceConfig":
+        return cfg.loss
+    if name == "GroupConfig":
+        return cfg.algo
+    return STAGES.get(name, name)
+
+
+class RunInUse(TinyRLHFError):
+    """Another live process holds the run directory's lock."""
+
+
+_HELD: dict[str, list] = {}  # realpath -> [fd, users]: one lock per directory per process
+
+
+def _acquire(path: str) -> str:
+    """flock `path/.lock` (the kernel drops it when the holder dies: never a stale lock) and write our pid.
+    Within one process a second RunDir on the same directory shares the lock (one user action)."""
+    key = os.path.realpath(path)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return key
+    if fcntl is None:  # pragma: no cover
+        _HELD[key] = [None, 1]
+        return key
+    fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunInUse(f"run directory '{path}' is in use by pid {pid} (another tinyrlhf process): wait for "
+                       "it to finish, stop it, or choose another out_dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = [fd, 1]
+    return key
+
+
+def _release(key: str):
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _HELD[key]
+        if held[0] is not None:
+            os.close(held[0])  # closing the descriptor drops the flock
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def config_differences(old: dict, new_cfg) -> list[tuple[str, object, object]]:
+    """(key, old value, new value) for every key of `new_cfg` that differs from the run on disk, HARMLESS
+    keys aside. A key missing on disk (added to tinyrlhf since) counts as its default."""
+    new = _flat(config_to_dict(new_cfg))
+    old = {**_defaults(type(new_cfg)), **_flat(old)}
+    return [(k, old.get(k), v) for k, v in new.items() if k not in HARMLESS and not _same(old.get(k), v)]
+
+
+def _defaults(cls) -> dict:
+    """Flat defaults of a run config class, read from its fields (the class itself is not constructed:
+    it may require some fields)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.update(_flat(config_to_dict(value), f"{f.name}.") if dataclasses.is_dataclass(value)
+                   else {f.name: list(value) if isinstance(value, tuple) else value})
+    return out
+
+
+def _suggest(out_dir: str, diffs) -> str:
+    parts = [f"{k.split('.')[-1]}{v}" for k, _, v in diffs[:3]]
+    return out_dir.rstrip("/") + "-" + re.sub(r"[^A-Za-z0-9._=+-]", "", "-".join(parts))[:60]
+
+
+_ACTIVE: list = []  # weak references to the runs opened and not yet finished (for interrupted_note)
+
+
+def interrupted_note() -> str:
+    """What a Ctrl-C outside a training step leaves behind, for the CLI's message (true by construction:
+    read from the checkpoints on disk)."""
+    runs = [r for r in (ref() for ref in _ACTIVE) if r is not None]
+    if not runs:
+        return "nothing was being trained; finished runs are kept, run the same command again to continue"
+    run = runs[-1]
+    step = ckpt.newest_step(run.checkpoints)
+    if step is None:
+        return f"{run.path} has no checkpoint yet: running the same command again starts it from step 0"
+    return f"{run.path} has a checkpoint at step {step}: run the same command again to continue from it"
+
+
+class RunDir:
+    """One run's directory, owned by this process while the object lives (see the module docstring).
+
+    `final` is where a loop writes its final model: a staging directory that `write_summary` publishes
+    as `final/` (one rename) just before it writes summary.json with finished=true."""
+
+    def __init__(self, path: str, config, resume: bool = True, force_new: bool = False):
+        self.path = path
+        self.final_dir = os.path.join(path, "final")
+        self.final = os.path.join(path, ".final.partial")
+        self.checkpoints = os.path.join(path, "checkpoints")
+        self.ckpt = os.path.join(self.checkpoints, "last")
+        self.metrics_file = os.path.join(path, "metrics.jsonl")
+        self.summary_file = os.path.join(path, "summary.json")
+        self.config_file = os.path.join(path, "config.yaml")
+        self.config = config
+        self.stage = stage_name(config)
+        self.checkpoint_step: int | None = None  # the newest complete checkpoint on disk, once known
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(f"out_dir '{path}' is a file, not a directory")
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"out_dir '{path}': cannot create it ({e.strerror})") from None
+        self._key = _acquire(path)
+        self._finalizer = weakref.finalize(self, _release, self._key)
+        try:
+            if force_new and self._has_run_files():
+                self._move_aside()
+            self._check_identity(resume)
+        except BaseException:
+            self._finalizer()  # refused: let go of the directory at once
+            raise
+        _ACTIVE[:] = [r for r in _ACTIVE if r() is not None] + [weakref.ref(self)]
+        if not os.path.isfile(self.config_file):
+            text = HEADER.format(cls=type(config).__name__)
+            ckpt.write_atomic(self.config_file, text + yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+    def close(self):
+        """Release the lock now (it is also released when the object goes away or the process dies)."""
+        self._finalizer()
+        _ACTIVE[:] = [r for r in _ACTIVE if r() is not None and r() is not self]
+
+    # ------------------------------------------------------------ identity
+
+    def _has_run_files(self) -> bool:
+        return any(not name.startswith(".") for name in os.listdir(self.path))
+
+    def _move_aside(self):
+        n = 1
+        while os.path.exists(f"{self.path.rstrip('/')}.old-{n}"):
+            n += 1
+        old = f"{self.path.rstrip('/')}.old-{n}"
+        try:
+            os.replace(self.path, old)  # our lock file moves with it; we hold it until the new one is ours
+        except OSError as e:
+            raise ConfigError(f"--force-new: cannot move '{self.path}' to '{old}' ({e.strerror})") from None
+        os.makedirs(self.path)
+        self._finalizer()
+        self._key = _acquire(self.path)
+        self._finalizer = weakref.finalize(self, _release, self._key)
+        print(f"--force-new: moved the existing run '{self.path}' to '{old}'")
+
+    def _check_identity(self, resume: bool):
+        if not os.path.isfile(self.config_file):
+            if self._has_run_files():
+                raise ConfigError(f"out_dir '{self.path}' is not empty and holds no config.yaml: it is not a "
+                                  "tinyrlhf run; choose another out_dir (nothing was written)")
+            return
+        if not resume:
+            raise ConfigError(f"run directory '{self.path}' already exists and train.resume=false: choose "
+                              "another out_dir or use --force-new (nothing was overwritten)")
+        try:
+            with open(self.config_file, encoding="utf-8") as f:
+                text = f.read()
+            old = yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"{self.config_file}: unreadable ({type(e).__name__}); use another out_dir or "
+                              "--force-new to move this run aside") from None
+        if not isinstance(old, dict):
+            raise ConfigError(f"{self.config_file}: not a config mapping; use another out_dir or --force-new")
+        hint = "use another out_dir or --force-new (train.force_new=true) to move the old run aside and start anew"
+        match = _HEADER_RE.match(text)
+        if match and match.group(1) != type(self.config).__name__:
+            raise ConfigError(f"run directory '{self.path}' holds a {STAGES.get(match.group(1), match.group(1))} "
+                              f"run, not a {self.stage} run (config.yaml unchanged): {hint}")
+        diffs = config_differences(old, self.config)
+        if diffs:
+            shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs[:6])
+            more = f" and {len(diffs) - 6} more" if len(diffs) > 6 else ""
+            raise ConfigError(f"run directory '{self.path}' holds a run with another config ({shown}{more}; "
+                              f"config.yaml unchanged): use another out_dir (e.g. out_dir={_suggest(self.path, diffs)})"
+                              " or --force-new (train.force_new=true) to move the old run aside and start anew")
+
+    # ------------------------------------------------------------ summary, resume preparation
+
+    def finished_summary(self) -> dict | None:
+        """The summary of a finished run (final/ published and summary.json finished=true), else None."""
+        summary = self.read_summary()
+        if summary is not None and summary.get("finished") and os.path.isdir(self.final_dir):
+            return summary
+        return None
+
+    def read_summary(self) -> dict | None:
+        if not os.path.isfile(self.summary_file):
+            return None
+        try:
+            with open(self.summary_file, encoding="utf-8") as f:
+                summary = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"not valid JSON ({e}); delete it to redo the final evaluation from the last "
+                            "checkpoint, or use --force-new", path=self.summary_file) from None
+        if not isinstance(summary, dict):
+            raise DataError("not a JSON object; delete it to redo the final evaluation from the last "
+                            "checkpoint, or use --force-new", path=self.summary_file)
+        return summary
+
+    def prepare_resume(self):
+        """Before an unfinished run continues: drop a half-written metrics row (a kill during the append)
+        and the leftovers of an interrupted final/ publication. A corrupt row elsewhere is an error."""
+        self.truncate_metrics(None)
+        for leftover in (self.final, self.final_dir + ".old"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    # ------------------------------------------------------------ metrics
+
+    def log(self, metrics: dict):
+        with open(self.metrics_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps({k: _plain(v) for k, v in metrics.items()}) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        """The rows of metrics.jsonl. A last line without its newline (a kill during the append) is
+        left out; any other unparsable line is a DataError naming it."""
+        if not os.path.isfile(self.metrics_file):
+            return []
+        with open(self.metrics_file, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+        rows = []
+        for i, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                if i == len(lines) and not line.endswith("\n"):
+                    break  # torn final write: never completed, never counted
+                raise DataError("not a JSON row; delete it (or the lines from it on) to continue the run, or "
+                                "use --force-new", path=self.metrics_file, line=i) from None
+            rows.append(row)
+        return rows
+
+    def truncate_metrics(self, after_step: int | None):
+        """Keep the rows up to `after_step` (the checkpoint resumed from; 0 = none; None = all complete rows).
+        The rewrite is atomic and happens only if something changes."""
+        if not os.path.isfile(self.metrics_file):
+            return
+        rows = self.read_metrics()
+        keep = [r for r in rows if after_step is None or r.get("step", 0) <= after_step]
+        text = "".join(json.dumps(r) + "\n" for r in keep)
+        with open(self.metrics_file, encoding="utf-8", errors="replace") as f:
+            if f.read() == text:
+                return
+        ckpt.write_atomic(self.metrics_file, text)
+
+    # ------------------------------------------------------------ summary and final/
+
+    def write_summary(self, summary: dict):
+        """Write summary.json. With finished=true, first publish the final model the loop wrote to
+        `self.final` as final/ (fsync'ed, one rename), so finished=true never points at a partial model."""
+        if summary.get("finished") and os.path.isdir(self.final):
+            ckpt.fsync_tree(self.final)
+            old = self.final_dir + ".old"
+            if os.path.isdir(self.final_dir):
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(self.final_dir, old)
+            os.replace(self.final, self.final_dir)
+            ckpt.fsync_dir(self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        ckpt.write_atomic(self.summary_file, json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2))
+        if summary.get("finished"):
+            _ACTIVE[:] = [r for r in _ACTIVE if r() is not None and r() is not self]
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, modules: dict, optimizer, scheduler, step: int, extra: dict | None = None):
+        """Model(s) + optimizer + scheduler + RNG states + `extra` loop state (checkpoint.save)."""
+        if os.path.isfile(self.metrics_file):  # the rows up to this step survive a crash with it
+            ckpt.fsync_file(self.metrics_file)
+        try:
+            ckpt.save(self.checkpoints, ckpt.collect_state(modules, optimizer, scheduler, step, extra), step)
+        except OSError as e:
+            kept = f"the checkpoint of step {self.checkpoint_step} is kept" if self.checkpoint_step is not None \
+                else "no earlier checkpoint exists"
+            raise TinyRLHFError(f"could not write a checkpoint in {self.checkpoints} ({e.strerror}); {kept}") from None
+        self.checkpoint_step = step
+
+    def load_checkpoint(self, modules: dict, optimizer, scheduler) -> tuple[int, dict] | None:
+        """Restore the newest intact checkpoint (falling back to the previous one, with a message)."""
+        state = ckpt.load_latest(self.checkpoints, log=print)
+        if state is None:
+            return None
+        ckpt.restore_state(state, modules, optimizer, scheduler)
+        self.checkpoint_step = state["step"]
+        return state["step"], state.get("extra", {})
+
+    def diverged_message(self, what: str, value, step: int) -> str:
+        """A true message for a NaN/inf stop: the stage, the step, and which checkpoint (if any) is kept."""
+        if self.checkpoint_step is not None:
+            kept = (f"the last good checkpoint (step {self.checkpoint_step}) is kept in {self.ckpt}; nothing "
+                    "after it was saved")
+        else:
+            kept = "no checkpoint had been written yet (nothing non-finite was saved)"
+        return f"{self.stage}: {what} became {value} at step {step}; {kept} (a lower train.lr often helps)"
+
+
+def _plain(v):
+    if isinstance(v, torch.Tensor):
+        v = v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, (np.floating, np.integer)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
