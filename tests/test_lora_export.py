@@ -160,6 +160,22 @@ def test_an_unmerged_adapter_on_a_random_init_preset_saves_its_base(tmp_path, mo
     assert torch.allclose(logits(loaded, t), logits(model, t), atol=1e-5, rtol=0)
 
 
+def test_a_lora_run_from_a_preset_names_its_base_by_the_published_final_path(tmp_path, monkeypatch):
+    """A run writes final/ as .final.partial and renames it when finished: the base saved inside it must be named
+    by its path after the rename, or peft (which reads only adapter_config.json) finds nothing."""
+    from peft import AutoPeftModelForCausalLM
+    data, _ = tiny_sft(tmp_path, steps=1)
+    run = tmp_path / "lora-dpo"  # DPO from the random-init preset: its base exists only in final/base
+    keep = [c for c in COMMON if not c.startswith(("data.dir", "ref_cache"))]
+    run_preference(load_config(PreferenceConfig, None, [f"out_dir={run}", "model.tokenizer_vocab=400",
+                                                        "lora.enabled=true", "lora.r=4", *keep, f"data.dir={data}",
+                                                        f"ref_cache_dir={tmp_path / 'cache'}"]))
+    base = json.load(open(run / "final" / "adapter_config.json"))["base_model_name_or_path"]
+    assert base == str(run / "final" / "base") and os.path.isfile(os.path.join(base, "config.json"))
+    monkeypatch.chdir(tmp_path.parent)
+    AutoPeftModelForCausalLM.from_pretrained(str(run / "final"))  # loads from another directory
+
+
 def test_export_merge_loads_with_plain_transformers_elsewhere_and_keeps_the_logits(project, tmp_path, monkeypatch,
                                                                                     capsys):
     from peft import AutoPeftModelForCausalLM

@@ -158,6 +158,9 @@ def tokenizer_dir(path: str) -> str:
     return path
 
 
+STAGING = ".final.partial"  # where a run writes final/ before publishing it (train/rundir.py)
+
+
 def save_adapter(model, tokenizer, out: str):
     """Write an unmerged LoRA model as a peft adapter directory that names its base by absolute path
     (see the module docstring). The base is `config._name_or_path` when that is a plain model
@@ -175,6 +178,11 @@ def save_adapter(model, tokenizer, out: str):
         base.save_pretrained(base_dir)
         tokenizer.save_pretrained(base_dir)
         del base
+    # A run stages final/ as .final.partial and renames it when finished (train/rundir.py): a base saved
+    # inside it is named by the path it will have after that rename, so peft finds it from anywhere.
+    on_disk = base_dir
+    if os.path.basename(out) == STAGING and base_dir.startswith(out + os.sep):
+        base_dir = os.path.join(os.path.dirname(out), "final", os.path.relpath(base_dir, out))
     for peft_config in model.peft_config.values():
         peft_config.base_model_name_or_path = base_dir
     model.save_pretrained(out)  # adapter_config.json + adapter_model.safetensors (+ peft's README.md)
@@ -182,7 +190,7 @@ def save_adapter(model, tokenizer, out: str):
     stale = os.path.join(out, "config.json")  # a config.json would make transformers look for full weights
     if os.path.isfile(stale):
         os.remove(stale)
-    record = {"base_model": base_dir, "relative": os.path.relpath(base_dir, out),
-              "weights_sha256": weights_sha256(base_dir)}
+    record = {"base_model": base_dir, "relative": os.path.relpath(on_disk, out),
+              "weights_sha256": weights_sha256(on_disk)}
     with open(os.path.join(out, BASE_FILE), "w") as f:
         json.dump(record, f, indent=2)

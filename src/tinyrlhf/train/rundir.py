@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from ..config import config_to_dict
+from ..loading import STAGING
 from ..errors import ConfigError, DataError, TinyRLHFError
 from . import checkpoint as ckpt
 
@@ -165,7 +166,7 @@ class RunDir:
     def __init__(self, path: str, config, resume: bool = True, force_new: bool = False):
         self.path = path
         self.final_dir = os.path.join(path, "final")
-        self.final = os.path.join(path, ".final.partial")
+        self.final = os.path.join(path, STAGING)  # published as final/ by write_summary
         self.checkpoints = os.path.join(path, "checkpoints")
         self.ckpt = os.path.join(self.checkpoints, "last")
         self.metrics_file = os.path.join(path, "metrics.jsonl")
