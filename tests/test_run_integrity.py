@@ -34,7 +34,7 @@ def test_changed_config_is_refused_and_nothing_changes(env, tmp_path, capsys):
     out = tmp_path / "run"
     run_sft(cfg(env, out))
     before = snapshot(out)
-    for extra, named in ((["seed=2"], "seed: 0 -> 2"), (["train.lr=3e-4"], "train.lr: 0.001 -> 0.0003"),
+    for extra, named in ((["seed=2"], "seed: 0 -> 2"), (["train.lr=3e-4"], "train.lr: 0.002 -> 0.0003"),
                          (["lora.enabled=true"], "lora.enabled: False -> True"),
                          (["model.preset=gpt2-mini"], "model.preset: 'gpt2-tiny' -> 'gpt2-mini'")):
         with pytest.raises(ConfigError, match="holds a run with another config") as e:

@@ -165,7 +165,7 @@ class TrainConfig:
             if not 0 <= b < 1:
                 raise FieldError("betas", f"each must be in [0, 1), got {list(self.betas)} (item {i + 1})")
         for name in ("warmup_steps", "max_steps", "threads", "eval_every", "save_every", "stop_after",
-                     "max_grad_norm", "prompt_loss_weight"):
+                     "max_grad_norm", "prompt_loss_weight", "save_minutes"):
             check_range(self, name, 0)
         check_range(self, "epochs", 0, lo_open=True)
         for name in ("batch_size", "grad_accum", "log_every"):

@@ -100,7 +100,10 @@ def heldout_pairs(cfg: PreferenceConfig, model, tokenizer, pairs, device, share:
         policy, counts = group_logps(model, *args, share_prompt=share)  # (2, N): chosen, rejected
         losses, _ = _loss(cfg, {"ref_chosen": ref[0], "ref_rejected": ref[1]}, policy.T.reshape(-1),
                           counts.T.reshape(-1).clamp(min=1))
-        chosen, rejected = cfg.beta * (policy - ref)  # implicit rewards (Rafailov et al. 2023, §5)
+        # implicit rewards (Rafailov et al. 2023, §5); ORPO has no beta: its own preference weight scales them
+        # (accuracy and the margin's sign do not depend on the scale)
+        scale = cfg.beta if cfg.beta is not None else cfg.orpo_lambda
+        chosen, rejected = scale * (policy - ref)
         return {"eval/loss": losses.mean().item(), "eval/accuracy": (chosen > rejected).float().mean().item(),
                 "eval/margin": (chosen - rejected).mean().item(), "eval/reward_chosen": chosen.mean().item(),
                 "eval/reward_rejected": rejected.mean().item(), "eval/pairs": len(pairs)}
