@@ -1,0 +1,95 @@
+"""Load what `tinyrlhf serve` was pointed at: a run directory, a merged or LoRA `final/`, or any local HF
+causal-LM directory, as an eval-mode model (optionally quantised) and its tokenizer.
+
+`load_causal_lm` below is a stand-in with the contract of the project-wide loader being added as
+`tinyrlhf.loading.load_causal_lm` (a plain HF dir, or an unmerged LoRA adapter merged in memory): at
+merge, replace it with that import.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..attention import set_attention
+from ..errors import ConfigError
+from ..models import _fused_gelu, load_tokenizer
+from .quantize import quantize
+
+
+def load_causal_lm(path: str, *, dtype: torch.dtype = torch.float32):
+    """A causal LM from a HF directory, or from a peft adapter directory (adapter_config.json) whose
+    adapters are merged into its base in memory (peft's merge_and_unload), so serving runs one plain model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):
+        from peft import AutoPeftModelForCausalLM
+        try:
+            return AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"model '{path}': cannot load the LoRA adapter's base ({e})") from None
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError(f"model '{path}': not a Hugging Face model directory (no config.json)")
+    config = AutoConfig.from_pretrained(path)
+    _fused_gelu(config)  # same function, one fused kernel (see models._fused_gelu)
+    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
+
+
+def resolve_model_dir(path: str) -> str:
+    """A run directory (it has final/) -> its final/; anything else is taken as a model directory."""
+    final = os.path.join(path, "final")
+    if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(final):
+        return final
+    return path
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    context: int
+    """Positions the model can attend over: prompt + completion tokens must fit."""
+    quantize: str
+    weight_bytes: int
+    """Bytes held by parameters and buffers after quantisation."""
+
+
+def _context(model) -> int:
+    cfg = model.config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if isinstance(getattr(cfg, key, None), int):
+            return int(getattr(cfg, key))
+    return 2048
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the weights as stored (int8 packed weights included), each tensor counted once."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+        elif isinstance(t, (tuple, list)):
+            for x in t:
+                add(x)
+
+    for value in model.state_dict().values():
+        add(value)
+    return total
+
+
+def load_served_model(name: str, path: str, quantize_mode: str = "none") -> LoadedModel:
+    model_dir = resolve_model_dir(path)
+    model = load_causal_lm(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"model '{path}': its tokenizer has no eos token")
+    model.eval().requires_grad_(False)
+    set_attention(model, "tinyrlhf")  # CPU: batched-matmul attention for short inputs (tinyrlhf/attention.py)
+    model = quantize(model, quantize_mode)
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, context=_context(model),
+                       quantize=quantize_mode, weight_bytes=weight_bytes(model))
