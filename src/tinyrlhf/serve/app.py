@@ -164,7 +164,7 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
             P._bad("best_of", "only best_of = n is supported")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return await run(request, "completions", m, prompts, params, n, bool(req.stream), include_usage,
-                         _CompletionBuild(req.logprobs is not None))
+                         _CompletionBuild(req.logprobs is not None, req.return_tokens_as_token_ids))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -183,7 +183,7 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
         n = P.check_n(req, 1, cfg.max_batch)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return await run(request, "chat", m, prompts, params, n, bool(req.stream), include_usage,
-                         _ChatBuild(bool(req.logprobs)))
+                         _ChatBuild(bool(req.logprobs), req.return_tokens_as_token_ids))
 
     return app
 
@@ -247,12 +247,12 @@ async def _guarded(events, engine: Engine, ereq: EngineRequest, done):
 
 
 class _CompletionBuild:
-    def __init__(self, logprobs: bool):
-        self.logprobs = logprobs
+    def __init__(self, logprobs: bool, as_ids: bool):
+        self.logprobs, self.as_ids = logprobs, as_ids
 
     def body(self, rid, model, created, choices, ereq):
         return P.completion_body(rid, model, created, choices, self.logprobs, ereq.prompt_tokens,
-                                 ereq.completion_tokens)
+                                 ereq.completion_tokens, self.as_ids)
 
     async def stream(self, rid, model, created, ereq, include_usage):
         choices = [P.ChoiceState() for _ in range(ereq.n_seqs)]
@@ -267,17 +267,18 @@ class _CompletionBuild:
                 return
             for d in item:
                 if d.text or d.finish_reason or d.tokens:
-                    yield P.completion_chunk(rid, model, created, d, self.logprobs, before[d.index])
+                    yield P.completion_chunk(rid, model, created, d, self.logprobs, before[d.index], self.as_ids)
         if include_usage:
             yield P.usage_chunk(rid, "text_completion", model, created, ereq.prompt_tokens, ereq.completion_tokens)
 
 
 class _ChatBuild:
-    def __init__(self, logprobs: bool):
-        self.logprobs = logprobs
+    def __init__(self, logprobs: bool, as_ids: bool):
+        self.logprobs, self.as_ids = logprobs, as_ids
 
     def body(self, rid, model, created, choices, ereq):
-        return P.chat_body(rid, model, created, choices, self.logprobs, ereq.prompt_tokens, ereq.completion_tokens)
+        return P.chat_body(rid, model, created, choices, self.logprobs, ereq.prompt_tokens, ereq.completion_tokens,
+                           self.as_ids)
 
     async def stream(self, rid, model, created, ereq, include_usage):
         for i in range(ereq.n_seqs):  # OpenAI sends the role first, in a chunk of its own
@@ -292,7 +293,7 @@ class _ChatBuild:
                 yield e
                 return
             for d in item:
-                lp = P.chat_logprobs(d.tokens) if self.logprobs else None
+                lp = P.chat_logprobs(d.tokens, self.as_ids) if self.logprobs else None
                 if d.text or d.tokens:
                     yield P.chat_chunk(rid, model, created, d.index, {"content": d.text}, None, lp)
                 if d.finish_reason:

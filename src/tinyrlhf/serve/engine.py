@@ -61,7 +61,7 @@ class TokenInfo:
     id: int
     text: str
     logprob: float
-    top: list[tuple[str, float]]
+    top: list[tuple[int, str, float]]  # (id, text, log-prob) of the most likely tokens
 
 
 @dataclass
@@ -311,5 +311,5 @@ class Engine:
         if p.logprobs:
             z = row_logits / p.temperature if p.temperature > 0 else row_logits
             values, ids = z.log_softmax(-1).topk(p.logprobs)
-            top = [(self.tokenizer.decode([j]), v) for j, v in zip(ids.tolist(), values.tolist())]
+            top = [(j, self.tokenizer.decode([j]), v) for j, v in zip(ids.tolist(), values.tolist())]
         return TokenInfo(tok, self.tokenizer.decode([tok]), logp, top)

@@ -50,6 +50,7 @@ class _Common(_Strict):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     ignore_eos: bool = False
+    return_tokens_as_token_ids: bool = False
 
 
 class CompletionRequest(_Common):
@@ -183,50 +184,57 @@ class ChoiceState:
         self.finish_reason = d.finish_reason or self.finish_reason
 
 
-def completion_logprobs(tokens, offset: int = 0) -> dict:
+def _name(token_id: int, text: str, as_ids: bool) -> str:
+    """A token as the client sees it: its text, or "token_id:ID" (`return_tokens_as_token_ids`, as in vLLM:
+    a token holding part of a UTF-8 character decodes to U+FFFD, which does not say which token it was)."""
+    return f"token_id:{token_id}" if as_ids else text
+
+
+def completion_logprobs(tokens, offset: int = 0, as_ids: bool = False) -> dict:
     """Legacy completions log-probs: parallel lists, text_offset counted in characters from the text start."""
     out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     for t in tokens:
-        out["tokens"].append(t.text)
+        out["tokens"].append(_name(t.id, t.text, as_ids))
         out["token_logprobs"].append(t.logprob)
-        out["top_logprobs"].append(dict(t.top))
+        out["top_logprobs"].append({_name(i, s, as_ids): v for i, s, v in t.top})
         out["text_offset"].append(offset)
         offset += len(t.text)
     return out
 
 
-def chat_logprobs(tokens) -> dict:
-    def entry(text, lp):
-        return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
-    return {"content": [entry(t.text, t.logprob) | {"top_logprobs": [entry(s, v) for s, v in t.top]}
+def chat_logprobs(tokens, as_ids: bool = False) -> dict:
+    def entry(token_id, text, lp):
+        return {"token": _name(token_id, text, as_ids), "logprob": lp, "bytes": list(text.encode("utf-8"))}
+    return {"content": [entry(t.id, t.text, t.logprob) | {"top_logprobs": [entry(*top) for top in t.top]}
                         for t in tokens]}
 
 
 def completion_body(rid: str, model: str, created: int, choices: list[ChoiceState], want_logprobs: bool,
-                    prompt_tokens: int, completion_tokens: int) -> dict:
+                    prompt_tokens: int, completion_tokens: int, as_ids: bool = False) -> dict:
     return {"id": rid, "object": "text_completion", "created": created, "model": model,
             "system_fingerprint": None,
             "choices": [{"index": i, "text": c.text, "finish_reason": c.finish_reason,
-                         "logprobs": completion_logprobs(c.tokens) if want_logprobs else None}
+                         "logprobs": completion_logprobs(c.tokens, 0, as_ids) if want_logprobs else None}
                         for i, c in enumerate(choices)],
             "usage": usage(prompt_tokens, completion_tokens)}
 
 
 def chat_body(rid: str, model: str, created: int, choices: list[ChoiceState], want_logprobs: bool,
-              prompt_tokens: int, completion_tokens: int) -> dict:
+              prompt_tokens: int, completion_tokens: int, as_ids: bool = False) -> dict:
     return {"id": rid, "object": "chat.completion", "created": created, "model": model,
             "system_fingerprint": None,
             "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
                          "finish_reason": c.finish_reason,
-                         "logprobs": chat_logprobs(c.tokens) if want_logprobs else None}
+                         "logprobs": chat_logprobs(c.tokens, as_ids) if want_logprobs else None}
                         for i, c in enumerate(choices)],
             "usage": usage(prompt_tokens, completion_tokens)}
 
 
-def completion_chunk(rid: str, model: str, created: int, d: Delta, want_logprobs: bool, offset: int) -> dict:
+def completion_chunk(rid: str, model: str, created: int, d: Delta, want_logprobs: bool, offset: int,
+                     as_ids: bool = False) -> dict:
     return {"id": rid, "object": "text_completion", "created": created, "model": model,
             "choices": [{"index": d.index, "text": d.text, "finish_reason": d.finish_reason,
-                         "logprobs": completion_logprobs(d.tokens, offset) if want_logprobs else None}]}
+                         "logprobs": completion_logprobs(d.tokens, offset, as_ids) if want_logprobs else None}]}
 
 
 def chat_chunk(rid: str, model: str, created: int, index: int, delta: dict, finish_reason: str | None = None,
