@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 
+import pytest
 import torch
 
 from tinyrlhf.config import ModelConfig
@@ -44,6 +45,16 @@ def html_model_dir(path) -> str:
     model.lm_head = head
     save_hf(model, tok, str(path))
     return str(path)
+
+
+@pytest.fixture(scope="module", autouse=False)
+def one_thread():
+    """torch on one thread for the module, restored after: on a CPU shared with other jobs, a tiny model's
+    decoding steps were 10x slower with 2 intra-op threads (the pool spins waiting for a busy core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def free_port() -> int:

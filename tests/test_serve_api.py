@@ -12,10 +12,14 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve_util import html_model_dir, make_app, running, tiny_model_dir
+from serve_util import one_thread  # noqa: F401 (the module's pytestmark fixture)
 from tinyrlhf.models import load_tokenizer
 from tinyrlhf.serve.loader import load_causal_lm
 
 PROMPTS = ["- Cal(m): Ann(f), Bob(m)\nQ: siblings of Cal?\nA:", "hello", "the quick brown fox jumps over the"]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

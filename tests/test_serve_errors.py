@@ -10,8 +10,12 @@ import httpx
 import pytest
 
 from serve_util import make_app, running, tiny_model_dir, wait_until
+from serve_util import one_thread  # noqa: F401 (the module's pytestmark fixture)
 
 LONG = "the quick brown fox jumps over the lazy dog " * 40  # far more than 256 tokens
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
