@@ -66,6 +66,7 @@ async function send(text) {
   const reply = document.createTextNode("");
   out.append(reply);
   controller = new AbortController();
+  let finish = null;
   setBusy(true);
   try {
     const res = await fetch("/v1/chat/completions", {
@@ -85,12 +86,13 @@ async function send(text) {
       if (chunk.error) throw new Error(chunk.error.message);
       for (const choice of chunk.choices) {
         if (choice.delta && choice.delta.content) reply.appendData(choice.delta.content);
-        if (choice.finish_reason) $("status").textContent = "finished: " + choice.finish_reason;
+        if (choice.finish_reason) finish = choice.finish_reason;
       }
     }
     history.push({role: "assistant", content: reply.data});
     out.parentElement.dataset.done = "true";
     setBusy(false);
+    $("status").textContent = "finished: " + finish;
   } catch (e) {
     setBusy(false);
     if (e.name === "AbortError") {
