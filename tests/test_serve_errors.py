@@ -174,3 +174,4 @@ def test_timeout_answers_504_plain_and_as_stream_event(model_dir):
         assert data[-1] == "[DONE]" and '"code": "timeout"' in data[-2]
         assert engine.generated_tokens < 2 * 250
         wait_until(lambda: engine.running == 0)
+        assert 'tinyrlhf_requests_timed_out_total{model="tiny"} 2.0' in httpx.get(url + "/metrics").text

@@ -104,7 +104,6 @@ class Request:
 class Sequence:
     request: Request
     index: int
-    prompt: list[int]
     text: TextStream
     generator: torch.Generator
     generated: int = 0
@@ -231,7 +230,7 @@ class Engine:
                 for k in range(req.n):
                     index = p_idx * req.n + k
                     gen = torch.Generator().manual_seed((req.seed + 0x9E3779B97F4A7C15 * index) % 2**63)
-                    rows.append(Sequence(req, index, prompt, TextStream(self.tokenizer, req.params.stop), gen))
+                    rows.append(Sequence(req, index, TextStream(self.tokenizer, req.params.stop), gen))
                     expand.append(len(prompts) - 1)
         self.batch.join(rows, prompts, self.pad_id, expand=expand)
 
@@ -256,12 +255,13 @@ class Engine:
                 else torch.zeros(len(idx))
             tok, lp = _sample(logits[idx], u, temperature, 0, top_p)
             tokens[idx], logps[idx] = tok, lp
-        self.steps += 1
-        self.batch_sizes[len(live)] += 1
-        self._recent.append((time.monotonic(), len(live)))
-        while self._recent and self._recent[0][0] < time.monotonic() - 30:
-            self._recent.popleft()
-        self.generated_tokens += len(live)
+        if live:
+            self.steps += 1
+            self.batch_sizes[len(live)] += 1
+            self._recent.append((time.monotonic(), len(live)))
+            while self._recent[0][0] < time.monotonic() - 30:
+                self._recent.popleft()
+            self.generated_tokens += len(live)
         # 3. Text, stop checks and log-probs per row; then one message per request.
         token_list, keep = tokens.tolist(), []
         for i in live:
@@ -281,30 +281,32 @@ class Engine:
             s.pending.append(Delta(s.index, delta, info, s.finish_reason))
             if s.finish_reason is None:
                 keep.append(i)
-        self._flush(rows, now)
+        self._flush(rows)
         # 4. Finished rows leave; the others feed their token.
         self.batch.keep(keep)
         if keep:
             self.batch.step(tokens[keep])
 
-    def _flush(self, rows, now):
-        by_request = collections.defaultdict(list)
+    def _flush(self, rows):
+        """One message per request: its rows' Deltas, or the error that ended it (a cancelled one gets none)."""
+        now, by_request, ended = time.monotonic(), {}, {}
         for s in rows:
-            if s.pending:
-                by_request[s.request].extend(s.pending)
-                s.pending = []
-            elif s.finish_reason == "timeout":
-                by_request[s.request].append(("error", 504, "the request timed out while generating"))
+            by_request.setdefault(s.request, []).extend(s.pending)
+            s.pending = []
+            if s.finish_reason in ("timeout", "cancelled"):
+                ended[s.request] = s.finish_reason
+        tokens = 0
         for req, items in by_request.items():
-            if req.first_token_at is None and any(isinstance(d, Delta) for d in items):
-                req.first_token_at = now
-            errors = [d for d in items if not isinstance(d, Delta)]
-            req.emit(errors[0] if errors else items)
+            if ended.get(req) == "timeout":
+                req.emit(("error", 504, "the request timed out while generating"))
+            elif items and req not in ended:
+                req.first_token_at = req.first_token_at or now
+                req.emit(items)
+            tokens += len(items)
         if self.metrics:
-            self.metrics.step(self.name, sum(isinstance(d, Delta) for v in by_request.values() for d in v))
-            for req in {id(s.request): s.request for s in rows if s.finish_reason == "cancelled"}.values():
-                if all(s.finish_reason is not None for s in rows if s.request is req):
-                    self.metrics.cancelled(self.name)
+            self.metrics.step(self.name, tokens)
+            for reason in ended.values():
+                (self.metrics.timed_out if reason == "timeout" else self.metrics.cancelled)(self.name)
 
     def _token_info(self, row_logits, tok: int, logp: float, p: SamplingParams) -> TokenInfo:
         top = []
