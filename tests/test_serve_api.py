@@ -16,6 +16,8 @@ from serve_util import one_thread  # noqa: F401 (the module's pytestmark fixture
 from tinyrlhf.models import load_tokenizer
 from tinyrlhf.serve.loader import load_causal_lm
 
+TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
 PROMPTS = ["- Cal(m): Ann(f), Bob(m)\nQ: siblings of Cal?\nA:", "hello", "the quick brown fox jumps over the"]
 
 
@@ -25,7 +27,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    paths = {"tiny": tiny_model_dir(root / "tiny"), "html": html_model_dir(root / "html")}
+    paths = {"tiny": tiny_model_dir(root / "tiny"), "html": html_model_dir(root / "html"),
+             "templated": tiny_model_dir(root / "templated")}
+    tok = load_tokenizer(paths["templated"])
+    tok.chat_template = TEMPLATE
+    tok.save_pretrained(paths["templated"])
     app = make_app(paths, max_batch=8, queue_size=8)
     with running(app) as url:
         yield url, app, paths
@@ -51,7 +57,8 @@ def test_models_health_and_page(server):
     url, _, _ = server
     models = httpx.get(url + "/v1/models").json()
     assert models["object"] == "list"
-    assert [m["id"] for m in models["data"]] == ["tiny", "html"]
+    assert [m["id"] for m in models["data"]] == ["tiny", "html", "templated"]
+    assert [m["chat_template"] for m in models["data"]][1:] == [models["data"][0]["chat_template"], "tokenizer"]
     card = httpx.get(url + "/v1/models/tiny").json()
     assert card["object"] == "model" and card["max_model_len"] == 256 and card["quantize"] == "none"
     assert httpx.get(url + "/health").json()["status"] == "ok"
@@ -164,11 +171,23 @@ def test_streamed_chat_chunks(server):
     assert completion["choices"][0]["text"] == text
 
 
+def test_chat_uses_the_tokenizers_chat_template(server):
+    url, _, _ = server
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
+    chat = post(url, "/v1/chat/completions", model="templated", messages=messages, max_tokens=6, seed=4,
+                ignore_eos=True).json()
+    rendered = "<system> Be brief.\n<user> hello\n<assistant>"
+    completion = post(url, "/v1/completions", model="templated", prompt=rendered, max_tokens=6, seed=4,
+                      ignore_eos=True).json()
+    assert chat["choices"][0]["message"]["content"] == completion["choices"][0]["text"]
+    assert chat["usage"]["prompt_tokens"] == completion["usage"]["prompt_tokens"]
+
+
 def test_openai_client_unchanged(server):
     openai = pytest.importorskip("openai")  # a test dependency ([test] extra): always installed by make setup
     url, _, _ = server
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-    assert [m.id for m in client.models.list()] == ["tiny", "html"]
+    assert [m.id for m in client.models.list()] == ["tiny", "html", "templated"]
     c = client.completions.create(model="tiny", prompt=PROMPTS[1], max_tokens=5, seed=11, logprobs=2)
     assert c.usage.completion_tokens <= 5 and c.choices[0].logprobs is not None
     streamed = "".join(ch.choices[0].text for ch in client.completions.create(
