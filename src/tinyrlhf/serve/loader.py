@@ -82,6 +82,16 @@ def weight_bytes(model) -> int:
     return total
 
 
+def contiguous_head_input(model):
+    """Make the LM head's input contiguous. transformers passes it `hidden[:, -1:, :]` (logits_to_keep=1), a
+    strided view; for a (B, 1, H) view in bf16 PyTorch's CPU matmul then takes a batched path that first
+    copies the (V, H) weight B times: measured for gpt2-small, 32 prompts of 16 tokens, one thread: a 20.9 s
+    prefill, 18.7 s of it in that copy; 0.7 s with the input made contiguous (a (B, H) copy)."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+
+
 def load_served_model(name: str, path: str, quantize_mode: str = "none") -> LoadedModel:
     model_dir = resolve_model_dir(path)
     model = load_causal_lm(model_dir)
@@ -91,5 +101,6 @@ def load_served_model(name: str, path: str, quantize_mode: str = "none") -> Load
     model.eval().requires_grad_(False)
     set_attention(model, "tinyrlhf")  # CPU: batched-matmul attention for short inputs (tinyrlhf/attention.py)
     model = quantize(model, quantize_mode)
+    contiguous_head_input(model)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, context=_context(model),
                        quantize=quantize_mode, weight_bytes=weight_bytes(model))
