@@ -131,9 +131,10 @@ class Server:
                 time.sleep(0.5)
         raise RuntimeError(f"server did not start in {timeout} s; see {self.log_path}")
 
-    def peak_rss_mib(self) -> float:
+    def rss_mib(self, key: str = "VmHWM") -> float:
+        """VmHWM: the peak resident set so far (loading included); VmRSS: now."""
         with open(f"/proc/{self.proc.pid}/status") as f:
-            return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
+            return int(re.search(rf"{key}:\s+(\d+)", f.read()).group(1)) / 1024
 
     def weight_mib(self, name: str) -> float | None:
         with open(self.log_path) as f:
@@ -163,7 +164,7 @@ async def _one(client, url, body) -> dict:
                 chunk = json.loads(line[6:])
                 if chunk.get("error"):
                     err = chunk["error"]["message"]
-                if ttft is None and chunk.get("choices") and chunk["choices"][0].get("text"):
+                if ttft is None and chunk.get("choices"):  # the first token (logprobs=0: one chunk per token)
                     ttft = time.perf_counter() - t0
                 if chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
@@ -180,8 +181,10 @@ async def _load(url: str, model: str, prompts: list[str], clients: int, requests
 
     async def client_loop(c, client):
         for r in range(requests):
+            # logprobs=0: ours then sends a chunk for every token, even one whose text is held back (a random
+            # model's byte tokens are often incomplete UTF-8), so time-to-first-token means the same for both
             body = {"model": model, "prompt": prompts[(c + r) % len(prompts)], "max_tokens": max_tokens,
-                    "temperature": 1.0, "seed": 1000 * c + r, "ignore_eos": True,
+                    "temperature": 1.0, "seed": 1000 * c + r, "ignore_eos": True, "logprobs": 0,
                     "stream_options": {"include_usage": True}}
             results.append(await _one(client, url, body))
 
@@ -243,7 +246,7 @@ def train_sft(work: str) -> str:
 
 def fmt_row(name, r, rss):
     return (f"{name:10s} {r['tokens_per_s']:9.1f} {r['p50']:8.2f} {r['p95']:8.2f} {r['ttft_p50']:9.2f} "
-            f"{r['ttft_p95']:9.2f} {r['errors']:4d}/{r['requests']:<4d} {rss:8.0f}")
+            f"{r['ttft_p95']:9.2f} {r['errors']:4d}/{r['requests']:<4d} {rss[0]:7.0f} {rss[1]:7.0f}")
 
 
 def main(argv=None) -> int:
@@ -290,8 +293,9 @@ def main(argv=None) -> int:
     base = Server([sys.executable, __file__, "--baseline-server", small] + threads, f"{work}/baseline.log", a.threads)
     try:
         base.wait()
+        idle = base.rss_mib("VmRSS")
         results["baseline"] = (asyncio.run(_load(base.url, "small", prompts, clients, requests, max_tokens)),
-                               base.peak_rss_mib())
+                               (idle, base.rss_mib()))
     finally:
         base.stop()
     quant = {}
@@ -301,17 +305,18 @@ def main(argv=None) -> int:
                      a.threads)
         try:
             srv.wait()
+            idle = srv.rss_mib("VmRSS")
             if mode == "none":
                 results["ours"] = (asyncio.run(_load(srv.url, "small", prompts, clients, requests, max_tokens)),
-                                   srv.peak_rss_mib())
+                                   (idle, srv.rss_mib()))
             speed = asyncio.run(_load(srv.url, "small", prompts, clients, light, max_tokens))
             gold = {t: asyncio.run(_gold(srv.url, "sft", task, gold_prompts, t, 24)) for t in (1.0, 0.0)}
-            quant[mode] = (speed, srv.peak_rss_mib(), srv.weight_mib("small"), gold)
+            quant[mode] = (speed, (idle, srv.rss_mib()), srv.weight_mib("small"), gold)
         finally:
             srv.stop()
 
     print(f"\n{'server':10s} {'tokens/s':>9s} {'p50 s':>8s} {'p95 s':>8s} {'ttft p50':>9s} {'ttft p95':>9s} "
-          f"{'errors':>9s} {'RSS MiB':>8s}")
+          f"{'errors':>9s} {'RSS MiB idle / peak':>15s}")
     for name, (r, rss) in results.items():
         print(fmt_row(name, r, rss))
     (b, _), (o, _) = results["baseline"], results["ours"]
@@ -325,7 +330,7 @@ def main(argv=None) -> int:
     from tinyrlhf.eval.metrics import paired_bootstrap_ci
     print(f"\n2. quantisation: {preset} speed ({clients} clients x {light} requests), family_tree SFT gold on "
           f"{n_gold} eval prompts (max_tokens 24), change vs fp32 with a paired bootstrap 95% CI")
-    print(f"{'quantize':9s} {'tokens/s':>9s} {'p50 s':>7s} {'RSS MiB':>8s} {'weights':>8s} {'gold T=1':>9s} "
+    print(f"{'quantize':9s} {'tokens/s':>9s} {'p50 s':>7s} {'RSS idle':>8s} {'peak':>6s} {'weights':>8s} {'gold T=1':>9s} "
           f"{'Δ [95% CI]':>24s}     {'gold T=0':>9s} {'Δ [95% CI]':>24s}")
     ref = quant["none"][3]
     for mode, (r, rss, wmib, gold) in quant.items():
@@ -334,8 +339,10 @@ def main(argv=None) -> int:
             d, lo, hi = paired_bootstrap_ci(gold[t], ref[t])
             cells.append(f"{statistics.mean(gold[t]):9.3f} {d:+7.3f} [{lo:+.3f},{hi:+.3f}]" + (
                 " " * 4 if mode == "none" else (" *  " if lo > 0 or hi < 0 else "    ")))
-        print(f"{mode:9s} {r['tokens_per_s']:9.1f} {r['p50']:7.2f} {rss:8.0f} {wmib or 0:8.1f} {cells[0]} {cells[1]}")
-    print("(* = the CI excludes 0; weights = MiB the model's tensors take after quantisation)")
+        print(f"{mode:9s} {r['tokens_per_s']:9.1f} {r['p50']:7.2f} {rss[0]:8.0f} {rss[1]:6.0f} {wmib or 0:8.1f} "
+              f"{cells[0]} {cells[1]}")
+    print("(* = the CI excludes 0; RSS in MiB of the whole server process, which also serves the SFT model: idle = "
+          "after loading, peak = the most it held, loading included; weights = MiB of gpt2-small's tensors)")
     ok = o["errors"] == 0 and b["errors"] == 0 and all(q[0]["errors"] == 0 for q in quant.values())
     return 0 if ok else 1
 

@@ -217,6 +217,7 @@ def test_metrics_count_requests_tokens_and_latency(server):
         return after.get(key, 0) - before.get(key, 0)
 
     assert delta("tinyrlhf_requests_total", model="tiny", endpoint="completions", status="200") == 3
+    assert delta("tinyrlhf_requests_total", model="(unknown)", endpoint="completions", status="404") == 1
     assert delta("tinyrlhf_generation_tokens_total", model="tiny") == sum(a["usage"]["completion_tokens"]
                                                                         for a in answers)
     assert delta("tinyrlhf_prompt_tokens_total", model="tiny") == sum(a["usage"]["prompt_tokens"] for a in answers)

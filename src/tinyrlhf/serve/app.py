@@ -56,8 +56,13 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
     app.state.engines, app.state.metrics, app.state.models = engines, metrics, served
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    endpoints = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
+
     @app.exception_handler(P.APIError)
     async def _api_error(request: Request, e: P.APIError):
+        if request.url.path in endpoints:  # rejected requests count too; an unknown model's name is not a label
+            model = getattr(request.state, "model", "(unknown)")
+            metrics.requests.labels(model, endpoints[request.url.path], str(e.status)).inc()
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -75,10 +80,12 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
         return {"id": m.name, "object": "model", "created": created, "owned_by": "tinyrlhf",
                 "max_model_len": m.context, "quantize": m.quantize, "chat_template": template_name(m.tokenizer)}
 
-    def lookup(name: str) -> LoadedModel:
+    def lookup(name: str, request: Request | None = None) -> LoadedModel:
         if name not in served:
             raise P.APIError(404, f"the model '{name}' does not exist; served: {', '.join(served)}", param="model",
                              code="model_not_found")
+        if request is not None:
+            request.state.model = name
         return served[name]
 
     async def body_of(request: Request):
@@ -124,7 +131,7 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
         metrics.prompt_tokens.labels(m.name).inc(ereq.prompt_tokens)
         rid, created_at = P.new_id("chatcmpl" if endpoint == "chat" else "cmpl"), P.now()
 
-        def done(status: int):
+        def done(status: int):  # errors raised as APIError are counted by their handler
             metrics.requests.labels(m.name, endpoint, str(status)).inc()
             if status == 200:
                 metrics.latency.labels(m.name, endpoint).observe(time.monotonic() - ereq.arrival)
@@ -136,9 +143,6 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
             return EventSourceResponse(_guarded(events, engine, ereq, done), ping=15)
         try:
             choices = await _collect(request, engine, ereq)
-        except P.APIError as e:
-            done(e.status)
-            raise
         except ClientGone:
             done(499)
             return Response(status_code=499)
@@ -148,20 +152,20 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = P.parse(P.CompletionRequest, await body_of(request))
-        m = lookup(req.model)
+        m = lookup(req.model, request)
         if req.echo:
             raise P.APIError(400, "'echo': not supported by this server", param="echo", code="unsupported")
         if req.suffix:
             raise P.APIError(400, "'suffix': not supported by this server", param="suffix", code="unsupported")
         if req.logprobs is not None and not 0 <= req.logprobs <= 5:
-            P._bad("logprobs", f"must be between 0 and 5, got {req.logprobs}")
+            P.bad_value("logprobs", f"must be between 0 and 5, got {req.logprobs}")
         prompts = completion_prompts(m.tokenizer, req.prompt, len(m.tokenizer))
         max_tokens = 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default for completions
         P.check_lengths(prompts, max_tokens, m.context, "prompt")
         params = P.sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs)
         n = P.check_n(req, len(prompts), cfg.max_batch)
         if req.best_of not in (None, n):
-            P._bad("best_of", "only best_of = n is supported")
+            P.bad_value("best_of", "only best_of = n is supported")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return await run(request, "completions", m, prompts, params, n, bool(req.stream), include_usage,
                          _CompletionBuild(req.logprobs is not None, req.return_tokens_as_token_ids))
@@ -169,16 +173,16 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = P.parse(P.ChatRequest, await body_of(request))
-        m = lookup(req.model)
+        m = lookup(req.model, request)
         prompts = [encode(m.tokenizer, render_chat(m.tokenizer, req.messages))]
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         P.check_lengths(prompts, max_tokens, m.context, "messages")
         if max_tokens is None:  # OpenAI's default: as many as the context leaves
             max_tokens = m.context - len(prompts[0])
         if req.top_logprobs is not None and not 0 <= req.top_logprobs <= 20:
-            P._bad("top_logprobs", f"must be between 0 and 20, got {req.top_logprobs}")
+            P.bad_value("top_logprobs", f"must be between 0 and 20, got {req.top_logprobs}")
         if req.top_logprobs and not req.logprobs:
-            P._bad("top_logprobs", "needs logprobs: true")
+            P.bad_value("top_logprobs", "needs logprobs: true")
         params = P.sampling_params(req, max_tokens=max_tokens, logprobs=(req.top_logprobs or 0) if req.logprobs else None)
         n = P.check_n(req, 1, cfg.max_batch)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

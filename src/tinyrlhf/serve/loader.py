@@ -92,6 +92,28 @@ def contiguous_head_input(model):
         head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
 
 
+def own_memory(model):
+    """Copy every parameter and buffer into memory of its own. transformers maps the safetensors file
+    (privately); while any tensor still points into that mapping (an int8 layer's fp32 bias is enough),
+    every page of the file read while loading stays resident: measured for int8 gpt2-small, 1250 MiB RSS
+    after loading with the mapping kept."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        t.data = t.data.clone()
+
+
+def release_freed_memory():
+    """Hand what loading freed back to the OS (glibc keeps freed blocks in its arenas unless asked)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def load_served_model(name: str, path: str, quantize_mode: str = "none") -> LoadedModel:
     model_dir = resolve_model_dir(path)
     model = load_causal_lm(model_dir)
@@ -100,7 +122,9 @@ def load_served_model(name: str, path: str, quantize_mode: str = "none") -> Load
         raise ConfigError(f"model '{path}': its tokenizer has no eos token")
     model.eval().requires_grad_(False)
     set_attention(model, "tinyrlhf")  # CPU: batched-matmul attention for short inputs (tinyrlhf/attention.py)
+    own_memory(model)
     model = quantize(model, quantize_mode)
     contiguous_head_input(model)
+    release_freed_memory()
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, context=_context(model),
                        quantize=quantize_mode, weight_bytes=weight_bytes(model))

@@ -113,7 +113,7 @@ def parse(cls, body: Any):
                        code="invalid_type") from None
 
 
-def _bad(param: str, message: str):
+def bad_value(param: str, message: str):
     raise APIError(400, f"'{param}': {message}", param=param, code="invalid_value")
 
 
@@ -122,17 +122,17 @@ def sampling_params(req: _Common, *, max_tokens: int, logprobs: int | None) -> S
     temperature = 1.0 if req.temperature is None else req.temperature
     top_p = 1.0 if req.top_p is None else req.top_p
     if not 0 <= temperature <= 2:
-        _bad("temperature", f"must be between 0 and 2, got {temperature}")
+        bad_value("temperature", f"must be between 0 and 2, got {temperature}")
     if not 0 <= top_p <= 1:
-        _bad("top_p", f"must be between 0 and 1, got {top_p}")
+        bad_value("top_p", f"must be between 0 and 1, got {top_p}")
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(req, name) not in (None, 0):
-            _bad(name, "is not supported by this server (only 0)")
+            bad_value(name, "is not supported by this server (only 0)")
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if len(stop) > MAX_STOP:
-        _bad("stop", f"at most {MAX_STOP} stop sequences, got {len(stop)}")
+        bad_value("stop", f"at most {MAX_STOP} stop sequences, got {len(stop)}")
     if any(s == "" for s in stop):
-        _bad("stop", "stop sequences must be non-empty strings")
+        bad_value("stop", "stop sequences must be non-empty strings")
     return SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), stop=stop,
                           seed=req.seed, logprobs=logprobs, ignore_eos=req.ignore_eos)
 
@@ -140,16 +140,16 @@ def sampling_params(req: _Common, *, max_tokens: int, logprobs: int | None) -> S
 def check_n(req: _Common, n_prompts: int, max_batch: int) -> int:
     n = 1 if req.n is None else req.n
     if not 1 <= n <= MAX_N:
-        _bad("n", f"must be between 1 and {MAX_N}, got {n}")
+        bad_value("n", f"must be between 1 and {MAX_N}, got {n}")
     if n * n_prompts > max_batch:
-        _bad("n", f"n x prompts = {n * n_prompts} sequences exceeds this server's batch size ({max_batch})")
+        bad_value("n", f"n x prompts = {n * n_prompts} sequences exceeds this server's batch size ({max_batch})")
     return n
 
 
 def check_lengths(prompts: list[list[int]], max_tokens: int | None, context: int, param: str) -> None:
     """Every prompt plus max_tokens must fit the model's context (OpenAI's context_length_exceeded)."""
     if max_tokens is not None and max_tokens < 1:
-        _bad("max_tokens", f"must be at least 1, got {max_tokens}")
+        bad_value("max_tokens", f"must be at least 1, got {max_tokens}")
     longest = max(len(p) for p in prompts)
     if longest >= context:
         raise APIError(400, f"this model's maximum context length is {context} tokens, but the {param} has "

@@ -24,21 +24,23 @@ from ..errors import ConfigError
 
 
 def conv1d_to_linear(model: nn.Module) -> int:
-    """Replace every transformers Conv1D by an equal nn.Linear, in place. Returns how many were replaced."""
+    """Replace every transformers Conv1D by an equal nn.Linear, in place, one at a time (so at most one
+    layer's weight exists twice). Returns how many were replaced."""
     from transformers.pytorch_utils import Conv1D
 
-    n = 0
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, Conv1D):
-                in_f, out_f = child.weight.shape
-                lin = nn.Linear(in_f, out_f, bias=child.bias is not None, dtype=child.weight.dtype)
-                lin.weight.data = child.weight.data.t().contiguous()
-                if child.bias is not None:
-                    lin.bias.data = child.bias.data
-                setattr(parent, child_name, lin)
-                n += 1
-    return n
+    names = [name for name, m in model.named_modules() if isinstance(m, Conv1D)]
+    for name in names:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        child = getattr(parent, child_name)
+        in_f, out_f = child.weight.shape
+        lin = nn.Linear(in_f, out_f, bias=child.bias is not None, device="meta")
+        lin.weight = nn.Parameter(child.weight.detach().t().contiguous(), requires_grad=False)
+        if child.bias is not None:
+            lin.bias = nn.Parameter(child.bias.detach(), requires_grad=False)
+        setattr(parent, child_name, lin)
+        del child
+    return len(names)
 
 
 def _int8(model: nn.Module) -> nn.Module:
