@@ -257,6 +257,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=None)
     ap.add_argument("--sft", default="", help="a trained family_tree SFT run or model dir (default: train one)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each server (0 = torch default)")
+    ap.add_argument("--modes", default="none,int8,bf16", help="--quantize modes to compare (none is always run)")
     ap.add_argument("--workdir", default="")
     ap.add_argument("--baseline-server", default="", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -299,7 +300,8 @@ def main(argv=None) -> int:
     finally:
         base.stop()
     quant = {}
-    for mode in ("none", "int8", "bf16"):
+    modes = ["none"] + [m for m in a.modes.split(",") if m and m != "none"]
+    for mode in modes:
         srv = Server([sys.executable, "-m", "tinyrlhf", "serve", "--name", f"small={small}", "--name", f"sft={sft}",
                       "--quantize", mode, "--max-batch", str(max(32, clients))] + threads, f"{work}/ours-{mode}.log",
                      a.threads)
