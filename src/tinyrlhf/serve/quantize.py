@@ -2,12 +2,15 @@
 
 int8: `torch.ao.quantization.quantize_dynamic` stores each linear weight as int8 with one scale per output
 channel and quantises the activations per batch at run time, so the matmul itself runs in int8 (fbgemm's
-VNNI kernels on x86). No calibration data. Measured on this 2-core CPU (768 x 3072 x 768 MLP, one thread,
-batch 1 / 32): fp32 5.5 / 14.1 ms, torch.ao dynamic int8 0.5 / 2.9 ms, torchao's `Int8WeightOnlyConfig`
-7.1 / 20.2 ms (it dequantises the weight on every call; slower than fp32 here), bf16 4.7 / 5.7 ms. PyTorch
-marks torch.ao.quantization deprecated in favour of torchao, but torchao has no faster CPU int8 path here,
-and installing it makes every `import transformers` import it too (half a second, and warnings about its
-GPU kernels), so it is not a dependency; a PyTorch without quantize_dynamic gets a one-line error.
+VNNI kernels on x86). No calibration data. In benchmarks/bench_serve.py (gpt2-small, 32 clients, one
+thread) it generates 3.3x the tokens/s of fp32 (bf16: 1.9x). PyTorch marks torch.ao.quantization
+deprecated in favour of torchao, but torchao's `Int8WeightOnlyConfig` dequantises the weight on every call
+and was slower than fp32 here (one microbenchmark of a 768 x 3072 x 768 MLP on a busy machine, one
+thread: 7.1 vs 5.5 ms at batch 1, 20.2 vs 14.1 ms at batch 32, where torch.ao took 0.5 and 2.9 ms), and
+installing torchao makes every `import transformers` import it too (half a second, and warnings about
+its GPU kernels), so it is not a dependency; a PyTorch without quantize_dynamic gets a one-line error.
+Its activation scale is computed over the whole batch, so a row's int8 result depends a little on its
+neighbours: with int8, a seeded request's text can change with what shares its batch.
 GPT-2 writes its projections as transformers' `Conv1D` (y = x W + b, W stored (in, out)), which the
 quantiser does not recognise, so they become `nn.Linear` (W transposed) first: the same function. The
 LM head (tied to the token embeddings) is quantised too: it is a third of a gpt2-small forward; it gets an
