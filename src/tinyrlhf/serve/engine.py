@@ -9,7 +9,8 @@ next step instead of waiting for a whole batch to finish, and leaves the moment 
 
 Sampling reuses the rollout engine's inverse-CDF sampler (`rollout._sample`) with one uniform per row per
 step drawn from that sequence's own generator, seeded from (request seed, choice index): the same seed gives
-the same text whatever else shares the batch. Forwards run in this thread (torch releases the GIL), so
+the same text whatever else shares the batch (fp32 and bf16, up to float rounding of different batch
+shapes; not int8, whose activation scale is taken over the batch: see quantize.py). Forwards run in this thread (torch releases the GIL), so
 the asyncio event loop keeps serving HTTP; results go back with `loop.call_soon_threadsafe`.
 """
 from __future__ import annotations
