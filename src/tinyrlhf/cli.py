@@ -9,6 +9,7 @@
     tinyrlhf rloo|grpo|online-dpo --config configs/family_tree/X.yaml reward=gold
     tinyrlhf eval runs/ft/dpo --prompts my_prompts.jsonl --reward runs/ft/reward
     tinyrlhf export runs/ft/dpo --out exported/dpo --merge
+    tinyrlhf serve runs/family_tree/sft runs/family_tree/dpo --port 8000 --quantize int8
 
 User errors (bad data, config, paths) print one line `error: ...` and exit 2, without a traceback.
 """
@@ -192,6 +193,20 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from .serve.config import EngineConfig, ServeConfig, parse_model_specs
+    from .serve.server import serve
+
+    if args.overrides:
+        raise TinyRLHFError(f"serve takes no key=value overrides, got {' '.join(args.overrides)} (name a model "
+                            "with --name NAME=PATH)")
+    engine = EngineConfig(max_batch=args.max_batch, queue_size=args.queue_size, timeout_s=args.timeout,
+                          quantize=args.quantize, threads=args.threads)
+    cfg = ServeConfig(models=parse_model_specs(args.models + args.name), host=args.host, port=args.port,
+                      engine=engine)
+    return serve(cfg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyrlhf", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -254,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="STAGE.key=value for one stage (sft.train.max_steps=600, "
                    "ppo.kl.target=2) or key=value for every training stage (train.threads=1)")
     p.set_defaults(func=_cmd_compare)
+    p = sub.add_parser("serve", help="OpenAI-compatible server (batched CPU inference, streaming) and a chat page")
+    p.add_argument("models", nargs="*", help="run directories (final/ is served) or model directories")
+    p.add_argument("--name", action="append", default=[], metavar="NAME=PATH", help="serve PATH under NAME")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--quantize", choices=("none", "int8", "bf16"), default="none",
+                   help="weights: none (fp32), int8 (torch.ao dynamic) or bf16")
+    p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together (default 32)")
+    p.add_argument("--queue-size", type=int, default=64, help="requests that may wait; more get 429 (default 64)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queue included (default 300)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: one per core)")
+    p.set_defaults(func=_cmd_serve, overrides=[])
     for name, what in (("sft", "supervised fine-tuning"), ("reward", "reward model (Bradley-Terry)"),
                        ("dpo", "offline preference optimisation: loss=dpo|ipo|cdpo|hinge|simpo|orpo"),
                        ("kto", "KTO on unpaired good/bad feedback"),

@@ -1,0 +1,14 @@
+"""`tinyrlhf serve`: an OpenAI-compatible HTTP server for the models tinyrlhf trains.
+
+    config.py     ServeConfig / EngineConfig (frozen dataclasses) and NAME=PATH parsing
+    loader.py     run dir / LoRA final/ / HF dir -> eval model + tokenizer (optionally quantised)
+    quantize.py   int8 (torch.ao dynamic) and bf16 weights
+    batch.py      the running batch: a left-padded KV cache that rows join and leave between steps
+    engine.py     the continuous-batching scheduler thread, bounded queue, cancellation, timeouts
+    detok.py      incremental detokenisation with stop strings
+    templates.py  prompts and chat messages -> token ids
+    protocol.py   OpenAI request validation and response / chunk bodies
+    metrics.py    Prometheus metrics
+    app.py        FastAPI routes, SSE streaming, the chat page (static/)
+    server.py     load everything and run uvicorn
+"""

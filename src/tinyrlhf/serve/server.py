@@ -1,0 +1,58 @@
+"""`tinyrlhf serve`: load the models, build the app, run it on uvicorn until Ctrl-C."""
+from __future__ import annotations
+
+import socket
+
+from ..errors import ConfigError
+from .config import ServeConfig, check_serve
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, so that a taken port is one clear error before any model loads."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def build(cfg: ServeConfig, log=print):
+    """(FastAPI app, loaded models) for `cfg`; each model is checked to batch before the server starts."""
+    import torch
+
+    from .app import create_app
+    from .batch import check_batching
+    from .loader import load_served_model
+
+    if cfg.engine.threads:
+        torch.set_num_threads(cfg.engine.threads)
+    models = []
+    for spec in cfg.models:
+        m = load_served_model(spec.name, spec.path, cfg.engine.quantize)
+        try:
+            check_batching(m.model, m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None
+                           else m.tokenizer.eos_token_id)
+        except TypeError as e:
+            raise ConfigError(f"model '{spec.path}': {e}") from None
+        log(f"model {m.name}: {spec.path} ({m.quantize}, {m.weight_bytes / 2**20:.1f} MiB of weights, "
+            f"context {m.context})")
+        models.append(m)
+    return create_app(models, cfg.engine), models
+
+
+def serve(cfg: ServeConfig, log=print) -> int:
+    import uvicorn
+
+    check_serve(cfg)
+    sock = bind(cfg.host, cfg.port)
+    app, _ = build(cfg, log)
+    host, port = sock.getsockname()[:2]
+    log(f"serving on http://{host}:{port}/ (chat page), OpenAI API at http://{host}:{port}/v1")
+    uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)).run(sockets=[sock])
+    return 0

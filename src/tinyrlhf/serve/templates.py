@@ -1,0 +1,56 @@
+"""Prompts as token ids: completion prompts as given, chat messages through a chat template.
+
+A tokenizer that has a chat template (tokenizer_config.json's `chat_template`) renders the messages with
+`apply_chat_template(..., add_generation_prompt=True)`. The models tinyrlhf trains have none: they were
+trained on bare prompts (a built-in task's question ending in "A:"), so their PLAIN template sends the
+messages' contents joined by newlines, in order, with no role markers. A single user message therefore
+reaches the model exactly as typed, which is how these models are meant to be prompted.
+"""
+from __future__ import annotations
+
+from .protocol import APIError, ChatMessage
+
+PLAIN_TEMPLATE = "plain: message contents joined by newlines, no role markers"
+
+
+def template_name(tokenizer) -> str:
+    return "tokenizer" if getattr(tokenizer, "chat_template", None) else PLAIN_TEMPLATE
+
+
+def render_chat(tokenizer, messages: list[ChatMessage]) -> str:
+    if not messages:
+        raise APIError(400, "'messages': at least one message is required", param="messages", code="invalid_value")
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            return tokenizer.apply_chat_template([{"role": m.role, "content": m.text()} for m in messages],
+                                                 tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # a template that rejects these messages (jinja raise_exception): the client's fault
+            raise APIError(400, f"'messages': the model's chat template rejected them: {e}", param="messages",
+                           code="invalid_value") from None
+    return "\n".join(m.text() for m in messages)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` with no special tokens added; an empty prompt becomes the EOS token, the
+    document boundary GPT-2 style models were trained to continue from."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids or [tokenizer.eos_token_id]
+
+
+def completion_prompts(tokenizer, prompt, vocab_size: int) -> list[list[int]]:
+    """OpenAI's `prompt`: a string, a list of strings, a token-id list, or a list of token-id lists."""
+    if isinstance(prompt, str):
+        return [encode(tokenizer, prompt)]
+    if not prompt:
+        raise APIError(400, "'prompt': must not be an empty list", param="prompt", code="invalid_value")
+    if all(isinstance(p, str) for p in prompt):
+        return [encode(tokenizer, p) for p in prompt]
+    rows = [prompt] if all(isinstance(t, int) for t in prompt) else prompt
+    for row in rows:
+        if not row:
+            raise APIError(400, "'prompt': a token-id list must not be empty", param="prompt", code="invalid_value")
+        bad = [t for t in row if not 0 <= t < vocab_size]
+        if bad:
+            raise APIError(400, f"'prompt': token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})",
+                           param="prompt", code="invalid_value")
+    return [list(r) for r in rows]
