@@ -160,10 +160,13 @@ def test_compare_runs_resumes_and_reports(tmp_path, monkeypatch):
         line = report.split(f"- **{m}**")[1].split("\n")[0]
         for b, what in (("sft", "vs SFT"), ("heuristic", "vs the best heuristic"), ("best-of-4", "vs best-of-4")):
             d = runs[m]["vs"][b]
-            part = line.split(what + ":")[1].split(";")[0]
-            assert f"{d['mean']:+.3f}" in part
-            assert ("not significant" in part) == (not d["significant"])
-            assert d["significant"] == (d["low"] > 0 or d["high"] < 0)
+            part = line.split(what + " ")[1].split(";")[0].rstrip(".")
+            assert part.startswith(f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+            assert part.endswith(" *") == d["significant"] == (d["low"] > 0 or d["high"] < 0)
+    for b, what in (("sft", "SFT"), ("heuristic", "the best heuristic")):  # the summary lines name the winners
+        summary = report.split(f"- Significantly better than {what}: ")[1].split("\n")[0]
+        winners = [m for m in ("dpo", "kto", "ppo") if runs[m]["vs"][b]["significant"] and runs[m]["vs"][b]["mean"] > 0]
+        assert summary.split(";")[0].rstrip(".") == (", ".join(winners) or "none")
     for png in ("frontier.png", "vs_sft.png", "overopt.png"):
         assert (out / png).stat().st_size > 1000
     assert (out / "results.csv").read_text().startswith("method,run,seed,gold")

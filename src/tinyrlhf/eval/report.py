@@ -109,9 +109,10 @@ def collect(spec) -> dict:
                 e["vs"] = {b: _delta(per_seed, g) for b, g in baselines.items()}
                 e["kl"] = _ci([evals[(s, run)]["per_prompt"]["kl"] for s in seeds])
                 e["win_rate"] = _ci([evals[(s, run)]["per_prompt"]["win"] for s in seeds])
-            accs = [evals[(s, run)].get("rm_accuracy_own") for s in seeds]
-            if all(a and a["accuracy"] is not None for a in accs):
-                e["rm_accuracy_own"] = sum(a["accuracy"] * a["pairs"] for a in accs) / sum(a["pairs"] for a in accs)
+            accs = [a for s in seeds if (a := evals[(s, run)].get("rm_accuracy_own")) and a["pairs"]]
+            if accs:
+                e["rm_accuracy_pairs"] = sum(a["pairs"] for a in accs)
+                e["rm_accuracy_own"] = sum(a["accuracy"] * a["pairs"] for a in accs) / e["rm_accuracy_pairs"]
             if all("rm_score" in evals[(s, run)] for s in seeds):
                 e["rm_score"] = sum(evals[(s, run)]["rm_score"]["mean"] for s in seeds) / spec.seeds
             if all("val_gold" in evals[(s, run)] for s in seeds):
@@ -189,7 +190,8 @@ def _stages(spec) -> dict:
         pairs = os.path.join(p["pairs"], "manifest.json")
         if os.path.isfile(pairs):
             q = read_json(pairs)["policy_data"]
-            st["pairs"] = (f"{q['pairs']} pairs from {q['prompts']} prompts, {q['zero_gap_pairs']} with equal gold"
+            st["pairs"] = (f"{q['pairs']} pairs from {q['prompts']} prompts, {q['zero_gap_pairs']} "
+                           f"({q['zero_gap_pairs'] / max(1, q['pairs']):.0%}) with equal gold (coin-flip labels)"
                            + (f", label agreement with gold {q['agreement_measured']:.3f}" if q.get("agreement_measured")
                               else ""))
         out[seed] = st

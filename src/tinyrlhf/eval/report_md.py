@@ -31,12 +31,21 @@ def _setting(setting: dict) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in setting.items()) or "config"
 
 
-def sentence(name: str, e: dict, baseline: str, what: str) -> str:
-    d = e["vs"][baseline]
-    ci = f"{d['mean']:+.3f} gold (95% CI {d['low']:+.3f} to {d['high']:+.3f})"
-    if not d["significant"]:
-        return f"{what}: {ci}, not significant (the interval includes 0)"
-    return f"{what}: {'beats it' if d['mean'] > 0 else 'worse'} by {ci}, significant"
+def sentence(e: dict, baseline: str, what: str) -> str:
+    """'vs X +0.012 [-0.023, +0.048]' with ' *' when the interval excludes 0."""
+    return f"{what} {_ci(e['vs'][baseline])}"
+
+
+def summary_lines(spec, runs: dict, chosen: dict, baselines: list[tuple[str, str]]) -> list[str]:
+    """One line per baseline: which methods beat it, and which are worse, significantly."""
+    out = []
+    others = [m for m in spec.methods if m != "sft"]
+    for key, what in baselines:
+        up = [m for m in others if runs[chosen[m]]["vs"][key]["significant"] and runs[chosen[m]]["vs"][key]["mean"] > 0]
+        down = [m for m in others if runs[chosen[m]]["vs"][key]["significant"] and runs[chosen[m]]["vs"][key]["mean"] < 0]
+        out.append(f"- Significantly better than {what}: {', '.join(up) or 'none'}"
+                   + (f"; significantly worse: {', '.join(down)}." if down else "."))
+    return out
 
 
 def markdown(spec, results: dict, files: dict) -> str:
@@ -86,19 +95,19 @@ def markdown(spec, results: dict, files: dict) -> str:
                      + f"| {kl} | {lab} | |")
     lines += ["", "Baseline rows are in italics. Greedy decoding is T=0. The best-of-n KL is the bound log n − (n−1)/n.",
               "", "## What the numbers say", ""]
+    compared = [("sft", "SFT"), ("sft (sharpened)", "the sharpened SFT")] + [(b, b) for b in bon] + \
+        [("heuristic", "the best heuristic")]
+    lines += summary_lines(spec, runs, chosen, compared)
+    lines += ["", "Per method, the paired gold difference to each baseline [95% CI] (`*`: significant):", ""]
     for m in spec.methods:
         if m == "sft":
             continue
         e = runs[chosen[m]]
-        parts = [sentence(m, e, "sft", "vs SFT"), sentence(m, e, "sft (sharpened)", "vs sharpened SFT")]
-        parts += [sentence(m, e, b, f"vs {b}") for b in bon]
-        parts.append(sentence(m, e, "heuristic", "vs the best heuristic"))
-        lines.append(f"- **{m}** ({_setting(e['setting'])}): " + "; ".join(parts) + ".")
+        lines.append(f"- **{m}** ({_setting(e['setting'])}): "
+                     + "; ".join(sentence(e, key, f"vs {what}") for key, what in compared) + ".")
     for b, e in base.items():
         if b != "sft":
-            d = e["vs_sft"]
-            verdict = "significant" if d["significant"] else "not significant"
-            lines.append(f"- baseline *{b}* vs SFT: {d['mean']:+.3f} ({verdict}).")
+            lines.append(f"- baseline *{b}*: vs SFT {_ci(e['vs_sft'])}.")
     lines += _reward_model_section(spec, results) + _trials_section(spec, results) + _stages_section(results)
     lines += _ratings_section(spec, results)
     lines += ["", "## Plots", ""]
@@ -127,13 +136,14 @@ def _reward_model_section(spec, results: dict) -> list[str]:
            "How often the reward model orders a method's sample and the SFT sample of the same prompt as the gold "
            "reward does (pairs with equal gold left out, pooled over seeds), next to the method's mean RM score. "
            "Accuracy that falls as a method moves away from SFT is the reward model being exploited.", "",
-           "| method | RM accuracy on (method, SFT) sample pairs | mean RM score | training: proxy / gold change |",
+           "| method | RM accuracy on (method, SFT) sample pairs (pairs) | mean RM score | training: proxy / gold change |",
            "| --- | --- | --- | --- |"]
     for m, e in rows:
         o = e.get("overoptimised")
         trend = (f"{o['proxy_change']:+.3f} / {o['gold_change']:+.3f}" + (" **over-optimised**" if o["flag"] else "")
                  if o else "–")
-        out.append(f"| {m} | {e['rm_accuracy_own']:.3f} | {e.get('rm_score', float('nan')):.3f} | {trend} |")
+        out.append(f"| {m} | {e['rm_accuracy_own']:.3f} ({e['rm_accuracy_pairs']}) | {e.get('rm_score', float('nan')):.3f} "
+                   f"| {trend} |")
     flagged = [m for m, e in rows if (e.get("overoptimised") or {}).get("flag")]
     out += ["", f"Proxy up while gold went down over training: {', '.join(flagged)}." if flagged else
             "", "No online run's training rollouts had the proxy rising while the gold fell." if not flagged else ""]
