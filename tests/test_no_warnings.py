@@ -28,3 +28,41 @@ def test_sft_dpo_ppo_eval_emit_no_warnings(tmp_path, capfd):
     assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
     err = capfd.readouterr().err.lower()
     assert "deprecat" not in err and "warning" not in err, err
+
+
+
+def test_generate_without_padding_does_not_warn_about_the_attention_mask():
+    """A batch with no padding whose rows finish at different steps: transformers decodes it without a mask and
+    warned "We strongly recommend passing in an `attention_mask`" (a false alarm: finished rows get the pad id,
+    which is the EOS id) on the first positive_review evaluation of every compare run. sampling.py filters it.
+    (A handler of our own on the logger: transformers' handler writes to the stderr object of import time,
+    which pytest's capfd does not see.)"""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tinyrlhf import sampling
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    seen: list[str] = []
+    log = logging.getLogger("transformers.modeling_utils")
+    handler = Collect()
+    log.addHandler(handler)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=10, pad_token_id=0,
+                                       bos_token_id=0, eos_token_id=0))
+    finished_row = torch.tensor([[3, 4, 0], [3, 4, 5]])
+    try:
+        logging.Logger.warning_once.cache_clear()
+        model.warn_if_padding_and_no_attention_mask(finished_row, None)
+        assert seen == []
+        saved = list(log.filters)
+        log.filters.clear()  # without the filter the same call warns
+        logging.Logger.warning_once.cache_clear()
+        model.warn_if_padding_and_no_attention_mask(finished_row, None)
+        assert len(seen) == 1 and "attention_mask" in seen[0]
+        log.filters[:] = saved
+        assert any(isinstance(f, sampling._NoPaddingFalseAlarm) for f in log.filters)
+    finally:
+        log.removeHandler(handler)

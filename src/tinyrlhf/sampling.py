@@ -4,10 +4,25 @@ prompts in, completion strings (cut at EOS) out, reproducible for a seed."""
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 
 from .models import unwrap
+
+
+class _NoPaddingFalseAlarm(logging.Filter):
+    """Drops transformers' "We strongly recommend passing in an `attention_mask`" warning, which `generate` raises
+    here although we always pass the mask. Why it fires: when no prompt in a batch is padded, transformers (5.x)
+    decodes without a mask (none is needed), and a row that already finished keeps receiving the pad token, which
+    for our models is the EOS token (id 0); the warning's heuristic sees that id in the last column and assumes
+    padding. Left-padded batches keep their mask (tests/test_rollout.py checks sampling against unpadded rows)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "passing in an `attention_mask`" not in record.getMessage()
+
+
+logging.getLogger("transformers.modeling_utils").addFilter(_NoPaddingFalseAlarm())
 
 
 @torch.no_grad()
