@@ -90,7 +90,12 @@ def parse_loop(task: str, rounds: int, labels: str, method: str, seeds: int, out
         db = os.path.join(out, "feedback.db")
     compare = parse_spec(task, method, seeds, out, cfg.labels_per_round, config_dir, cfg.eval_prompts,
                          [o for o in overrides if not o.startswith("loop.")], best_of="")
-    return LoopSpec(task, rounds, labels, method, seeds, out, cfg, compare, db)
+    spec = LoopSpec(task, rounds, labels, method, seeds, out, cfg, compare, db)
+    # every stage's config loads now, so a bad override stops the loop before anything is written
+    stages = [("sft", "sft", C.SFTConfig)] + ([("reward", "reward", C.RewardConfig)] if spec.needs_rm else [])
+    for name, stage, cls in stages + [(METHODS[method][0], method, METHODS[method][1])]:
+        _config(compare, name, stage, cls, list(METHODS[method][3]) if stage == method else [])
+    return spec
 
 
 def write_spec(spec: LoopSpec) -> None:
