@@ -7,10 +7,10 @@
     tinyrlhf kto --config configs/family_tree/kto.yaml
     tinyrlhf ppo --config configs/family_tree/ppo.yaml reward=runs/family_tree/reward
     tinyrlhf rloo|grpo|online-dpo --config configs/family_tree/X.yaml reward=gold
+    tinyrlhf loop --task positive_review --rounds 3 --labels simulated --seeds 2 --out runs/loop
     tinyrlhf eval runs/ft/dpo --prompts my_prompts.jsonl --reward runs/ft/reward
     tinyrlhf export runs/ft/dpo --out exported/dpo --merge
     tinyrlhf serve runs/family_tree/sft runs/family_tree/dpo --port 8000 --quantize int8
-    tinyrlhf loop --task positive_review --rounds 3 --labels simulated --seeds 2 --out runs/loop
 
 User errors (bad data, config, paths) print one line `error: ...` and exit 2, without a traceback.
 """
@@ -194,6 +194,12 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _add_loop_parser(sub):
+    """`tinyrlhf loop`: iterated RLHF with simulated or human labels (tinyrlhf/feedback/loop_cli.py)."""
+    from .feedback.loop_cli import add_parser
+    add_parser(sub)
+
+
 def _cmd_serve(args) -> int:
     from .serve.config import EngineConfig, ServeConfig, parse_model_specs
     from .serve.server import serve
@@ -206,35 +212,6 @@ def _cmd_serve(args) -> int:
     cfg = ServeConfig(models=parse_model_specs(args.models + args.name), host=args.host, port=args.port,
                       engine=engine)
     return serve(cfg)
-
-
-def _add_loop_parser(sub):
-    """`tinyrlhf loop` (src/tinyrlhf/feedback/loop.py): iterated RLHF with simulated or human labels."""
-    def run(args) -> int:
-        from .feedback.loop import parse_loop, run_loop
-        spec = parse_loop(args.task, args.rounds, args.labels, args.method, args.seeds, args.out, args.overrides,
-                          config=args.config, config_dir=args.config_dir, static_rm=args.static_rm, db=args.db)
-        print(f"loop {spec.task}: {spec.cond}, {spec.rounds} round(s) x {spec.seeds} seed(s), {spec.labels} labels, "
-              f"{spec.loop.labels_per_round} per round -> {spec.out}", flush=True)
-        report = run_loop(spec, log=lambda line: print(line, flush=True))
-        print(f"report: {report['files'][0]}")
-        return 0
-    p = sub.add_parser("loop", help="iterated RLHF: sample, label (simulated or people), reward model, policy, "
-                       "evaluate, round after round")
-    p.add_argument("--task", required=True, help="family_tree or positive_review")
-    p.add_argument("--rounds", type=int, required=True, help="rounds (a larger number continues a finished loop)")
-    p.add_argument("--labels", required=True, help="simulated (the task's annotators) or human (tinyrlhf label)")
-    p.add_argument("--method", default="ppo", help="policy training: ppo (default), dpo, rloo, grpo, online-dpo")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (each with its own data and SFT model)")
-    p.add_argument("--out", required=True, help="output directory (shared by both conditions)")
-    p.add_argument("--static-rm", action="store_true", help="baseline: one reward model trained once on all "
-                   "rounds' labels (SFT samples); same as loop.refresh_rm=false")
-    p.add_argument("--config", default="", help="loop settings YAML (default configs/TASK/loop.yaml)")
-    p.add_argument("--config-dir", default="", help="stage configs STAGE.yaml (default configs/TASK)")
-    p.add_argument("--db", default="", help="with --labels human: the feedback database (default OUT/feedback.db)")
-    p.add_argument("overrides", nargs="*", help="loop.key=value, STAGE.key=value (sft.train.max_steps=300, "
-                   "ppo.kl.coef=0.02) or key=value for every training stage (train.threads=1)")
-    p.set_defaults(func=run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,7 +288,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queue included (default 300)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: one per core)")
     p.set_defaults(func=_cmd_serve, overrides=[])
-    _add_loop_parser(sub)
     for name, what in (("sft", "supervised fine-tuning"), ("reward", "reward model (Bradley-Terry)"),
                        ("dpo", "offline preference optimisation: loss=dpo|ipo|cdpo|hinge|simpo|orpo"),
                        ("kto", "KTO on unpaired good/bad feedback"),
@@ -327,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force-new", action="store_true",
                        help="start anew even if out_dir holds a run: move it aside to OUT_DIR.old-N first")
         p.set_defaults(func=_cmd_train)
+    _add_loop_parser(sub)
     return parser
 
 
