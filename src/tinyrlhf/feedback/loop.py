@@ -109,7 +109,9 @@ def write_spec(spec: LoopSpec) -> None:
                       **{f"compare.{k}": v for k, v in d["compare"].items()
                          if k in ("config_dir", "overrides", "global_overrides")}}
     if os.path.isfile(path):
-        before, after = flat(read_json(path)), flat(now)
+        # a loop setting added to tinyrlhf since the loop started counts as its default
+        before = {**{f"loop.{k}": v for k, v in asdict(LoopConfig()).items()}, **flat(read_json(path))}
+        after = flat(now)
         diff = sorted(k for k in after if k.split(".")[-1] not in free and before.get(k) != after[k])
         if diff:
             raise ConfigError(f"{spec.out} holds a {spec.cond} loop with other settings ("

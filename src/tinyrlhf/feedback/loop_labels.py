@@ -105,10 +105,10 @@ def human_labels(items: list[dict], db: str, batch: str, wanted: int, label_dir:
         if not os.path.isfile(queued):
             ids = store.add_items([{**it, "kind": "pair"} for it in items], batch)
             write_json(queued, {"batch": batch, "db": db, "item_ids": ids})
-        log(f"round batch '{batch}': {len(items)} pairs queued in {db}. Start the labelling app on it, e.g.\n"
-            f"    tinyrlhf label {db} --port 8080\n"
-            f"and send each labeller their link; waiting for {wanted} labels (Ctrl-C stops; the same command "
-            "continues the round)")
+        log(f"batch '{batch}': {len(items)} pairs queued in {db}. In another terminal, serve them with the "
+            f"labelling app (it prints each labeller's link):\n"
+            f"    tinyrlhf label {db} --labellers alice,bob --port 8100\n"
+            f"Waiting for {wanted} labels (Ctrl-C stops; the same command continues the round).")
         t0, last = time.time(), -1
         while (n := store.count_labels(batch)) < wanted:
             if n != last:
