@@ -2,6 +2,8 @@
 compared with one static reward model trained on the same number of labels? (Bai et al. 2022, §4.5)
 
     OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python experiments/loop_positive_review.py --out runs/loop-exp
+    OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python experiments/loop_positive_review.py --out runs/loop-exp-akl \
+        --setting adaptive-kl
 
 Runs `tinyrlhf loop` twice into the same directory (so both conditions share each seed's data and SFT model):
   refresh  each round: 400 new labels on samples of the current policy (half the pairs against an earlier
@@ -26,12 +28,15 @@ from tinyrlhf.eval.metrics import cluster_bootstrap_ci
 from tinyrlhf.eval.ratings import elo_ratings
 
 # A short SFT (500 steps instead of 800), a small task data set, a reward model trained for 4 passes over
-# its labels, PPO with 32 prompts per step and a fixed KL coefficient of 0.05 to its round's start.
-ARGS = ["data.n_pairs=2000", "data.n_rankings=0", "data.n_binary=0", "data.n_eval_pairs=200",
-        "sft.train.max_steps=500", "reward.train.max_steps=0", "reward.train.epochs=4",
-        "ppo.rollout.prompts_per_step=32", "ppo.ppo.minibatch_size=16", "ppo.train.batch_size=32",
-        "ppo.kl.adaptive=false", "ppo.kl.coef=0.05", "train.threads=1",
-        "loop.labels_per_round=400", "loop.policy_steps=40"]
+# its labels, PPO with 32 prompts per step for 40 steps a round. The KL penalty (to the round's starting
+# policy) is what the two settings differ in:
+#   weak-kl      a fixed coefficient of 0.05;
+#   adaptive-kl  configs/positive_review/ppo.yaml's controller (coefficient 0.1 adapted towards 3 nats).
+COMMON = ["data.n_pairs=2000", "data.n_rankings=0", "data.n_binary=0", "data.n_eval_pairs=200",
+          "sft.train.max_steps=500", "reward.train.max_steps=0", "reward.train.epochs=4",
+          "ppo.rollout.prompts_per_step=32", "ppo.ppo.minibatch_size=16", "ppo.train.batch_size=32"]
+SETTINGS = {"weak-kl": ["ppo.kl.adaptive=false", "ppo.kl.coef=0.05"], "adaptive-kl": []}
+LOOP = ["train.threads=1", "loop.labels_per_round=400", "loop.policy_steps=40"]
 CONDS = (("refresh", "ppo", []), ("static", "ppo-static-rm", ["--static-rm"]))
 
 
@@ -107,11 +112,12 @@ def run(argv=None) -> int:
     ap.add_argument("--out", default="runs/loop-exp")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--setting", choices=tuple(SETTINGS), default="weak-kl")
     args = ap.parse_args(argv)
     t0 = time.time()
     for name, _, flags in CONDS:
         code = main(["loop", "--task", "positive_review", "--rounds", str(args.rounds), "--seeds", str(args.seeds),
-                     "--labels", "simulated", "--out", args.out, *flags, *ARGS])
+                     "--labels", "simulated", "--out", args.out, *flags, *COMMON, *SETTINGS[args.setting], *LOOP])
         if code:
             return code
     table = combined(args.out, args.seeds, args.rounds)
