@@ -183,4 +183,8 @@ def test_loop_human_labels_through_the_store(tmp_path, capsys):
         shown = [k for k in clicked if k[0] == p["prompt"] and {k[1], k[2]} == {p["chosen"], p["rejected"]}]
         assert shown and all((k[1] if clicked[k] == "A" else k[2]) == p["chosen"] for k in shown)
     assert (out / "seed0" / "ppo" / "round-1" / "policy" / "final").is_dir()
-    assert json.load(open(out / "report-ppo.json"))["labels"] == "human"
+    rep = json.load(open(out / "report-ppo.json"))
+    assert rep["labels"] == "human"
+    human = rep["per_seed"][1]["human"]  # round 1: who labelled, from the export's summary
+    assert human["per_labeller"] == {"fake": human["labels"]} and human["labels"] >= len(labels)
+    assert "people's labels" in open(out / "report-ppo.md").read()

@@ -98,6 +98,11 @@ def _rows(spec) -> tuple[list[dict], dict]:
                 row["labels"] = sum(read_json(p)["pairs"] for p in labels if os.path.isfile(p))
                 row["label_agreement"] = read_json(labels[-1]).get("agreement_with_gold") \
                     if os.path.isfile(labels[-1]) else None
+                human = os.path.join(round_dir(spec, s, r), "labels", "export_summary.json")
+                if os.path.isfile(human):  # people's labels: who labelled, agreement, the models' Elo from votes
+                    h = read_json(human)
+                    row["human"] = {"labels": h.get("labels"), "per_labeller": h.get("per_labeller"),
+                                    "agreement": h.get("agreement"), "elo": (h.get("ratings") or {}).get("elo")}
                 rm_summary = os.path.join(reward_dir(spec, s, r), "summary.json")
                 if spec.needs_rm and os.path.isfile(rm_summary):
                     row["rm_acc_heldout"] = read_json(rm_summary).get("eval/accuracy_gold")
@@ -179,6 +184,13 @@ def format_report(report: dict) -> str:
         lines.append(f"| {row['seed']} | {row['round']} | {row['gold']['mean']:.3f} | {_f(row['proxy'], '.2f')} | "
                      f"{_f(row['kl'], '.2f')} | {_f(row['rm_acc_fresh'])} ({row['rm_acc_fresh_pairs'] or 0}) | "
                      f"{_f(row.get('labels'), '.0f')} | {_f(row.get('label_agreement'))} | {elo} |")
+    for row in report["per_seed"]:
+        h = row.get("human")
+        if h:
+            elo = ", ".join(f"{m} {e['rating']:.0f} [{e['low']:.0f}, {e['high']:.0f}]" for m, e in (h["elo"] or {}).items())
+            lines.append(f"\nSeed {row['seed']} round {row['round']}, people's labels: {h['labels']} "
+                         f"({', '.join(f'{k} {v}' for k, v in (h['per_labeller'] or {}).items())}); "
+                         f"Elo from their votes: {elo or 'none (fewer than two models compared)'}")
     lines += ["", "Gold: the task's gold reward of one sample (T=1) per held-out prompt; the interval resamples "
               "seeds and prompts. Proxy: the reward model the round's policy trained against, on the same samples. "
               "RM acc. fresh: how often that reward model orders the policy's sample and the SFT sample of a "
