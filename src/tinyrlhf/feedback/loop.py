@@ -86,8 +86,15 @@ def parse_loop(task: str, rounds: int, labels: str, method: str, seeds: int, out
     if not cfg.refresh_rm and not METHODS[method][4]:
         raise ConfigError(f"--static-rm: {method} trains on the labels directly, without a reward model to keep "
                           "static (use --method ppo, rloo, grpo or online-dpo)")
-    if labels == "human" and not db:
-        db = os.path.join(out, "feedback.db")
+    if labels == "human":
+        try:  # checked now, not after the SFT stage
+            importlib.import_module(".store", __package__)
+            importlib.import_module(".export", __package__)
+        except ImportError as e:
+            raise ConfigError(f"--labels human needs the feedback store (tinyrlhf label): {e}") from None
+        db = db or os.path.join(out, "feedback.db")
+        if os.path.exists(db) and not os.path.isfile(db):
+            raise ConfigError(f"--db '{db}' is not a file")
     compare = parse_spec(task, method, seeds, out, cfg.labels_per_round, config_dir, cfg.eval_prompts,
                          [o for o in overrides if not o.startswith("loop.")], best_of="")
     spec = LoopSpec(task, rounds, labels, method, seeds, out, cfg, compare, db)
