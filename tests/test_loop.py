@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tinyrlhf.cli import main
+from tinyrlhf.eval.ratings import elo_ratings
 from tinyrlhf.feedback import loop as L
 
 TINY = ["data.n_train_prompts=60", "data.n_pairs=80", "data.n_binary=8", "data.n_rankings=0", "data.n_eval_pairs=8",
@@ -86,7 +87,14 @@ def test_loop_two_rounds_report_resume_static_and_dpo(tmp_path, monkeypatch, cap
     assert 0 <= fresh["pairs"] <= 8 and (fresh["accuracy"] is None) == (fresh["pairs"] == 0)
     elo = {row["round"]: row["elo"] for row in rep["per_seed"]}
     assert sorted(elo) == [0, 1, 2] and all(e["low"] <= e["rating"] <= e["high"] for e in elo.values())
-    assert sum(e["rating"] for e in elo.values()) / 3 == pytest.approx(1000, abs=60)  # Elo is zero-sum
+    # Elo from gold-judged games: every pair of models plays each held-out prompt, the higher gold wins
+    gold = {name: json.load(open(d / "eval-loop.json"))["per_prompt"]["gold"] for name, d in
+            (("sft", out / "seed0" / "sft"), ("round-1", r1 / "policy"), ("round-2", r2 / "policy"))}
+    names = list(gold)
+    games = [(a, b, 1.0 if x > y else 0.5 if x == y else 0.0) for i, a in enumerate(names) for b in names[i + 1:]
+             for x, y in zip(gold[a], gold[b])]
+    expected = elo_ratings(games, seed=0)
+    assert [elo[r] for r in (0, 1, 2)] == [expected[n] for n in names]
     md = open(out / "report-ppo.md").read()
     assert "| 2 | 1 | " in md and "RM acc. fresh" in md and (out / "report-ppo.png").stat().st_size > 1000
 
