@@ -7,6 +7,7 @@
     tinyrlhf kto --config configs/family_tree/kto.yaml
     tinyrlhf ppo --config configs/family_tree/ppo.yaml reward=runs/family_tree/reward
     tinyrlhf rloo|grpo|online-dpo --config configs/family_tree/X.yaml reward=gold
+    tinyrlhf loop --task positive_review --rounds 3 --labels simulated --seeds 2 --out runs/loop
     tinyrlhf eval runs/ft/dpo --prompts my_prompts.jsonl --reward runs/ft/reward
     tinyrlhf export runs/ft/dpo --out exported/dpo --merge
     tinyrlhf serve runs/family_tree/sft runs/family_tree/dpo --port 8000 --quantize int8
@@ -193,6 +194,12 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _add_loop_parser(sub):
+    """`tinyrlhf loop`: iterated RLHF with simulated or human labels (tinyrlhf/feedback/loop_cli.py)."""
+    from .feedback.loop_cli import add_parser
+    add_parser(sub)
+
+
 def _cmd_serve(args) -> int:
     from .serve.config import EngineConfig, ServeConfig, parse_model_specs
     from .serve.server import serve
@@ -296,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force-new", action="store_true",
                        help="start anew even if out_dir holds a run: move it aside to OUT_DIR.old-N first")
         p.set_defaults(func=_cmd_train)
+    _add_loop_parser(sub)
     return parser
 
 

@@ -1,0 +1,258 @@
+"""`tinyrlhf loop`: iterated RLHF. Each round samples the current policy (and, mixed in, the earlier rounds'
+policies), gets those answers labelled (simulated annotators, or people through `tinyrlhf label`), retrains
+the reward model on every label so far, trains the policy from where the last round left it, and evaluates.
+
+    tinyrlhf loop --task positive_review --rounds 3 --labels simulated --seeds 2 --out runs/loop
+    tinyrlhf loop --task positive_review --rounds 3 --labels simulated --seeds 2 --out runs/loop --static-rm
+    tinyrlhf loop --task positive_review --rounds 2 --labels human --db feedback.db --out runs/loop-h
+
+With --static-rm (loop.refresh_rm=false) it runs the baseline of the iterated-RLHF question (Bai et al. 2022,
+§4.5): one reward model trained once on as many labels as all rounds together, all of them on SFT samples,
+and the policy trained for the same rounds and steps against it. Both conditions share the seeds' task data
+and SFT model when given the same --out. The data and SFT stages are `tinyrlhf compare`'s (compare_stages):
+OUT/data-seedS/ and OUT/seedS/sft/. Each condition then writes, per seed and round,
+OUT/seedS/COND/round-R/{labels,rm-data,reward,policy}/ and per condition OUT/report-COND.{md,json,png}
+(COND = the method, plus -static-rm). Every finished piece is reused: the same command continues an
+interrupted loop, and a larger --rounds adds rounds to a finished one.
+
+The policy of round r starts from round r-1's final model and its KL penalty holds it near that start (the
+online loops' reference is their starting model); the report's KL is always measured to the SFT model.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+from .. import config as C
+from ..errors import ConfigError, TinyRLHFError
+from ..eval.compare import METHODS, CompareSpec, parse_spec
+from ..eval.compare_stages import _config, paths, run_stage
+from .loop_config import LoopConfig
+from .loop_labels import (finish_labels, human_labels, merged_data_dir, read_json, round_prompts, sample_pairs,
+                          simulated_labels, train_prompts, write_json)
+
+LOOP_METHODS = ("ppo", "dpo", "rloo", "grpo", "online-dpo")
+LABEL_MODES = ("simulated", "human")
+# loop settings a rerun may change: how many rounds and seeds, how long to wait for people
+FREE = ("rounds", "seeds", "poll_s", "wait_s", "eval_prompts")
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    task: str
+    rounds: int
+    labels: str
+    method: str
+    seeds: int
+    out: str
+    loop: LoopConfig
+    compare: CompareSpec  # the data and SFT stages, and the stage configs (--config-dir, overrides)
+    db: str = ""
+
+    @property
+    def cond(self) -> str:
+        return self.method + ("" if self.loop.refresh_rm else "-static-rm")
+
+    @property
+    def needs_rm(self) -> bool:
+        return METHODS[self.method][4]
+
+
+def parse_loop(task: str, rounds: int, labels: str, method: str, seeds: int, out: str, overrides: list[str], *,
+               config: str = "", config_dir: str = "", static_rm: bool = False, db: str = "") -> LoopSpec:
+    """Check everything the user gave before anything runs; ConfigError names the bad option."""
+    from ..tasks import task_names
+    if task not in task_names():
+        raise ConfigError(f"unknown task '{task}' (valid: {', '.join(task_names())})")
+    if method not in LOOP_METHODS:
+        raise ConfigError(f"--method '{method}': unknown (valid: {', '.join(LOOP_METHODS)})")
+    if labels not in LABEL_MODES:
+        raise ConfigError(f"--labels '{labels}': expected one of {', '.join(LABEL_MODES)}")
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be >= 1, got {rounds}")
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    config_dir = config_dir or os.path.join("configs", task)
+    config = config or (p if os.path.isfile(p := os.path.join(config_dir, "loop.yaml")) else "")
+    if config and not os.path.isfile(config):
+        raise ConfigError(f"--config '{config}': no such file")
+    loop_args = [o.split(".", 1)[1] for o in overrides if o.startswith("loop.")]
+    if static_rm:
+        loop_args.append("refresh_rm=false")
+    cfg = C.load_config(LoopConfig, config or None, loop_args)
+    if not cfg.refresh_rm and not METHODS[method][4]:
+        raise ConfigError(f"--static-rm: {method} trains on the labels directly, without a reward model to keep "
+                          "static (use --method ppo, rloo, grpo or online-dpo)")
+    if labels == "human":
+        try:  # checked now, not after the SFT stage
+            importlib.import_module(".store", __package__)
+            importlib.import_module(".export", __package__)
+        except ImportError as e:
+            raise ConfigError(f"--labels human needs the feedback store (tinyrlhf label): {e}") from None
+        db = db or os.path.join(out, "feedback.db")
+        if os.path.exists(db) and not os.path.isfile(db):
+            raise ConfigError(f"--db '{db}' is not a file")
+    compare = parse_spec(task, method, seeds, out, cfg.labels_per_round, config_dir, cfg.eval_prompts,
+                         [o for o in overrides if not o.startswith("loop.")], best_of="")
+    spec = LoopSpec(task, rounds, labels, method, seeds, out, cfg, compare, db)
+    # every stage's config loads now, so a bad override stops the loop before anything is written
+    stages = [("sft", "sft", C.SFTConfig)] + ([("reward", "reward", C.RewardConfig)] if spec.needs_rm else [])
+    for name, stage, cls in stages + [(METHODS[method][0], method, METHODS[method][1])]:
+        _config(compare, name, stage, cls, list(METHODS[method][3]) if stage == method else [])
+    return spec
+
+
+def write_spec(spec: LoopSpec) -> None:
+    """OUT/loop-COND.json: a rerun that would change what finished rounds mean is refused (as compare does).
+    A static reward model is trained on rounds x labels_per_round labels, so there `rounds` is fixed too."""
+    path = os.path.join(spec.out, f"loop-{spec.cond}.json")
+    now = json.loads(json.dumps({**asdict(spec), "loop": asdict(spec.loop), "compare": asdict(spec.compare)}))
+    free = set(FREE) - ({"rounds"} if not spec.loop.refresh_rm else set())
+    flat = lambda d: {**{k: v for k, v in d.items() if k not in ("loop", "compare")},  # noqa: E731
+                      **{f"loop.{k}": v for k, v in d["loop"].items()},
+                      **{f"compare.{k}": v for k, v in d["compare"].items()
+                         if k in ("config_dir", "overrides", "global_overrides")}}
+    if os.path.isfile(path):
+        # a loop setting added to tinyrlhf since the loop started counts as its default
+        before = {**{f"loop.{k}": v for k, v in asdict(LoopConfig()).items()}, **flat(read_json(path))}
+        after = flat(now)
+        diff = sorted(k for k in after if k.split(".")[-1] not in free and before.get(k) != after[k])
+        if diff:
+            raise ConfigError(f"{spec.out} holds a {spec.cond} loop with other settings ("
+                              + ", ".join(f"{k}: {before.get(k)!r} -> {after[k]!r}" for k in diff)
+                              + "); use another --out")
+    os.makedirs(spec.out, exist_ok=True)
+    write_json(path, now)
+
+
+def round_dir(spec: LoopSpec, seed: int, r: int) -> str:
+    return os.path.join(spec.out, f"seed{seed}", spec.cond, f"round-{r}")
+
+
+def _policy_models(spec: LoopSpec, seed: int, r: int) -> list[tuple[str, str]]:
+    """(name, model dir) of SFT and the policies of rounds 1..r-1, oldest first."""
+    return [("sft", paths(spec.compare, seed)["sft_final"])] + [
+        (f"round-{i}", os.path.join(round_dir(spec, seed, i), "policy", "final")) for i in range(1, r)]
+
+
+def _common(spec: LoopSpec, seed: int, r: int) -> list[str]:
+    p = paths(spec.compare, seed)
+    return [f"seed={seed * 1000 + r}", f"data.task={spec.task}", f"data.dir={p['data']}", f"data.seed={seed}",
+            "train.progress=false", "eval.n_prompts=0", "train.eval_every=0"]
+
+
+def labels_stage(spec: LoopSpec, seed: int, r: int, log) -> dict:
+    """ROUND/labels: this round's labelled pairs (refresh: labels_per_round on the current and earlier
+    policies; static: in round 1 only, rounds x labels_per_round on SFT samples)."""
+    d = os.path.join(round_dir(spec, seed, r), "labels")
+    if os.path.isfile(os.path.join(d, "manifest.json")):
+        return {**read_json(os.path.join(d, "manifest.json")), "reused": True}
+    from ..tasks import get_task
+    cfg, base = spec.loop, paths(spec.compare, seed)["data"]
+    n = cfg.labels_per_round if cfg.refresh_rm else cfg.labels_per_round * spec.rounds
+    start = (r - 1) * cfg.labels_per_round if cfg.refresh_rm else 0
+    prompts = round_prompts(train_prompts(base), start, n)
+    models = _policy_models(spec, seed, r) if cfg.refresh_rm else _policy_models(spec, seed, 1)
+    items = sample_pairs(models, prompts, mix_earlier=cfg.mix_earlier, seed=seed * 1000 + r,
+                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    if not items:
+        raise TinyRLHFError(f"every one of the {n} prompts gave two equal answers: no pairs to label")
+    task = get_task(spec.task)
+    if spec.labels == "simulated":
+        pairs = simulated_labels(items, base, task, seed * 1000 + r)
+    else:
+        wanted = min(cfg.human_labels or cfg.labels_per_round, len(items))
+        pairs = human_labels(items, spec.db, f"{spec.cond}-seed{seed}-round-{r}", wanted, d, task,
+                             poll_s=cfg.poll_s, wait_s=cfg.wait_s, log=log)
+    return finish_labels(d, pairs, {"round": r, "seed": seed, "labels": spec.labels, "items": len(items),
+                                    "prompts": n, "models": [m for m, _ in models]})
+
+
+def _label_dirs(spec: LoopSpec, seed: int, r: int) -> list[str]:
+    last = r if spec.loop.refresh_rm else 1
+    return [os.path.join(round_dir(spec, seed, i), "labels") for i in range(1, last + 1)]
+
+
+def reward_stage(spec: LoopSpec, seed: int, r: int) -> dict:
+    """ROUND/reward: a reward model from the SFT model on every label so far (refresh), or round 1's (static)."""
+    from ..train.reward import run_reward
+    rd = round_dir(spec, seed, r)
+    data = os.path.join(rd, "rm-data")
+    n = merged_data_dir(paths(spec.compare, seed)["data"], _label_dirs(spec, seed, r), data)
+    sft = paths(spec.compare, seed)["sft_final"]
+    args = [f"out_dir={os.path.join(rd, 'reward')}", f"model.path={sft}", f"normalize_on={sft}",
+            *_common(spec, seed, r), f"data.dir={data}", f"data.max_train={n}"]
+    return run_reward(_config(spec.compare, "reward", "reward", C.RewardConfig, args))
+
+
+def reward_dir(spec: LoopSpec, seed: int, r: int) -> str:
+    return os.path.join(round_dir(spec, seed, r if spec.loop.refresh_rm else 1), "reward")
+
+
+def policy_stage(spec: LoopSpec, seed: int, r: int) -> dict:
+    """ROUND/policy: `method` from the previous round's policy for loop.policy_steps steps."""
+    config_name, cls, loop, extra, needs_rm = METHODS[spec.method]
+    rd, start = round_dir(spec, seed, r), _policy_models(spec, seed, r)[-1][1]
+    args = [f"out_dir={os.path.join(rd, 'policy')}", f"model.path={start}", *_common(spec, seed, r), *extra]
+    if needs_rm:
+        args.append(f"reward={reward_dir(spec, seed, r)}")
+    else:  # DPO learns from every label so far, with the round's starting policy as its reference
+        data = os.path.join(rd, "rm-data")
+        merged_data_dir(paths(spec.compare, seed)["data"], _label_dirs(spec, seed, r), data)
+        args += [f"data.dir={data}", "data.max_train=0", f"ref_cache_dir={os.path.join(spec.out, 'cache')}"]
+    cfg = _config(spec.compare, config_name, spec.method, cls, args)
+    steps = spec.loop.policy_steps
+    cfg = C.replace(cfg, **{"train.max_steps": steps, "train.save_every": max(1, steps // 4),
+                           "train.log_every": max(1, steps // 20)})
+    module, fn = loop.split(":")
+    return getattr(importlib.import_module(f"..train.{module}", __package__), fn)(cfg)
+
+
+def plan(spec: LoopSpec) -> list[tuple[int, int, str]]:
+    """(seed, round, stage) in the order they run; round 0 holds the data and SFT stages and SFT's evaluation."""
+    out = []
+    for s in range(spec.seeds):
+        out += [(s, 0, "data"), (s, 0, "sft"), (s, 0, "eval")]
+        for r in range(1, spec.rounds + 1):
+            first = spec.loop.refresh_rm or r == 1
+            out += [(s, r, "labels")] if first else []
+            out += [(s, r, "reward")] if spec.needs_rm and first else []
+            out += [(s, r, "policy"), (s, r, "eval")]
+    return out
+
+
+def run_loop(spec: LoopSpec, log=print) -> dict:
+    """Run every missing stage; after each evaluated round, rewrite the report. Returns the report dict."""
+    from .loop_report import evaluate_round, note, write_report
+    write_spec(spec)
+    t0 = time.time()
+    stages = plan(spec)
+    for i, (seed, r, stage) in enumerate(stages, 1):
+        t = time.time()
+        try:
+            if stage in ("data", "sft"):
+                summary = run_stage(spec.compare, seed, stage)
+            elif stage == "labels":
+                summary = labels_stage(spec, seed, r, log)
+            elif stage == "reward":
+                summary = reward_stage(spec, seed, r)
+            elif stage == "policy":
+                summary = policy_stage(spec, seed, r)
+            else:
+                summary = evaluate_round(spec, seed, r)
+        except TinyRLHFError as e:
+            raise type(e)(f"loop seed {seed} round {r} stage '{stage}': {e}") from None
+        if isinstance(summary, dict) and summary.get("finished") is False:
+            raise TinyRLHFError(f"loop seed {seed} round {r} stage '{stage}' stopped early; run the command "
+                                "again to continue")
+        log(f"[{i}/{len(stages)}] seed {seed} round {r} {stage:7s} {time.time() - t:6.1f} s   "
+            f"elapsed {(time.time() - t0) / 60:5.1f} min{note(stage, summary)}")
+        if stage == "eval" and r > 0:
+            write_report(spec)
+    return write_report(spec)
+
+
+__all__ = ["LoopSpec", "LoopConfig", "parse_loop", "plan", "run_loop"]
