@@ -325,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if str(e) == "SIGTERM" else 130
     finally:
         on_term()
+        from . import dist
+        dist.finish()
 
 
 def _raise_on_sigterm():
