@@ -29,6 +29,9 @@ HEADLINE = ("before/gold/mean", "before/gold/greedy", "gold/mean", "gold/greedy"
 
 
 def _print_summary(summary: dict, out_dir: str):
+    from . import dist
+    if not dist.is_main():  # under torchrun rank 0 speaks for the run
+        return
     print(f"run: {out_dir}")
     for k in HEADLINE:
         if k in summary:
@@ -125,8 +128,9 @@ def _cmd_train(args) -> int:
         print(C.render_yaml(cfg))
         return 0
     summary = getattr(importlib.import_module(f".train.{module}", __package__), fn)(cfg)
+    from . import dist
     _print_summary(summary, cfg.out_dir)
-    if not summary.get("finished", False):
+    if not summary.get("finished", False) and dist.is_main():
         print(f"stopped early at step {summary.get('steps')}: run the same command again to continue")
     return 0
 

@@ -175,6 +175,13 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def cat_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of `t` (its share of a batch, in rank order) concatenated along dim 0, on every rank."""
+    if not active():
+        return t
+    return torch.cat([s.to(t.device) for s in all_gather_object(t.detach().cpu())])
+
+
 def broadcast_object(obj):
     """Rank 0's `obj` on every rank."""
     if not active():
@@ -197,8 +204,8 @@ class Closure(nn.Module):
         super().__init__()
         self.inner = nn.ModuleDict(modules)
 
-    def forward(self, fn, *args):
-        return fn(*args)
+    def forward(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
 
 
 class Trainer:
@@ -216,12 +223,11 @@ class Trainer:
         elif any(p.requires_grad for m in modules.values() for p in m.parameters()):
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [device.index] if device.type == "cuda" else None
-            # broadcast_buffers off: the models have no running statistics; the constructor still
-            # broadcasts rank 0's parameters, so every rank starts from the same weights
-            self.ddp = DDP(Closure(modules), device_ids=ids, broadcast_buffers=False)
+            # the constructor broadcasts rank 0's parameters: every rank starts from the same weights
+            self.ddp = DDP(Closure(modules), device_ids=ids)
 
-    def run(self, fn, *args):
-        return self.ddp(fn, *args) if self.ddp is not None else fn(*args)
+    def run(self, fn, *args, **kwargs):
+        return self.ddp(fn, *args, **kwargs) if self.ddp is not None else fn(*args, **kwargs)
 
     def accumulating(self, last: bool):
         """Context for one micro-step's forward and backward: no gradient sync unless it is the last."""
