@@ -191,6 +191,43 @@ def broadcast_object(obj):
     return box[0]
 
 
+# ---------------------------------------------------------------- launching a stage
+
+COMMANDS = {"SFTConfig": "sft", "RewardConfig": "reward", "PreferenceConfig": "dpo", "KTOConfig": "kto",
+            "PPOConfig": "ppo", "OnlineDPOConfig": "online-dpo"}
+
+
+def torchrun(cfg, nproc: int) -> dict:
+    """Run the stage of `cfg` as `torchrun --standalone --nproc-per-node N -m tinyrlhf <stage> --config`
+    (the resolved config, written to a temporary file) and return its summary.json. Its output goes to
+    <out_dir>.torchrun.log; a failure is one error naming that log and its last line."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from .config import render_yaml
+    name = type(cfg).__name__
+    command = cfg.algo if name == "GroupConfig" else COMMANDS[name]
+    log = f"{cfg.out_dir.rstrip('/')}.torchrun.log"
+    os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(render_yaml(cfg))
+    try:
+        with open(log, "w") as out:
+            rc = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc-per-node={nproc}", "-m", "tinyrlhf", command, "--config", f.name],
+                                 stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        os.remove(f.name)
+    if rc != 0:
+        with open(log, errors="replace") as fh:
+            lines = [ln for ln in fh.read().splitlines() if ln.startswith("error: ")] or ["(no error line)"]
+        raise TinyRLHFError(f"{command} under torchrun ({nproc} processes) failed with status {rc}: {lines[0]} "
+                            f"(log: {log})")
+    with open(os.path.join(cfg.out_dir, "summary.json")) as fh:
+        return json.load(fh)
+
+
 # ---------------------------------------------------------------- wrapping the trained modules
 
 class Closure(nn.Module):
@@ -209,58 +246,76 @@ class Closure(nn.Module):
 
 
 class Trainer:
-    """The trained modules, as the step needs them: `run(fn, *args)` computes a loss so that its backward
-    synchronises gradients (DDP), or as is (one process, FSDP2 whose hooks live on the modules);
-    `accumulating(last)` skips the gradient all-reduce on the non-final micro-steps of an accumulation."""
+    """The trained modules, as the step needs them: `run(fn, *args)` computes a loss inside the wrapper's
+    forward, so that its backward synchronises gradients (DDP's all-reduce, FSDP2's reduce-scatter);
+    `accumulating(last)` skips that on the non-final micro-steps of an accumulation; `gathered()` holds
+    FSDP's root parameters (embeddings, head) whole for code that calls the model outside `run`
+    (evaluation). With one process all three are the identity."""
 
     def __init__(self, modules: dict, parallel: str, device: torch.device):
-        self.modules, self.parallel, self.ddp = modules, parallel, None
+        self.modules, self.parallel, self.wrapped = modules, parallel, None
         if not active():
             return
         if parallel == "fsdp":
+            from torch.distributed.fsdp import fully_shard
             for m in modules.values():
-                shard_fsdp(m)
+                shard_blocks(m)
+            # the root unit holds what the blocks do not (embeddings, tied head, final norm); the loss
+            # helpers call trunk and head separately, so the root's forward is the closure around them
+            self.wrapped = fully_shard(Closure(modules))
         elif any(p.requires_grad for m in modules.values() for p in m.parameters()):
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [device.index] if device.type == "cuda" else None
             # the constructor broadcasts rank 0's parameters: every rank starts from the same weights
-            self.ddp = DDP(Closure(modules), device_ids=ids)
+            self.wrapped = DDP(Closure(modules), device_ids=ids)
 
     def run(self, fn, *args, **kwargs):
-        return self.ddp(fn, *args, **kwargs) if self.ddp is not None else fn(*args, **kwargs)
+        return self.wrapped(fn, *args, **kwargs) if self.wrapped is not None else fn(*args, **kwargs)
 
     def accumulating(self, last: bool):
         """Context for one micro-step's forward and backward: no gradient sync unless it is the last."""
-        if last or not active():
+        if last or self.wrapped is None:
             return contextlib.nullcontext()
-        if self.ddp is not None:
-            return self.ddp.no_sync()
-        return _fsdp_no_sync(list(self.modules.values()))
+        if self.parallel != "fsdp":
+            return self.wrapped.no_sync()
+        return _fsdp_no_sync(self.wrapped)
+
+    @contextlib.contextmanager
+    def gathered(self):
+        if self.wrapped is None or self.parallel != "fsdp":
+            yield
+            return
+        self.wrapped.unshard()
+        try:
+            yield
+        finally:
+            self.wrapped.reshard()
 
 
-def shard_fsdp(model: nn.Module):
-    """FSDP2 (`fully_shard`): each transformer block its own unit, then the whole model (embeddings and
-    head, tied, stay together in the root unit). Parameters become DTensors sharded over the ranks."""
+def shard_blocks(model: nn.Module):
+    """FSDP2 (`fully_shard`) for each transformer block of a causal LM: its parameters become DTensors
+    sharded over the ranks, all-gathered for its forward and backward."""
     from torch.distributed.fsdp import fully_shard
     from .models import unwrap
-    if hasattr(model, "get_base_model") or not hasattr(model, "config"):
+    if hasattr(model, "get_base_model") or not hasattr(model, "config") or type(model).__name__ == "RewardModel":
         raise ConfigError("train.parallel=fsdp shards a plain causal LM (sft, the dpo family, kto without LoRA); "
                           "use train.parallel=ddp here (a LoRA adapter is small enough to replicate)")
     base = unwrap(model)
     blocks = getattr(getattr(base, "transformer", None), "h", None) or getattr(getattr(base, "model", None), "layers", [])
     for block in blocks:
         fully_shard(block)
-    fully_shard(model)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when some parameter of `model` is a DTensor (FSDP2)."""
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 @contextlib.contextmanager
-def _fsdp_no_sync(modules):
-    from torch.distributed.fsdp import FSDPModule
-    units = [m for top in modules for m in top.modules() if isinstance(m, FSDPModule)]
-    for m in units:
-        m.set_requires_gradient_sync(False, recurse=False)
+def _fsdp_no_sync(root):
+    root.set_requires_gradient_sync(False)
     try:
         yield
     finally:
-        for m in units:
-            m.set_requires_gradient_sync(True, recurse=False)
+        root.set_requires_gradient_sync(True)

@@ -192,11 +192,13 @@ def fit(run: RunDir, model: torch.nn.Module, cfg: TrainConfig, plan: BatchPlan, 
                 window = {}
                 pbar.set_postfix(loss=f"{row['loss']:.4f}")
                 if evaluates and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
-                    last_eval = evaluate()
+                    with trainer.gathered():
+                        last_eval = evaluate()
                     row.update(last_eval)
                 run.log(row)
             elif evaluates and cfg.eval_every and step % cfg.eval_every == 0:
-                last_eval = evaluate()
+                with trainer.gathered():
+                    last_eval = evaluate()
                 run.log({"step": step, **last_eval})
             save_now, stopping = between_steps(stop, schedule, step)
             if save_now:

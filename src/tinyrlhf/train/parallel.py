@@ -124,9 +124,8 @@ def _only(modules: dict):
 def save_final(run, model, tokenizer, merge_lora: bool):
     """Write the final model for `run` to publish (rank 0 only). Under FSDP the full weights are gathered
     first (a collective: every rank calls this) into an unsharded copy of the model."""
-    from torch.distributed.fsdp import FSDPModule
     from ..models import save_hf, unwrap
-    if isinstance(model, FSDPModule):
+    if dist.active() and dist.is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if dist.is_main():
