@@ -176,3 +176,16 @@ def test_fsdp_killed_rank_exits_and_resumes_to_the_single_process_numbers(env):
     run2("sft", [f"out_dir={two}", *args, "train.parallel=fsdp"], str(root / "fs2b.log"))
     assert_close(rows(two), rows(one), ("loss", "grad_norm"))
     assert os.path.isfile(os.path.join(two, "final", "config.json"))
+
+
+def test_single_process_identities():
+    """Without torchrun every helper is the identity the loops relied on before (same numbers)."""
+    import torch
+    from tinyrlhf import dist
+    assert not dist.active() and dist.world() == 1 and dist.is_main() and dist.rank_seed(7) == 7
+    count = torch.tensor(0)
+    assert dist.global_count(count) == 1 and dist.global_count(torch.tensor(12)) == 12
+    assert dist.mean_metrics({"a": torch.tensor(0.5), "b": 2}) == {"a": 0.5, "b": 2.0}
+    assert dist.any_true(True, False) == (True, False)
+    assert [dist.shard_range(10, r, 3) for r in range(3)] == [slice(0, 4), slice(4, 7), slice(7, 10)]
+    assert len({dist.rank_seed(7, r) for r in range(4)}) == 4
