@@ -148,13 +148,21 @@ def global_count(count: torch.Tensor) -> torch.Tensor:
 
 
 def mean_metrics(metrics: dict) -> dict:
-    """Each scalar metric averaged over ranks, in one all_reduce (every rank passes the same keys)."""
+    """Scalar metrics of this rank's share of a batch, made those of the whole batch (one all_reduce; every
+    rank passes the same keys): `count_X` adds up over ranks, a metric `Y_X` beside a `count_X` (KTO's
+    rewards_desirable) is averaged weighted by that count, any other is averaged over ranks."""
     if not active() or not metrics:
         return {k: float(v) for k, v in metrics.items()}
     keys = sorted(metrics)
-    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=_device())
+    weight = {k: f"count_{k.split('_', 1)[1]}" for k in keys
+              if "_" in k and not k.startswith("count_") and f"count_{k.split('_', 1)[1]}" in metrics}
+    t = torch.tensor([float(metrics[k]) * (float(metrics[weight[k]]) if k in weight else 1.0) for k in keys],
+                     dtype=torch.float64, device=_device())
     td.all_reduce(t)
-    return dict(zip(keys, (t / world()).tolist()))
+    total = dict(zip(keys, t.tolist()))
+    return {k: total[k] if k.startswith("count_") else
+            total[k] / total[weight[k]] if k in weight and total[weight[k]] else
+            0.0 if k in weight else total[k] / world() for k in keys}
 
 
 def any_true(*flags: bool) -> tuple[bool, ...]:
