@@ -325,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as e:  # a training loop stopped at a step boundary and wrote its checkpoint
         print(f"interrupted: {e}", file=sys.stderr)
         return 128 + e.signum
+    except RuntimeError as e:  # under torchrun: a collective failed because another rank died
+        from . import dist
+        if not dist.peer_lost(e):
+            raise
+        print(f"error: rank {dist.rank()}: a collective failed ({str(e).splitlines()[0][:160]}): another process "
+              "of this torchrun job stopped or was killed; run the same command again to continue from the last "
+              "checkpoint", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # outside a training step (setup, evaluation, final save)
         from .train.rundir import interrupted_note
         print(f"interrupted: {interrupted_note()}", file=sys.stderr)

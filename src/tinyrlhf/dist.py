@@ -81,6 +81,17 @@ def finish():
         td.destroy_process_group()
 
 
+def peer_lost(error: BaseException) -> bool:
+    """True for the error a collective raises on a rank whose peer died (torch.distributed's DistError, or
+    gloo's / NCCL's RuntimeError about a closed connection)."""
+    if not (td.is_available() and td.is_initialized()):
+        return False
+    if isinstance(error, getattr(td, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return any(w in text for w in ("gloo", "nccl", "connection", "peer"))
+
+
 def _device() -> torch.device:
     """Where collectives' tensors live: NCCL needs them on this rank's GPU, gloo on the CPU."""
     if active() and td.get_backend() == "nccl":
