@@ -22,7 +22,8 @@ import time
 
 STAGES = {  # stage: (CLI command, its options beyond the common ones, the summary's throughput key)
     "sft": ("sft", ["train.batch_size=16"], "tokens_per_s"),
-    "dpo": ("dpo", ["train.batch_size=16", "loss=dpo"], "tokens_per_s"),
+    # (max_train: the reference pass before training covers only the pairs the run trains on)
+    "dpo": ("dpo", ["train.batch_size=16", "loss=dpo", "data.max_train=512"], "tokens_per_s"),
     "ppo": ("ppo", ["reward=gold", "rollout.prompts_per_step=16", "rollout.max_new_tokens=16",
                     "ppo.minibatch_size=8", "ppo.epochs=2", "train.batch_size=8"], "episodes_per_s"),
 }
@@ -51,12 +52,13 @@ def main():
     args = ap.parse_args()
     nprocs = [int(n) for n in args.nprocs.split(",")]
     work = args.work or tempfile.mkdtemp(prefix="bench_scale-")
+    os.makedirs(work, exist_ok=True)
     py = sys.executable
     precision = "fp32" if args.device == "cpu" else "bf16"
     common = ["data.task=family_tree", f"data.dir={work}/data", f"train.threads={args.threads}",
               f"train.device={args.device}", f"train.precision={precision}", "train.progress=false",
               "eval.n_prompts=0", "train.eval_every=0", "train.save_every=0", "train.save_minutes=0",
-              "train.log_every=10", f"ref_cache_dir={work}/refcache"]
+              "train.log_every=10"]
 
     print(f"# bench_scale: {args.preset}, device {args.device}, {args.threads} thread(s) per rank, work dir {work}",
           flush=True)
@@ -64,7 +66,7 @@ def main():
     sft_base = f"{work}/base"
     if not os.path.isfile(f"{sft_base}/summary.json"):
         run([py, "-m", "tinyrlhf", "sft", f"out_dir={sft_base}", f"model.preset={args.preset}",
-             "train.max_steps=40", "train.batch_size=16", *[c for c in common if not c.startswith("ref_")]],
+             "train.max_steps=40", "train.batch_size=16", *common],
             f"{work}/base.log", args.threads)
     model = f"{sft_base}/final"
 
