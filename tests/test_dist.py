@@ -193,3 +193,16 @@ def test_single_process_identities():
     assert dist.any_true(True, False) == (True, False)
     assert [dist.shard_range(10, r, 3) for r in range(3)] == [slice(0, 4), slice(4, 7), slice(7, 10)]
     assert len({dist.rank_seed(7, r) for r in range(4)}) == 4
+
+
+def test_compare_nproc_is_checked_and_commands_map_every_stage():
+    from tinyrlhf import config as C
+    from tinyrlhf import dist
+    from tinyrlhf.errors import ConfigError
+    from tinyrlhf.eval.compare import parse_spec
+    with pytest.raises(ConfigError, match="--nproc"):
+        parse_spec("family_tree", "sft,dpo", 1, "/tmp/x", 100, "", 10, [], nproc=0)
+    assert parse_spec("family_tree", "sft,dpo", 1, "/tmp/x", 100, "", 10, [], nproc=2).nproc == 2
+    # every training config class has a command to launch it with (GroupConfig: its algo)
+    for cls in (C.SFTConfig, C.RewardConfig, C.PreferenceConfig, C.KTOConfig, C.PPOConfig, C.OnlineDPOConfig):
+        assert cls.__name__ in dist.COMMANDS
