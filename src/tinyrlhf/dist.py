@@ -320,7 +320,8 @@ def shard_blocks(model: nn.Module):
         raise ConfigError("train.parallel=fsdp shards a plain causal LM (sft, the dpo family, kto without LoRA); "
                           "use train.parallel=ddp here (a LoRA adapter is small enough to replicate)")
     base = unwrap(model)
-    blocks = getattr(getattr(base, "transformer", None), "h", None) or getattr(getattr(base, "model", None), "layers", [])
+    blocks = (getattr(getattr(base, "transformer", None), "h", None)  # GPT-2
+              or getattr(getattr(base, "model", None), "layers", []))  # Llama-style
     for block in blocks:
         fully_shard(block)
 

@@ -140,8 +140,9 @@ def save(root: str, state: dict, step: int, keep_written: bool = False):
             for name in names:
                 rel = os.path.relpath(os.path.join(folder, name), tmp)
                 if rel != STATE:
-                    fsync_file(os.path.join(tmp, rel))
-                    files[rel] = {"bytes": os.path.getsize(os.path.join(tmp, rel)), "sha256": sha256(os.path.join(tmp, rel))}
+                    fsync_file(os.path.join(folder, name))
+                    file = os.path.join(tmp, rel)
+                    files[rel] = {"bytes": os.path.getsize(file), "sha256": sha256(file)}
     manifest = {"format": 1, "step": step, "files": files}
     write_atomic(os.path.join(tmp, MANIFEST), json.dumps(manifest, indent=1))  # complete from here on
     fsync_dir(root)

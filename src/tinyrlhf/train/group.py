@@ -50,9 +50,11 @@ def run_group(cfg: GroupConfig) -> dict:
         #    Under torchrun each rank scores the groups of its own prompts; the rows are gathered.
         mine, _ = select_groups(groups, dist.shard(torch.arange(groups["prompt_ids"].shape[0], device=S.device)))
         with torch.no_grad(), S.autocast():
-            old_logprobs = dist.cat_rows(grouped_token_logps(S.policy, mine, share_prompt=share, temperature=temperature))
+            old_logprobs = dist.cat_rows(grouped_token_logps(S.policy, mine, share_prompt=share,
+                                                             temperature=temperature))
             with reference_model(S.policy, S.reference) as ref:
-                ref_logprobs = dist.cat_rows(grouped_token_logps(ref, mine, share_prompt=share, temperature=temperature))
+                ref_logprobs = dist.cat_rows(grouped_token_logps(ref, mine, share_prompt=share,
+                                                                 temperature=temperature))
         seq_kl = L.kl_per_token(old_logprobs, ref_logprobs, cfg.kl.estimator).mul(mask).sum(1)   # (B,)
         # 3. Sequence rewards and the group baseline: rows are prompt-major, k consecutive per prompt.
         rewards = scores - kl.value * seq_kl if cfg.kl_in == "reward" else scores

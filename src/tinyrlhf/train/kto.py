@@ -30,6 +30,7 @@ from ..data import PairRecord, load_preferences, pair_to_binary, render_chat
 from ..errors import DataError
 from ..logprobs import grouped_token_logps
 from .. import dist
+from ..models import save_hf
 from .data import begin_run
 from .engine import fit
 from .parallel import save_final
@@ -153,7 +154,8 @@ def run_kto(cfg: KTOConfig) -> dict:
     summary = fit(run, model, cfg.train, plan, device, make_batch, loss_fn, lambda: {**heldout(), **gold()},
                   stop_after=cfg.train.stop_after, desc="kto")
     if summary["finished"]:
-        save_final(run, model, tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled)
+        save_final(run, model, tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled,
+                   save_hf=save_hf)
     summary.update(**start.data_metrics, **stats.as_metrics(), reference_seconds=t_ref,
                    desirable=n_good, undesirable=len(records) - n_good,
                    wall_seconds=time.time() - start.t_start, device=str(device))

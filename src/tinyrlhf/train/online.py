@@ -15,7 +15,7 @@ from .. import dist
 from ..data import render_chat
 from ..errors import ConfigError
 from ..eval.policy import completion_logps, policy_eval
-from ..models import _set_dropout, add_lora, build_model
+from ..models import _set_dropout, add_lora, build_model, save_hf
 from ..rollout import Rollout, encode_prompts, generate
 from .data import begin_run
 from .engine import autocast, build_optimizer, build_scheduler, current_rss_mib, peak_memory_mib, set_seed
@@ -164,7 +164,8 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
     S.scheduler = build_scheduler(S.optimizer, cfg.train, steps * updates_per_step)
     kl = kl or KLController(0.0, False, 1.0, 1)
     start, extra = 0, {}
-    if cfg.train.resume and (loaded := load_checkpoint(run, S.trainer, modules, S.optimizer, S.scheduler)) is not None:
+    loaded = load_checkpoint(run, S.trainer, modules, S.optimizer, S.scheduler) if cfg.train.resume else None
+    if loaded is not None:
         start, extra = loaded
         kl.value = extra.get("kl_coef", kl.value)
     run.truncate_metrics(start)
@@ -207,7 +208,8 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
                 break
     finished = step == steps
     if finished:  # written to a staging dir; write_summary publishes it as final/
-        save_final(run, S.policy, S.tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled)
+        save_final(run, S.policy, S.tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled,
+                   save_hf=save_hf)
     summary = {"steps": step, "total_steps": steps, "finished": finished, "episodes": episodes,
                "train_seconds": seconds, "episodes_per_s": episodes / max(seconds, 1e-9), "kl/coef": kl.value,
                **peak_memory_mib(S.device), **last_eval, "wall_seconds": time.time() - S.t_start,

@@ -52,12 +52,12 @@ def save_checkpoint(run, trainer, modules: dict, optimizer, scheduler, step: int
     travels with it, so each resumes its own dropout stream). FSDP: every rank writes its shards of the
     model and optimizer into last.tmp/sharded/, then rank 0 adds state.pt and the manifest and rotates."""
     if not dist.active():
-        run.save_checkpoint(modules, optimizer, scheduler, step, extra)
+        run.save_checkpoint(modules, optimizer, scheduler, step, extra=extra)
         return
     extra = {**extra, "rng_ranks": dist.all_gather_object(rng_state())}
     if trainer.parallel != "fsdp":
         if dist.is_main():
-            run.save_checkpoint(modules, optimizer, scheduler, step, extra)
+            run.save_checkpoint(modules, optimizer, scheduler, step, extra=extra)
         dist.barrier()
         return
     import torch.distributed.checkpoint as dcp
@@ -121,10 +121,11 @@ def _only(modules: dict):
     return next(iter(modules.values()))
 
 
-def save_final(run, model, tokenizer, merge_lora: bool):
-    """Write the final model for `run` to publish (rank 0 only). Under FSDP the full weights are gathered
-    first (a collective: every rank calls this) into an unsharded copy of the model."""
-    from ..models import save_hf, unwrap
+def save_final(run, model, tokenizer, merge_lora: bool, save_hf):
+    """Write the final model for `run` to publish with `save_hf` (models.save_hf, as the loop module names
+    it), on rank 0 only. Under FSDP the full weights are gathered first (a collective: every rank calls
+    this) into an unsharded copy of the model."""
+    from ..models import unwrap
     if dist.active() and dist.is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -27,7 +27,7 @@ from ..data import render_chat
 from ..data.collate import BatchPlan, TruncationStats, encode_groups, pad_groups
 from ..eval.policy import completion_logps, policy_eval
 from ..logprobs import grouped_token_logps, scored_tokens
-from ..models import add_lora, build_model, store_frozen_base
+from ..models import add_lora, build_model, save_hf, store_frozen_base
 from .data import begin_run
 from .engine import compute_dtype, fit
 from .parallel import save_final
@@ -160,7 +160,8 @@ def run_preference(cfg: PreferenceConfig) -> dict:
     summary = fit(run, model, cfg.train, plan, device, make_batch, loss_fn, lambda: {**heldout(), **gold()},
                   stop_after=cfg.train.stop_after, desc=cfg.loss)
     if summary["finished"]:
-        save_final(run, model, tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled)
+        save_final(run, model, tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled,
+                   save_hf=save_hf)
     summary.update(**start.data_metrics, **stats.as_metrics(), reference_seconds=t_ref,
                    wall_seconds=time.time() - start.t_start, device=str(device), loss=cfg.loss)
     run.write_summary(summary)

@@ -106,9 +106,11 @@ def reference_logps(model, groups, pad_id: int, device, precision: str, cache_di
     if cached is not None:
         return cached
     part = groups[dist.shard_range(len(groups))]
-    with reference_disabled(model):
-        sums, counts = group_logps(model, part, pad_id, device, precision, share_prompt=share_prompt,
-                                   batch_size=batch_size) if part else (torch.zeros(k, 0), torch.zeros(k, 0, dtype=torch.long))
+    sums, counts = torch.zeros(k, 0), torch.zeros(k, 0, dtype=torch.long)  # (an empty share: fewer groups than ranks)
+    if part:
+        with reference_disabled(model):
+            sums, counts = group_logps(model, part, pad_id, device, precision, share_prompt=share_prompt,
+                                       batch_size=batch_size)
     if dist.active():  # computed once over all ranks, shared with every rank
         shares = dist.all_gather_object((sums, counts))
         sums, counts = torch.cat([s for s, _ in shares], 1), torch.cat([c for _, c in shares], 1)

@@ -13,7 +13,7 @@ from ..data import render_chat
 from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..logprobs import token_logps
 from .. import dist
-from ..models import add_lora, build_model
+from ..models import add_lora, build_model, save_hf
 from .data import begin_run
 from .engine import RunDir, autocast, fit
 from .parallel import save_final
@@ -113,6 +113,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     summary.update(before, **data_metrics, **stats.as_metrics(),
                    wall_seconds=time.time() - t_start, device=str(device))
     if summary["finished"]:
-        save_final(run, model, tokenizer, merge_lora=True)  # SFT's final/ is the base of every later stage
+        # SFT's final/ is the base of every later stage
+        save_final(run, model, tokenizer, merge_lora=True, save_hf=save_hf)
     run.write_summary(summary)
     return summary
