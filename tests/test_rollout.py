@@ -243,3 +243,23 @@ def test_n_per_prompt_samples_like_repeated_prompts():
     assert len(set(map(tuple, shared.response_ids[:3].tolist()))) > 1  # the k samples differ
     with pytest.raises(ConfigError, match="n_per_prompt"):
         run(model, ids, mask, n_per_prompt=0)
+
+
+def test_row_offset_samples_a_share_as_the_whole_batch_would():
+    """A torchrun rank samples rows [a, b) of the global batch with row_offset=a: the same tokens and
+    log-probs as those rows of one process's whole batch (the noise is keyed by the global row), for each
+    half and with k samples per prompt. Different noise per row: the halves are not copies of each other."""
+    model = tiny_lm(eos_bias=2.0)
+    ids, mask = prompts()
+    whole = run(model, ids, mask, seed=5, n_per_prompt=2)
+    for lo, hi in ((0, 4), (4, 8)):
+        part = run(model, ids[lo:hi, -max(LENS[lo:hi]):], mask[lo:hi, -max(LENS[lo:hi]):], seed=5, n_per_prompt=2,
+                   row_offset=2 * lo)
+        rows = slice(2 * lo, 2 * hi)
+        width = part.response_ids.shape[1]
+        assert torch.equal(part.response_ids, whole.response_ids[rows, :width])
+        assert torch.equal(part.response_mask, whole.response_mask[rows, :width])
+        assert not whole.response_mask[rows, width:].any()
+        torch.testing.assert_close(part.logprobs, whole.logprobs[rows, :width], rtol=0, atol=1e-5)
+    unkeyed = run(model, ids[4:], mask[4:], seed=5, n_per_prompt=2)  # without the offset: other samples
+    assert not torch.equal(unkeyed.response_ids[:, :4], whole.response_ids[8:, :4])

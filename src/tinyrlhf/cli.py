@@ -30,6 +30,9 @@ HEADLINE = ("before/gold/mean", "before/gold/greedy", "gold/mean", "gold/greedy"
 
 
 def _print_summary(summary: dict, out_dir: str):
+    from . import dist
+    if not dist.is_main():  # under torchrun rank 0 speaks for the run
+        return
     print(f"run: {out_dir}")
     for k in HEADLINE:
         if k in summary:
@@ -126,8 +129,9 @@ def _cmd_train(args) -> int:
         print(C.render_yaml(cfg))
         return 0
     summary = getattr(importlib.import_module(f".train.{module}", __package__), fn)(cfg)
+    from . import dist
     _print_summary(summary, cfg.out_dir)
-    if not summary.get("finished", False):
+    if not summary.get("finished", False) and dist.is_main():
         print(f"stopped early at step {summary.get('steps')}: run the same command again to continue")
     return 0
 
@@ -184,7 +188,7 @@ def _cmd_compare(args) -> int:
     spec = parse_spec(args.task, args.methods, args.seeds, args.out or f"runs/compare/{args.task}", args.budget,
                       args.config_dir, args.eval_prompts, args.overrides, args.offline_data, labels=args.labels,
                       val_prompts=args.val_prompts, rm_data=args.rm_data, rm_logp=args.rm_logp, trials=args.trials,
-                      grid=args.grid, best_of=args.best_of)
+                      grid=args.grid, best_of=args.best_of, nproc=args.nproc)
     print(f"compare {spec.task}: methods {', '.join(spec.methods)} x {spec.seeds} seed(s), budget {spec.budget} "
           f"prompts and {spec.n_labels} labels per method"
           + (f", {spec.trials} trials each" if spec.trials > 1 else "") + f" -> {spec.out}", flush=True)
@@ -273,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], help="METHOD.key=v1,v2,... instead of the default grid")
     p.add_argument("--val-prompts", type=int, default=200, help="validation prompts per seed (choose trials, baselines)")
     p.add_argument("--best-of", default="4,16", help="best-of-n baselines against the reward model ('' = none)")
+    p.add_argument("--nproc", type=int, default=1, help="processes per training stage: > 1 launches each stage "
+                   "with torchrun (DDP; one GPU each on a CUDA machine, gloo on CPU)")
     p.add_argument("overrides", nargs="*", help="STAGE.key=value for one stage (sft.train.max_steps=600, "
                    "ppo.kl.target=2) or key=value for every training stage (train.threads=1)")
     p.set_defaults(func=_cmd_compare)
@@ -327,12 +333,22 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as e:  # a training loop stopped at a step boundary and wrote its checkpoint
         print(f"interrupted: {e}", file=sys.stderr)
         return 128 + e.signum
+    except RuntimeError as e:  # under torchrun: a collective failed because another rank died
+        from . import dist
+        if not dist.peer_lost(e):
+            raise
+        print(f"error: rank {dist.rank()}: a collective failed ({str(e).splitlines()[0][:160]}): another process "
+              "of this torchrun job stopped or was killed; run the same command again to continue from the last "
+              "checkpoint", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # outside a training step (setup, evaluation, final save)
         from .train.rundir import interrupted_note
         print(f"interrupted: {interrupted_note()}", file=sys.stderr)
         return 143 if str(e) == "SIGTERM" else 130
     finally:
         on_term()
+        from . import dist
+        dist.finish()
 
 
 def _raise_on_sigterm():

@@ -157,6 +157,10 @@ class TrainConfig:
     """DPO family, KTO, RLOO/GRPO and online DPO: run each prompt once and its completions on its key/value
     cache (prefix sharing) instead of prompt+completion per row. Same numbers, less compute when prompts
     are long; ignored (off) under model.gradient_checkpointing, which disables the cache."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun (several processes): ddp replicates the model on every rank and averages gradients;
+    fsdp shards parameters, gradients and optimizer state over the ranks (FSDP2 `fully_shard`) and writes
+    sharded checkpoints (torch.distributed.checkpoint). Ignored in a single process."""
 
     def __post_init__(self):
         check_range(self, "lr", 0, lo_open=True)

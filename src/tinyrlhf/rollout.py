@@ -135,7 +135,7 @@ def _sample(logits, u, temperature: float, top_k: int, top_p: float):
 @torch.no_grad()
 def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_token_id: int, pad_token_id: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-             autocast=contextlib.nullcontext, n_per_prompt: int = 1) -> Rollout:
+             autocast=contextlib.nullcontext, n_per_prompt: int = 1, row_offset: int = 0) -> Rollout:
     """Sample up to `max_new_tokens` per left-padded prompt, each row stopping at its first EOS.
 
     `logprobs` are the log-probs of the sampled tokens under softmax(logits / temperature) over the FULL
@@ -146,7 +146,10 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_token_i
     generator (the global RNG is untouched); row i's noise depends only on (seed, i, max_new_tokens).
     Works for any transformers causal LM and peft wrappers: only the model's own forward is called.
     With `n_per_prompt` = k > 1, each prompt is sampled k times (rows i*k .. i*k+k-1 of the result, as if
-    every prompt had been repeated k times) and its prompt pass runs once: its cache is repeated."""
+    every prompt had been repeated k times) and its prompt pass runs once: its cache is repeated.
+    `row_offset` = r: the rows are rows r, r+1, ... of a larger batch drawn with the same seed (their
+    noise is that batch's): a rank of a torchrun job samples its share of a rollout exactly as one
+    process sampling the whole batch would."""
     _check(model, prompt_mask, max_new_tokens, temperature, top_k, top_p)
     if n_per_prompt < 1:
         raise ConfigError(f"n_per_prompt must be >= 1, got {n_per_prompt}")
@@ -157,7 +160,7 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_token_i
         prompt_mask = prompt_mask.repeat_interleave(n_per_prompt, 0)
     B, P = prompt_ids.shape
     gen = torch.Generator(device=device).manual_seed(seed)
-    noise = torch.rand((B, max_new_tokens), generator=gen, device=device)  # row i: the i-th block of one stream
+    noise = torch.rand((row_offset + B, max_new_tokens), generator=gen, device=device)[row_offset:]  # row i: the i-th block of one stream
 
     # 1. Buffers for the whole batch; the running batch indexes into them through `rows`.
     resp = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)

@@ -76,6 +76,7 @@ class CompareSpec:
     trials: int = 1  # settings of each method's key hyper-parameter (1 = its config's own value)
     grids: tuple[tuple[str, str, tuple[float, ...]], ...] = ()  # (method, key, values) of every swept method
     best_of: tuple[int, ...] = (4, 16)  # best-of-n baselines against the reward model
+    nproc: int = 1  # processes per training stage (> 1: each stage is launched by torchrun, DDP)
 
     @property
     def n_labels(self) -> int:
@@ -118,10 +119,12 @@ def _grids(methods, trials: int, explicit: list[str]) -> tuple:
 def parse_spec(task: str, methods: str, seeds: int, out: str, budget: int, config_dir: str, eval_prompts: int,
                overrides: list[str], offline_data: str = "policy", *, labels: int = 0, val_prompts: int = 200,
                rm_data: str = "policy", rm_logp: bool = False, trials: int = 1, grid: list[str] | None = None,
-               best_of: str = "4,16") -> CompareSpec:
+               best_of: str = "4,16", nproc: int = 1) -> CompareSpec:
     from ..tasks import task_names
     if task not in task_names():
         raise ConfigError(f"unknown task '{task}' (valid: {', '.join(task_names())})")
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     names = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in names if m != "sft" and m not in METHODS]
     if bad or not names:
@@ -158,7 +161,7 @@ def parse_spec(task: str, methods: str, seeds: int, out: str, budget: int, confi
     names = list(dict.fromkeys(names))
     return CompareSpec(task, tuple(names), seeds, out, budget, labels, config_dir, eval_prompts, val_prompts,
                        tuple(staged), tuple(global_), offline_data, rm_data, rm_logp, trials,
-                       _grids(names, trials, grid or []), bon)
+                       _grids(names, trials, grid or []), bon, nproc)
 
 
 def runs_of(spec: CompareSpec, method: str) -> list[tuple[str, dict]]:

@@ -55,7 +55,8 @@ def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
     if stage == "sft":
         from ..train.sft import run_sft
         # SFT keeps its own before/after gold evaluation (the untrained model's score is only known here)
-        return run_sft(_config(spec, "sft", "sft", C.SFTConfig, [f"out_dir={p['sft']}", *common, "eval.n_prompts=200"]))
+        return launched(spec, run_sft, _config(spec, "sft", "sft", C.SFTConfig,
+                                                [f"out_dir={p['sft']}", *common, "eval.n_prompts=200"]))
     if stage == "pairs":
         from ..tasks.policy_data import write_policy_data
         if os.path.isfile(os.path.join(p["pairs"], "manifest.json")):
@@ -70,7 +71,7 @@ def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
             args += [f"data.dir={p['pairs']}", f"data.max_train={spec.n_labels}"]
         else:
             args += [f"data.max_train={spec.n_labels}"]
-        return run_reward(_config(spec, "reward", "reward", C.RewardConfig, args))
+        return launched(spec, run_reward, _config(spec, "reward", "reward", C.RewardConfig, args))
     if stage == "baselines":
         from .baselines import run_baselines
         return run_baselines(spec, seed)
@@ -99,7 +100,15 @@ def _train(spec: CompareSpec, seed: int, run: str, p: dict, common: list[str]) -
     for line in C.loss_warnings(cfg):  # a loss-sensitive key left at another loss's value (see config.py)
         print(line, file=sys.stderr)
     module, fn = loop.split(":")
-    return getattr(importlib.import_module(f"..train.{module}", __package__), fn)(cfg)
+    return launched(spec, getattr(importlib.import_module(f"..train.{module}", __package__), fn), cfg)
+
+
+def launched(spec: CompareSpec, loop, cfg) -> dict:
+    """`loop(cfg)` in this process, or with --nproc N > 1 under torchrun (dist.torchrun)."""
+    if spec.nproc <= 1:
+        return loop(cfg)
+    from ..dist import torchrun
+    return torchrun(cfg, spec.nproc)
 
 
 def note(stage: str, summary) -> str:

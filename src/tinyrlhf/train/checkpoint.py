@@ -106,7 +106,8 @@ def collect_state(modules: dict, optimizer, scheduler, step: int, extra: dict | 
 def restore_state(state: dict, modules: dict, optimizer, scheduler):
     for k, m in modules.items():
         m.load_state_dict(state["modules"][k])
-    optimizer.load_state_dict(state["optimizer"])
+    if state["optimizer"] is not None:  # None: a sharded (FSDP) checkpoint keeps it beside, in sharded/
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
@@ -117,11 +118,14 @@ def restore_state(state: dict, modules: dict, optimizer, scheduler):
 
 # ------------------------------------------------------------------ save
 
-def save(root: str, state: dict, step: int):
-    """Write `state` as checkpoint `step` under `root` (checkpoints/), keeping the previous one."""
+def save(root: str, state: dict, step: int, keep_written: bool = False):
+    """Write `state` as checkpoint `step` under `root` (checkpoints/), keeping the previous one. With
+    `keep_written`, last.tmp/ already holds files (the shards torch.distributed.checkpoint wrote from every
+    rank): they stay, and the manifest checksums them too."""
     last, tmp, prev = (os.path.join(root, n) for n in ("last", "last.tmp", "prev"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    if not keep_written:
+        shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp, exist_ok=True)
     path = os.path.join(tmp, STATE)
     with open(path, "wb") as f:
         writer = _HashingWriter(f)
@@ -131,6 +135,14 @@ def save(root: str, state: dict, step: int):
     size = os.path.getsize(path)
     digest = writer.sha.hexdigest() if writer.count == size else sha256(path)  # (a torch that seeks: re-read)
     files = {STATE: {"bytes": size, "sha256": digest}}
+    if keep_written:
+        for folder, _dirs, names in os.walk(tmp):
+            for name in names:
+                rel = os.path.relpath(os.path.join(folder, name), tmp)
+                if rel != STATE:
+                    fsync_file(os.path.join(folder, name))
+                    file = os.path.join(tmp, rel)
+                    files[rel] = {"bytes": os.path.getsize(file), "sha256": sha256(file)}
     manifest = {"format": 1, "step": step, "files": files}
     write_atomic(os.path.join(tmp, MANIFEST), json.dumps(manifest, indent=1))  # complete from here on
     fsync_dir(root)
@@ -227,6 +239,7 @@ def load_latest(root: str, log: Callable[[str], None] = print) -> dict | None:
                     os.replace(bad, aside)
                     log(f"warning: checkpoint {bad}: {what}; moved to {aside}, resuming from {path} "
                         f"(step {state['step']}) instead")
+                state["path"] = path  # which one (ranks > 0 of a torchrun job read the same)
                 return state
         problems.append((path, problem))
     if problems:

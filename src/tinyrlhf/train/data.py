@@ -105,13 +105,32 @@ def begin_run(cfg, kind: str) -> RunStart | dict:
     """Open the run directory (locked; its config must match this one, see rundir.RunDir); a finished
     run returns its summary (reused, never overwritten). Otherwise prepare the resume, seed everything,
     pick the device, and load the task and the records of `kind`."""
+    from .. import dist
+    from ..errors import TinyRLHFError
     from ..tasks import get_task
     from .engine import resolve_device, set_seed
-    from .rundir import RunDir
+    from .rundir import RunDir, RunView
 
-    run = RunDir(cfg.out_dir, cfg, resume=cfg.train.resume, force_new=cfg.train.force_new)
-    if (done := run.finished_summary()) is not None:
-        print(f"{cfg.out_dir} is already finished with this config; reusing it")
+    # Under torchrun rank 0 alone opens (locks, checks, writes) the run directory and tells the others
+    # whether to go on; a single process runs exactly as before.
+    dist.init(cfg.train.device)
+    run, done, refused = None, None, None
+    if dist.is_main():
+        try:
+            run = RunDir(cfg.out_dir, cfg, resume=cfg.train.resume, force_new=cfg.train.force_new)
+            done = run.finished_summary()
+        except TinyRLHFError as e:
+            refused = e
+    verdict, done = dist.broadcast_object((refused is not None, done))
+    if refused is not None:
+        raise refused
+    if verdict:
+        raise dist.PeerFailed(f"rank {dist.rank()}: rank 0 refused the run (its error line says why)")
+    if run is None:
+        run = RunView(cfg.out_dir, cfg)
+    if done is not None:
+        if dist.is_main():
+            print(f"{cfg.out_dir} is already finished with this config; reusing it")
         return done
     run.prepare_resume()
     t_start = time.time()

@@ -31,6 +31,9 @@ def set_seed(seed: int):
 def resolve_device(cfg: TrainConfig) -> torch.device:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    from .. import dist
+    if (rank_device := dist.init(cfg.device)) is not None:  # torchrun: this rank's GPU, or the CPU (gloo)
+        return rank_device
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.device.startswith("cuda"):
@@ -125,12 +128,24 @@ def fit(run: RunDir, model: torch.nn.Module, cfg: TrainConfig, plan: BatchPlan, 
     from the last checkpoint exactly: the loop's own state (the log_every averaging window, token and
     time counters, the last evaluation) travels in the checkpoint, so the rows and the summary after a
     resume equal an uninterrupted run's. Stops within one step on a NaN/inf loss, gradient or weight,
-    and at the end of the step on SIGINT/SIGTERM after a checkpoint. Returns the training summary."""
+    and at the end of the step on SIGINT/SIGTERM after a checkpoint. Returns the training summary.
+
+    Under torchrun (see tinyrlhf.dist) each micro-batch of `train.batch_size` examples is split over the
+    ranks, `loss_fn` sees this rank's share (its loss must average over ranks to the global one: a mean
+    over examples does; a token mean divides by dist.global_count), gradients are all-reduced by DDP (or
+    reduce-scattered by FSDP2) on the last micro-step only, metrics are averaged over ranks, and rank 0
+    alone writes the run directory."""
+    from .. import dist
+    from .parallel import between_steps, load_checkpoint, save_checkpoint
+    dist.check_divisible(cfg.batch_size, "train.batch_size")
     steps = total_steps(cfg, plan)
+    trainer = dist.Trainer({"model": model}, cfg.parallel, device)
+    if dist.active():
+        set_seed(dist.rank_seed(plan.seed))  # each rank its own dropout stream, rank 0 the run's
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps)
     start, extra = 0, {}
-    if cfg.resume and (loaded := run.load_checkpoint({"model": model}, optimizer, scheduler)) is not None:
+    if cfg.resume and (loaded := load_checkpoint(run, trainer, {"model": model}, optimizer, scheduler)) is not None:
         start, extra = loaded
     run.truncate_metrics(start)  # rows after the checkpoint (or all but step 0's, without one) are redone
     batches = plan.iter_from(start * cfg.grad_accum)
@@ -139,23 +154,28 @@ def fit(run: RunDir, model: torch.nn.Module, cfg: TrainConfig, plan: BatchPlan, 
     last_eval: dict = extra.get("last_eval", {})
     window: dict[str, list[float]] = extra.get("window", {})
     schedule = SaveSchedule(cfg, steps)
+    evaluates = evaluate is not None and (dist.is_main() or cfg.parallel == "fsdp")  # FSDP: all ranks, in step
     step = start
-    with StopOnSignal() as stop, tqdm(total=steps, initial=start, desc=desc, disable=not cfg.progress,
-                                      dynamic_ncols=True) as pbar:
+    with StopOnSignal() as stop, tqdm(total=steps, initial=start, desc=desc, disable=not cfg.progress
+                                      or not dist.is_main(), dynamic_ncols=True) as pbar:
         for step in range(start + 1, steps + 1):
             model.train()
             t0 = time.perf_counter()
-            for _ in range(cfg.grad_accum):
-                batch = {k: v.to(device, non_blocking=True) for k, v in make_batch(next(batches)).items()}
-                with autocast(device, cfg.precision):
-                    loss, metrics = loss_fn(batch)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(run.diverged_message("the loss", loss.item(), step))
-                (loss / cfg.grad_accum).backward()
-                tokens += batch_tokens(batch)
-                for k, v in {"loss": loss.detach(), **metrics}.items():
+            for micro in range(cfg.grad_accum):
+                idx = dist.shard(next(batches))
+                batch = {k: v.to(device, non_blocking=True) for k, v in make_batch(idx).items()}
+                with trainer.accumulating(last=micro == cfg.grad_accum - 1):
+                    with autocast(device, cfg.precision):
+                        loss, metrics = trainer.run(loss_fn, batch)
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(run.diverged_message("the loss", loss.item(), step))
+                    (loss / cfg.grad_accum).backward()
+                metrics = dist.mean_metrics({"loss": loss.detach(), **metrics, "tokens": batch_tokens(batch)})
+                tokens += round(metrics.pop("tokens") * dist.world())
+                for k, v in metrics.items():
                     window.setdefault(k, []).append(float(v))
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else 1e12)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: DTensor
             if not torch.isfinite(grad_norm):
                 raise TrainingDiverged(run.diverged_message("the gradient norm", grad_norm.item(), step))
             optimizer.step()
@@ -171,21 +191,27 @@ def fit(run: RunDir, model: torch.nn.Module, cfg: TrainConfig, plan: BatchPlan, 
                        "tokens_per_s": tokens / max(train_time, 1e-9)}
                 window = {}
                 pbar.set_postfix(loss=f"{row['loss']:.4f}")
-                if evaluate is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
-                    last_eval = evaluate()
+                if evaluates and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
+                    with trainer.gathered():
+                        last_eval = evaluate()
                     row.update(last_eval)
                 run.log(row)
-            elif evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                last_eval = evaluate()
+            elif evaluates and cfg.eval_every and step % cfg.eval_every == 0:
+                with trainer.gathered():
+                    last_eval = evaluate()
                 run.log({"step": step, **last_eval})
-            if schedule.due(step, stop.signum is not None):
-                run.save_checkpoint({"model": model}, optimizer, scheduler, step, extra={
+            save_now, stopping = between_steps(stop, schedule, step)
+            if save_now:
+                save_checkpoint(run, trainer, {"model": model}, optimizer, scheduler, step, extra={
                     "tokens": tokens, "train_time": train_time, "last_eval": last_eval, "window": window})
                 schedule.saved()
-            if stop.signum is not None and step < steps:
+            if stopping and step < steps:
                 raise stop.interrupted(run, step, steps)
             if stop_after and step == stop_after and step < steps:
                 break
-    return {"steps": step, "total_steps": steps, "finished": step == steps, "train_tokens": tokens,
-            "train_seconds": train_time, "tokens_per_s": tokens / max(train_time, 1e-9),
-            **peak_memory_mib(device), **last_eval}
+    summary = {"steps": step, "total_steps": steps, "finished": step == steps, "train_tokens": tokens,
+               "train_seconds": train_time, "tokens_per_s": tokens / max(train_time, 1e-9),
+               **peak_memory_mib(device), **last_eval}
+    if dist.active():
+        summary["world_size"] = dist.world()
+    return summary

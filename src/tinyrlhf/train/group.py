@@ -16,7 +16,8 @@ import torch
 from .. import losses as L
 from ..config import GroupConfig
 from ..errors import ConfigError
-from .online import micro_batches, open_online, online_fit, sample_and_score, step_optimizer
+from .. import dist
+from .online import micro_batches, open_online, online_fit, rank_share, sample_and_score, step_optimizer
 from ..logprobs import grouped_token_logps
 from .rl import KLController, check_finite, prompts_for_step, reference_model, select_groups
 
@@ -33,6 +34,10 @@ def run_group(cfg: GroupConfig) -> dict:
     temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
     advantage_fn = L.rloo_advantages if cfg.algo == "rloo" else L.grpo_advantages
     share = cfg.train.share_prompt and not cfg.model.gradient_checkpointing
+    for value, what in ((cfg.rollout.prompts_per_step, "rollout.prompts_per_step"),
+                        (max(1, cfg.minibatch_size // cfg.k), "minibatch_size // k (prompts per minibatch)"),
+                        (max(1, cfg.train.batch_size // cfg.k), "train.batch_size // k (prompts per micro-batch)")):
+        dist.check_divisible(value, what)  # prompts per rollout, minibatch and micro-batch split evenly
 
     def update(step: int, kl: KLController) -> dict:
         # 1. k responses for each prompt, scored.
@@ -42,10 +47,14 @@ def run_group(cfg: GroupConfig) -> dict:
         groups = {k: v.to(S.device) for k, v in ro.groups(cfg.k).items()}  # each prompt once, k responses
         mask = ro.response_mask.to(S.device).float()
         # 2. Old and reference log-probs (same temperature as sampling).
+        #    Under torchrun each rank scores the groups of its own prompts; the rows are gathered.
+        mine, _ = select_groups(groups, dist.shard(torch.arange(groups["prompt_ids"].shape[0], device=S.device)))
         with torch.no_grad(), S.autocast():
-            old_logprobs = grouped_token_logps(S.policy, groups, share_prompt=share, temperature=temperature)
+            old_logprobs = dist.cat_rows(grouped_token_logps(S.policy, mine, share_prompt=share,
+                                                             temperature=temperature))
             with reference_model(S.policy, S.reference) as ref:
-                ref_logprobs = grouped_token_logps(ref, groups, share_prompt=share, temperature=temperature)
+                ref_logprobs = dist.cat_rows(grouped_token_logps(ref, mine, share_prompt=share,
+                                                                 temperature=temperature))
         seq_kl = L.kl_per_token(old_logprobs, ref_logprobs, cfg.kl.estimator).mul(mask).sum(1)   # (B,)
         # 3. Sequence rewards and the group baseline: rows are prompt-major, k consecutive per prompt.
         rewards = scores - kl.value * seq_kl if cfg.kl_in == "reward" else scores
@@ -58,22 +67,31 @@ def run_group(cfg: GroupConfig) -> dict:
         n_prompts = len(advantages) // cfg.k
         for _epoch in range(cfg.epochs):
             for mb in torch.randperm(n_prompts, generator=g).split(max(1, cfg.minibatch_size // cfg.k)):
-                for part, weight in micro_batches(mb, max(1, cfg.train.batch_size // cfg.k)):
-                    sub, rows = select_groups(groups, part.to(S.device))
+                parts = list(micro_batches(mb, max(1, cfg.train.batch_size // cfg.k)))
+                for i, (part, weight) in enumerate(parts):
+                    # under torchrun: this rank's prompts of the micro-batch, token means over all of it
+                    m_all = mask[select_groups(groups, part.to(S.device))[1]]
+                    sub, rows = select_groups(groups, dist.shard(part).to(S.device))
                     m = mask[rows]
-                    with S.autocast():
-                        logprobs = grouped_token_logps(S.policy, sub, share_prompt=share, temperature=temperature)
-                    adv = advantages[rows, None].expand_as(m)
-                    pg, pg_m = L.ppo_policy_loss(logprobs, old_logprobs[rows], adv, m, clip=cfg.clip)
-                    loss = L.masked_mean(pg, m)
-                    if cfg.kl_in == "loss":  # GRPO eq. 3: + β·k3(π, π_ref) per token, on the current policy
-                        kl_term = L.masked_mean(L.kl_per_token(logprobs, ref_logprobs[rows], "k3"), m)
-                        loss = loss + kl.value * kl_term
-                        stats.setdefault("loss/kl", []).append(float(kl_term.detach()))
-                    check_finite("the policy loss", loss.detach(), step, S.run)
-                    (loss * weight).backward()
-                    stats.setdefault("loss/policy", []).append(float(L.masked_mean(pg.detach(), m)))
-                    stats.setdefault("policy/clipfrac", []).append(float(pg_m["clipfrac"]))
+                    got = {}
+                    with S.trainer.accumulating(last=i == len(parts) - 1):
+                        with S.autocast():
+                            logprobs = S.trainer.run(grouped_token_logps, S.policy, sub, share_prompt=share,
+                                                     temperature=temperature)
+                        adv = advantages[rows, None].expand_as(m)
+                        pg, pg_m = L.ppo_policy_loss(logprobs, old_logprobs[rows], adv, m, clip=cfg.clip)
+                        loss = rank_share(L.masked_mean(pg, m), m, m_all)
+                        if cfg.kl_in == "loss":  # GRPO eq. 3: + β·k3(π, π_ref) per token, on the current policy
+                            kl_term = rank_share(L.masked_mean(L.kl_per_token(logprobs, ref_logprobs[rows], "k3"), m),
+                                                 m, m_all)
+                            loss = loss + kl.value * kl_term
+                            got["loss/kl"] = kl_term.detach()
+                        check_finite("the policy loss", loss.detach(), step, S.run)
+                        (loss * weight).backward()
+                    got.update({"loss/policy": rank_share(L.masked_mean(pg.detach(), m), m, m_all),
+                                "policy/clipfrac": rank_share(pg_m["clipfrac"], m, m_all)})
+                    for k, v in dist.mean_metrics(got).items():
+                        stats.setdefault(k, []).append(v)
                 stats.setdefault("grad_norm", []).append(step_optimizer(S, params, step))
         seq_kl1 = L.kl_per_token(old_logprobs, ref_logprobs, "k1").mul(mask).sum(1)
         kl.update(seq_kl1.mean().item(), len(advantages))

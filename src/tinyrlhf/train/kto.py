@@ -29,9 +29,11 @@ from ..data.collate import BatchPlan, TruncationStats, encode_groups, group_slot
 from ..data import PairRecord, load_preferences, pair_to_binary, render_chat
 from ..errors import DataError
 from ..logprobs import grouped_token_logps
+from .. import dist
 from ..models import save_hf
 from .data import begin_run
 from .engine import fit
+from .parallel import save_final
 from .preference import EVAL_MAX, offline_policy, policy_evaluator
 from .reference import group_logps, model_fingerprint, reference_logps
 
@@ -139,7 +141,10 @@ def run_kto(cfg: KTOConfig) -> dict:
             policy = grouped_token_logps(model, group_slot(batch, 0), share_prompt=False).sum(-1)
             with torch.no_grad():
                 policy_mis = grouped_token_logps(model, group_slot(batch, 1), share_prompt=False).sum(-1)
-        kl = L.kto_reference_point(policy_mis, batch["ref_mis"])
+        if dist.active():  # z0 over the GLOBAL micro-batch: the mean of the ranks' (equal) shares, then max(0, .)
+            kl = dist.all_reduce_mean((policy_mis.detach().float() - batch["ref_mis"].float()).mean()).clamp(min=0)
+        else:
+            kl = L.kto_reference_point(policy_mis, batch["ref_mis"])
         losses, metrics = L.kto_loss(policy, batch["ref"], batch["desirable"], kl, beta=cfg.beta,
                                      desirable_weight=cfg.desirable_weight,
                                      undesirable_weight=cfg.undesirable_weight)
@@ -149,7 +154,8 @@ def run_kto(cfg: KTOConfig) -> dict:
     summary = fit(run, model, cfg.train, plan, device, make_batch, loss_fn, lambda: {**heldout(), **gold()},
                   stop_after=cfg.train.stop_after, desc="kto")
     if summary["finished"]:
-        save_hf(model, tokenizer, run.final, merge_lora=cfg.lora.merge or not cfg.lora.enabled)
+        save_final(run, model, tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled,
+                   save_hf=save_hf)
     summary.update(**start.data_metrics, **stats.as_metrics(), reference_seconds=t_ref,
                    desirable=n_good, undesirable=len(records) - n_good,
                    wall_seconds=time.time() - start.t_start, device=str(device))

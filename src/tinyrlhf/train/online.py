@@ -11,13 +11,15 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .. import dist
 from ..data import render_chat
 from ..errors import ConfigError
 from ..eval.policy import completion_logps, policy_eval
 from ..models import _set_dropout, add_lora, build_model, save_hf
 from ..rollout import Rollout, encode_prompts, generate
 from .data import begin_run
-from .engine import autocast, build_optimizer, build_scheduler, current_rss_mib, peak_memory_mib
+from .engine import autocast, build_optimizer, build_scheduler, current_rss_mib, peak_memory_mib, set_seed
+from .parallel import between_steps, load_checkpoint, save_checkpoint, save_final
 from .guard import SaveSchedule, StopOnSignal, check_weights
 from .reference import reference_disabled
 from .rl import KLController, check_finite, frozen_reference, reward_source
@@ -81,21 +83,54 @@ def truncate_at_stop(ro: Rollout, stop_id: int, pad_id: int):
 
 def sample_and_score(S: Online, prompts: list[str], step: int, n_per_prompt: int = 1):
     """Step 1-2 of every loop: sample `n_per_prompt` responses per prompt and score them.
-    Returns (rollout, prompts repeated, response texts, scores (B,) with the missing-EOS penalty, raw scores)."""
+    Returns (rollout, prompts repeated, response texts, scores (B,) with the missing-EOS penalty, raw scores).
+
+    Under torchrun each rank samples and scores its contiguous share of `prompts` (with the noise those
+    rows would get in one process: generate's row_offset), and the shares are gathered: every rank gets
+    the whole batch, so whitening, group baselines and the KL controller see global statistics."""
     R = S.cfg.rollout
-    ids, mask = encode_prompts(S.tokenizer, prompts, R.max_prompt_tokens)
+    share = dist.shard_range(len(prompts))
+    ids, mask = encode_prompts(S.tokenizer, prompts[share], R.max_prompt_tokens)
     ro = generate(S.policy, ids.to(S.device), mask.to(S.device), max_new_tokens=R.max_new_tokens,
                   eos_token_id=S.tokenizer.eos_token_id, pad_token_id=S.tokenizer.pad_token_id,
                   temperature=R.temperature, top_k=R.top_k, top_p=R.top_p,
-                  seed=S.cfg.seed * 1_000_003 + step, autocast=S.autocast, n_per_prompt=n_per_prompt)
-    prompts = [p for p in prompts for _ in range(n_per_prompt)]
+                  seed=S.cfg.seed * 1_000_003 + step, autocast=S.autocast, n_per_prompt=n_per_prompt,
+                  row_offset=share.start * n_per_prompt)
+    prompts = [p for p in prompts[share] for _ in range(n_per_prompt)]
     if S.stop_id is not None:
         truncate_at_stop(ro, S.stop_id, S.tokenizer.pad_token_id)
     texts = ro.texts(S.tokenizer)
     raw = S.reward(prompts, texts)
     # Penalty for responses that never end (lm-human-preference-details: a fixed low score; we subtract).
     scores = raw - R.missing_eos_penalty * (~ro.finished.cpu()).float()
+    if dist.active():
+        ro, prompts, texts, scores, raw = gather_rollouts(ro, prompts, texts, scores, raw, S.tokenizer.pad_token_id)
+        ro = Rollout(**{k: v.to(S.device) for k, v in vars(ro).items()})
     return ro, prompts, texts, scores.to(S.device), raw
+
+
+def gather_rollouts(ro: Rollout, prompts, texts, scores, raw, pad_id: int):
+    """Every rank's share of a rollout, concatenated in rank order on every rank: prompts left-padded and
+    responses right-padded to the widest share (exactly the batch one process would have sampled)."""
+    shares = dist.all_gather_object(({k: v.cpu() for k, v in vars(ro).items()}, prompts, texts, scores, raw))
+    P = max(s[0]["prompt_ids"].shape[1] for s in shares)
+    R = max(s[0]["response_ids"].shape[1] for s in shares)
+
+    def left(t, value):
+        return torch.nn.functional.pad(t, (P - t.shape[1], 0), value=value)
+
+    def right(t, value):
+        return torch.nn.functional.pad(t, (0, R - t.shape[1]), value=value)
+
+    parts = [s[0] for s in shares]
+    ro = Rollout(prompt_ids=torch.cat([left(p["prompt_ids"], pad_id) for p in parts]),
+                 prompt_mask=torch.cat([left(p["prompt_mask"], 0) for p in parts]),
+                 response_ids=torch.cat([right(p["response_ids"], pad_id) for p in parts]),
+                 response_mask=torch.cat([right(p["response_mask"], 0) for p in parts]),
+                 logprobs=torch.cat([right(p["logprobs"], 0.0) for p in parts]),
+                 finished=torch.cat([p["finished"] for p in parts]))
+    return (ro, [x for s in shares for x in s[1]], [x for s in shares for x in s[2]],
+            torch.cat([s[3] for s in shares]), torch.cat([s[4] for s in shares]))
 
 
 def reference_scorer(S: Online):
@@ -119,12 +154,18 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
     steps = cfg.train.max_steps
     if steps < 1:
         raise ConfigError("train.max_steps must be >= 1 for online methods (one step = one rollout batch)")
+    modules = {"policy": S.policy, **(modules or {})}
+    if dist.active() and cfg.train.parallel == "fsdp":  # each rank samples on its own: no lock-step all-gathers
+        raise ConfigError("train.parallel=fsdp is for sft, the dpo family and kto; online methods run with ddp")
+    S.trainer = dist.Trainer(modules, cfg.train.parallel, S.device)
+    if dist.active():
+        set_seed(dist.rank_seed(cfg.seed))  # each rank its own stream for anything not seeded explicitly
     S.optimizer = build_optimizer(None, cfg.train, extra_params=params)
     S.scheduler = build_scheduler(S.optimizer, cfg.train, steps * updates_per_step)
-    modules = {"policy": S.policy, **(modules or {})}
     kl = kl or KLController(0.0, False, 1.0, 1)
     start, extra = 0, {}
-    if cfg.train.resume and (loaded := run.load_checkpoint(modules, S.optimizer, S.scheduler)) is not None:
+    loaded = load_checkpoint(run, S.trainer, modules, S.optimizer, S.scheduler) if cfg.train.resume else None
+    if loaded is not None:
         start, extra = loaded
         kl.value = extra.get("kl_coef", kl.value)
     run.truncate_metrics(start)
@@ -139,8 +180,8 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
     episodes, seconds = extra.get("episodes", 0), extra.get("seconds", 0.0)
     last_eval, step = extra.get("last_eval", {}), start
     schedule = SaveSchedule(cfg.train, steps)
-    with StopOnSignal() as stop, tqdm(total=steps, initial=start, desc=desc, disable=not cfg.train.progress,
-                                      dynamic_ncols=True) as pbar:
+    with StopOnSignal() as stop, tqdm(total=steps, initial=start, desc=desc, dynamic_ncols=True,
+                                      disable=not cfg.train.progress or not dist.is_main()) as pbar:
         for step in range(start + 1, steps + 1):
             t0 = time.perf_counter()
             metrics = update(step, kl)
@@ -151,26 +192,28 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
                    "time/step": dt, "episodes_per_s": episodes / seconds, "mem/rss_mib": current_rss_mib()}
             pbar.update(1)
             pbar.set_postfix(score=f"{metrics.get('objective/scores', 0):.3f}", kl=f"{metrics.get('kl/seq', 0):.2f}")
-            if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or step == steps:
+            if dist.is_main() and ((cfg.train.eval_every and step % cfg.train.eval_every == 0) or step == steps):
                 last_eval = evaluate()
                 row.update(last_eval)
             if step % cfg.train.log_every == 0 or step == steps or "gold/mean" in row:
                 run.log(row)
-            if schedule.due(step, stop.signum is not None):
-                run.save_checkpoint(modules, S.optimizer, S.scheduler, step, extra={
+            save_now, stopping = between_steps(stop, schedule, step)
+            if save_now:
+                save_checkpoint(run, S.trainer, modules, S.optimizer, S.scheduler, step, extra={
                     "kl_coef": kl.value, "episodes": episodes, "seconds": seconds, "last_eval": last_eval})
                 schedule.saved()
-            if stop.signum is not None and step < steps:
+            if stopping and step < steps:
                 raise stop.interrupted(run, step, steps)
             if cfg.train.stop_after and step == cfg.train.stop_after and step < steps:
                 break
     finished = step == steps
     if finished:  # written to a staging dir; write_summary publishes it as final/
-        save_hf(S.policy, S.tokenizer, run.final, merge_lora=cfg.lora.merge or not cfg.lora.enabled)
+        save_final(run, S.policy, S.tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled,
+                   save_hf=save_hf)
     summary = {"steps": step, "total_steps": steps, "finished": finished, "episodes": episodes,
                "train_seconds": seconds, "episodes_per_s": episodes / max(seconds, 1e-9), "kl/coef": kl.value,
                **peak_memory_mib(S.device), **last_eval, "wall_seconds": time.time() - S.t_start,
-               "device": str(S.device)}
+               "device": str(S.device), **({"world_size": dist.world()} if dist.active() else {})}
     run.write_summary(summary)
     return summary
 
@@ -185,6 +228,15 @@ def step_optimizer(S: Online, params: list, step: int) -> float:
     S.scheduler.step()
     S.optimizer.zero_grad(set_to_none=True)
     return float(grad_norm)
+
+
+def rank_share(local_mean: torch.Tensor, local_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """This rank's share of a token mean over a micro-batch whose rows are split over the ranks: the mean
+    over its own rows (`local_mask`) rescaled so that the average over ranks (DDP's gradient average,
+    dist.mean_metrics) is the mean over all the micro-batch's tokens (`mask`). One process: unchanged."""
+    if not dist.active():
+        return local_mean
+    return local_mean * local_mask.sum() / mask.sum().clamp(min=1) * dist.world()
 
 
 def micro_batches(rows: torch.Tensor, size: int):

@@ -10,6 +10,7 @@ import torch
 
 from .. import losses as L
 from ..config import OnlineDPOConfig
+from .. import dist
 from .online import micro_batches, open_online, online_fit, sample_and_score, step_optimizer
 from ..logprobs import grouped_token_logps
 from .rl import KLController, check_finite, prompts_for_step, reference_model, select_groups
@@ -22,6 +23,10 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
     params = [p for p in S.policy.parameters() if p.requires_grad]
     n_minibatches = -(-cfg.rollout.prompts_per_step // cfg.minibatch_size)
     share = cfg.train.share_prompt and not cfg.model.gradient_checkpointing
+    dist.check_divisible(cfg.rollout.prompts_per_step, "rollout.prompts_per_step")
+    zero = torch.zeros(1)
+    metric_keys = ["loss/dpo", *(L.dpo_loss if cfg.loss == "dpo" else L.ipo_loss)(zero, zero, zero, zero,
+                                                                                  beta=cfg.beta)[1]]
 
     def update(step: int, kl: KLController) -> dict:
         # 1. Two samples per prompt (rows 2i and 2i+1), scored by the reward source.
@@ -35,9 +40,11 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
         keep = pair_scores[:, 0] != pair_scores[:, 1]
         first_wins = (pair_scores[:, 0] > pair_scores[:, 1]).to(S.device)
         # 3. Reference log-probs (the model's own distribution, temperature 1: DPO's π_ref).
+        #    Under torchrun each rank scores its own prompts' pairs; the rows are gathered.
+        mine, _ = select_groups(groups, dist.shard(torch.arange(groups["prompt_ids"].shape[0], device=S.device)))
         with torch.no_grad(), S.autocast():
             with reference_model(S.policy, S.reference) as ref:
-                ref_logprobs = grouped_token_logps(ref, groups, share_prompt=share, temperature=1.0)
+                ref_logprobs = dist.cat_rows(grouped_token_logps(ref, mine, share_prompt=share, temperature=1.0))
         ref_pairs = (ref_logprobs * mask).sum(1).view(-1, 2)  # (prompts, 2)
         # 4. DPO/IPO steps over the kept pairs, both responses of a prompt in one pass over that prompt.
         S.policy.train()
@@ -46,18 +53,32 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> dict:
         pairs = torch.nonzero(keep).flatten().to(S.device)
         g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
         for mb in pairs[torch.randperm(len(pairs), generator=g).to(S.device)].split(cfg.minibatch_size):
-            for part, weight in micro_batches(mb, cfg.train.batch_size):
-                sub, rows = select_groups(groups, part)
-                with S.autocast():
-                    logprobs = grouped_token_logps(S.policy, sub, share_prompt=share, temperature=1.0)
-                sums = (logprobs * mask[rows]).sum(1).view(-1, 2)
-                pc, pr, rc, rr = _order(sums, first_wins[part]) + _order(ref_pairs[part], first_wins[part])
-                losses, metrics = loss_fn(pc, pr, rc, rr, beta=cfg.beta)
-                loss = losses.mean()
-                check_finite("the DPO loss", loss.detach(), step, S.run)
-                (loss * weight).backward()
-                for k, v in {"loss/dpo": loss.detach(), **metrics}.items():
-                    stats.setdefault(k, []).append(float(v))
+            parts = list(micro_batches(mb, cfg.train.batch_size))
+            for i, (part, weight) in enumerate(parts):
+                # under torchrun: this rank's pairs of the micro-batch (kept pairs vary, so a share may be
+                # uneven or empty); its loss is its part of the micro-batch mean, as DDP averages over ranks
+                own = dist.shard(part)
+                with S.trainer.accumulating(last=i == len(parts) - 1):
+                    if len(own):
+                        sub, rows = select_groups(groups, own)
+                        with S.autocast():
+                            logprobs = S.trainer.run(grouped_token_logps, S.policy, sub, share_prompt=share,
+                                                     temperature=1.0)
+                        sums = (logprobs * mask[rows]).sum(1).view(-1, 2)
+                        pc, pr, rc, rr = _order(sums, first_wins[own]) + _order(ref_pairs[own], first_wins[own])
+                        losses, metrics = loss_fn(pc, pr, rc, rr, beta=cfg.beta)
+                        loss = losses.mean()
+                        got = {"loss/dpo": loss.detach(), **metrics}
+                    else:  # nothing here this micro-step: a zero loss still joins DDP's gradient all-reduce
+                        loss = S.trainer.run(lambda: sum(p.sum() for p in params) * 0.0)
+                        got = dict.fromkeys(metric_keys, 0.0)
+                    if dist.active():
+                        scale = len(own) / len(part) * dist.world()
+                        loss, got = loss * scale, {k: float(v) * scale for k, v in got.items()}
+                    check_finite("the DPO loss", loss.detach(), step, S.run)
+                    (loss * weight).backward()
+                for k, v in dist.mean_metrics(got).items():
+                    stats.setdefault(k, []).append(v)
             stats.setdefault("grad_norm", []).append(step_optimizer(S, params, step))
         out = {"episodes": len(texts),
                "objective/scores": raw_scores.mean().item(),

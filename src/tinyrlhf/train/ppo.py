@@ -13,7 +13,8 @@ import torch
 
 from .. import losses as L
 from ..config import PPOConfig
-from .online import micro_batches, open_online, online_fit, sample_and_score, select, step_optimizer
+from .. import dist
+from .online import micro_batches, open_online, online_fit, rank_share, sample_and_score, select, step_optimizer
 from .rl import KLController, build_value, check_finite, policy_forward, prompts_for_step, reference_token_logps
 
 
@@ -26,6 +27,9 @@ def run_ppo(cfg: PPOConfig) -> dict:
     params = [p for p in S.policy.parameters() if p.requires_grad] + list(value.parameters())
     kl_ctl = KLController(K.coef, K.adaptive, K.target, K.horizon)
     n_minibatches = -(-R.prompts_per_step // P.minibatch_size)
+    for value_, what in ((R.prompts_per_step, "rollout.prompts_per_step"), (P.minibatch_size, "ppo.minibatch_size"),
+                         (cfg.train.batch_size, "train.batch_size")):
+        dist.check_divisible(value_, what)  # global counts: every micro-batch splits evenly over the ranks
     temperature = R.temperature if R.temperature > 0 else 1.0
 
     def update(step: int, kl: KLController) -> dict:
@@ -37,9 +41,11 @@ def run_ppo(cfg: PPOConfig) -> dict:
         seqs = {k: v.to(S.device) for k, v in seqs.items()}
         mask = ro.response_mask.to(S.device).float()                            # (B, R)
         # 2. Old log-probs and values (recomputed at the sampling temperature [details]) and the reference.
+        #    Under torchrun each rank scores its own rows and the results are gathered (dist.cat_rows).
+        mine = select(seqs, dist.shard(torch.arange(len(mask), device=S.device)))
         with torch.no_grad(), S.autocast():
-            old_logprobs, old_values = policy_forward(S.policy, value, seqs, plen, temperature)
-            ref_logprobs = reference_token_logps(S.policy, S.reference, seqs, temperature)[:, plen - 1:]
+            old_logprobs, old_values = map(dist.cat_rows, policy_forward(S.policy, value, mine, plen, temperature))
+            ref_logprobs = dist.cat_rows(reference_token_logps(S.policy, S.reference, mine, temperature)[:, plen - 1:])
         old_values = old_values * mask
         check_finite("values", old_values, step, S.run)
         # 3. Per-token reward: −β·KL on every token, plus the score on the last one (Ziegler et al. eq. 2).
@@ -63,20 +69,30 @@ def run_ppo(cfg: PPOConfig) -> dict:
             order = torch.randperm(len(last), generator=g)
             for mb in order.split(P.minibatch_size):
                 mb_kl = 0.0
-                for rows, weight in micro_batches(mb, cfg.train.batch_size):
-                    m = mask[rows]
-                    with S.autocast():
-                        logprobs, values = policy_forward(S.policy, value, select(seqs, rows), plen, temperature)
-                    pg, pg_m = L.ppo_policy_loss(logprobs, old_logprobs[rows], advantages[rows], m, clip=P.clip)
-                    vf, vf_m = L.ppo_value_loss(values, old_values[rows], returns[rows], m, clip=P.value_clip)
-                    pg_loss, vf_loss = L.masked_mean(pg, m), L.masked_mean(vf, m)
-                    loss = pg_loss + P.vf_coef * vf_loss
-                    check_finite("the PPO loss", loss.detach(), step, S.run)
-                    (loss * weight).backward()
-                    mb_kl += weight * float(pg_m["approx_kl"])
-                    for k, v in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("policy/clipfrac",
-                                 pg_m["clipfrac"]), ("val/clipfrac", vf_m["value_clipfrac"])):
-                        stats.setdefault(k, []).append(float(v.detach()))
+                parts = list(micro_batches(mb, cfg.train.batch_size))
+                for i, (rows, weight) in enumerate(parts):
+                    # under torchrun this rank trains on its share of the micro-batch (token means over
+                    # the whole micro-batch: rank_share); the gradient all-reduce runs on the last one
+                    own = dist.shard(rows)
+                    m_all, m = mask[rows], mask[own]
+                    with S.trainer.accumulating(last=i == len(parts) - 1):
+                        with S.autocast():
+                            logprobs, values = S.trainer.run(policy_forward, S.policy, value, select(seqs, own),
+                                                             plen, temperature)
+                        pg, pg_m = L.ppo_policy_loss(logprobs, old_logprobs[own], advantages[own], m, clip=P.clip)
+                        vf, vf_m = L.ppo_value_loss(values, old_values[own], returns[own], m, clip=P.value_clip)
+                        pg_loss = rank_share(L.masked_mean(pg, m), m, m_all)
+                        vf_loss = rank_share(L.masked_mean(vf, m), m, m_all)
+                        loss = pg_loss + P.vf_coef * vf_loss
+                        check_finite("the PPO loss", loss.detach(), step, S.run)
+                        (loss * weight).backward()
+                    got = dist.mean_metrics({"loss/policy": pg_loss.detach(), "loss/value": vf_loss.detach(),
+                                             "policy/clipfrac": rank_share(pg_m["clipfrac"], m, m_all),
+                                             "val/clipfrac": rank_share(vf_m["value_clipfrac"], m, m_all),
+                                             "approx_kl": rank_share(pg_m["approx_kl"], m, m_all)})
+                    mb_kl += weight * got.pop("approx_kl")  # the same on every rank: they stop together
+                    for k, v in got.items():
+                        stats.setdefault(k, []).append(v)
                 stats.setdefault("grad_norm", []).append(step_optimizer(S, params, step))
                 stats.setdefault("policy/approx_kl", []).append(mb_kl)
                 if P.early_stop_kl and mb_kl > P.early_stop_kl:

@@ -30,6 +30,7 @@ from ..logprobs import grouped_token_logps, scored_tokens
 from ..models import add_lora, build_model, save_hf, store_frozen_base
 from .data import begin_run
 from .engine import compute_dtype, fit
+from .parallel import save_final
 from .reference import group_logps, model_fingerprint, reference_disabled, reference_logps
 from .sft import task_corpus
 
@@ -159,7 +160,8 @@ def run_preference(cfg: PreferenceConfig) -> dict:
     summary = fit(run, model, cfg.train, plan, device, make_batch, loss_fn, lambda: {**heldout(), **gold()},
                   stop_after=cfg.train.stop_after, desc=cfg.loss)
     if summary["finished"]:
-        save_hf(model, tokenizer, run.final, merge_lora=cfg.lora.merge or not cfg.lora.enabled)
+        save_final(run, model, tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled,
+                   save_hf=save_hf)
     summary.update(**start.data_metrics, **stats.as_metrics(), reference_seconds=t_ref,
                    wall_seconds=time.time() - start.t_start, device=str(device), loss=cfg.loss)
     run.write_summary(summary)

@@ -13,6 +13,7 @@ import os
 
 import torch
 
+from .. import dist
 from ..data.collate import pad_groups
 from ..logprobs import grouped_token_logps, scored_tokens
 from ..models import unwrap
@@ -97,11 +98,24 @@ def reference_logps(model, groups, pad_id: int, device, precision: str, cache_di
     layout = "shared" if share_prompt else "flat"
     key = f"{model_key or model_fingerprint(model)}-{data_fingerprint(groups)}-{precision}-{layout}"
     path = os.path.join(cache_dir, f"{key}.pt")
-    if (cached := _read_cache(path, len(groups[0][1]) if groups else 0, len(groups))) is not None:
+    k = len(groups[0][1]) if groups else 0
+    if dist.active():  # torchrun: rank 0 reads the cache; on a miss each rank scores its share
+        cached = dist.broadcast_object(_read_cache(path, k, len(groups)) if dist.is_main() else None)
+    else:
+        cached = _read_cache(path, k, len(groups))
+    if cached is not None:
         return cached
-    with reference_disabled(model):
-        sums, counts = group_logps(model, groups, pad_id, device, precision, share_prompt=share_prompt,
-                                   batch_size=batch_size)
+    part = groups[dist.shard_range(len(groups))]
+    sums, counts = torch.zeros(k, 0), torch.zeros(k, 0, dtype=torch.long)  # (an empty share: fewer groups than ranks)
+    if part:
+        with reference_disabled(model):
+            sums, counts = group_logps(model, part, pad_id, device, precision, share_prompt=share_prompt,
+                                       batch_size=batch_size)
+    if dist.active():  # computed once over all ranks, shared with every rank
+        shares = dist.all_gather_object((sums, counts))
+        sums, counts = torch.cat([s for s, _ in shares], 1), torch.cat([c for _, c in shares], 1)
+        if not dist.is_main():
+            return sums, counts
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save({"sums": sums, "counts": counts}, tmp)

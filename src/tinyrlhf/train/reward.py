@@ -123,7 +123,7 @@ def run_reward(cfg: RewardConfig) -> dict:
 
     summary = fit(run, rm, cfg.train, plan, device, make_batch, loss_fn, evaluate,
                   stop_after=cfg.train.stop_after, desc="reward")
-    if summary["finished"]:
+    if summary["finished"] and run.writes:  # rank 0 of a torchrun job normalises and saves
         summary.update(normalise(rm, tokenizer, cfg, pairs, device))
         summary.update(evaluate())  # accuracy is unchanged by a positive gain; reported after it anyway
         save_reward_model(rm, tokenizer, run.final)

@@ -163,6 +163,8 @@ class RunDir:
     `final` is where a loop writes its final model: a staging directory that `write_summary` publishes
     as `final/` (one rename) just before it writes summary.json with finished=true."""
 
+    writes = True  # the process that owns the directory (rank 0 under torchrun; see RunView)
+
     def __init__(self, path: str, config, resume: bool = True, force_new: bool = False):
         self.path = path
         self.final_dir = os.path.join(path, "final")
@@ -360,6 +362,7 @@ class RunDir:
             return None
         ckpt.restore_state(state, modules, optimizer, scheduler)
         self.checkpoint_step = state["step"]
+        self.loaded_from = state.get("path")
         return state["step"], state.get("extra", {})
 
     def diverged_message(self, what: str, value, step: int) -> str:
@@ -370,6 +373,40 @@ class RunDir:
         else:
             kept = "no checkpoint had been written yet (nothing non-finite was saved)"
         return f"{self.stage}: {what} became {value} at step {step}; {kept} (a lower train.lr often helps)"
+
+
+class RunView:
+    """The run directory as ranks > 0 of a torchrun job see it: its paths, and nothing that writes. Rank 0
+    owns the directory (a RunDir: lock, config, metrics, checkpoints, final/); the other ranks only read
+    the checkpoint rank 0 chose when they resume (engine.load_checkpoint)."""
+
+    writes = False
+
+    def __init__(self, path: str, config):
+        self.path, self.config, self.stage = path, config, stage_name(config)
+        self.final_dir = os.path.join(path, "final")
+        self.final = os.path.join(path, STAGING)
+        self.checkpoints = os.path.join(path, "checkpoints")
+        self.ckpt = os.path.join(self.checkpoints, "last")
+        self.metrics_file = os.path.join(path, "metrics.jsonl")
+        self.checkpoint_step: int | None = None
+
+    def log(self, metrics: dict):
+        pass
+
+    def truncate_metrics(self, after_step):
+        pass
+
+    def prepare_resume(self):
+        pass
+
+    def write_summary(self, summary: dict):
+        pass
+
+    def close(self):
+        pass
+
+    diverged_message = RunDir.diverged_message
 
 
 def _plain(v):

@@ -12,9 +12,11 @@ from ..config import SFTConfig
 from ..data import render_chat
 from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..logprobs import token_logps
+from .. import dist
 from ..models import add_lora, build_model, save_hf
 from .data import begin_run
 from .engine import RunDir, autocast, fit
+from .parallel import save_final
 
 
 def gold_eval(model, tokenizer, task, cfg, device, seed: int, data_seed: int) -> dict:
@@ -83,12 +85,14 @@ def run_sft(cfg: SFTConfig) -> dict:
         logps = token_logps(model, batch["input_ids"], batch["attention_mask"], scored)  # (B, T-1)
         completion = batch["completion_mask"][:, 1:]  # targets that are completion tokens
         prompt = (scored[:, 1:] - completion).clamp(min=0)
-        completion_nll = -(logps * completion).sum() / completion.sum().clamp(min=1)
+        # token means over the GLOBAL micro-batch (all ranks' tokens; dist.global_count), so that a run on
+        # several processes optimises exactly what one process would
+        completion_nll = -(logps * completion).sum() / dist.global_count(completion.sum())
         if w_prompt == 0:
             return completion_nll, {}
         # weighted mean over all scored tokens (OpenAI's fine-tuning `prompt_loss_weight`)
         weights = completion + w_prompt * prompt
-        loss = -(logps * weights).sum() / weights.sum().clamp(min=1)
+        loss = -(logps * weights).sum() / dist.global_count(weights.sum())
         return loss, {"completion_nll": completion_nll.detach()}
 
     def evaluate():
@@ -109,6 +113,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     summary.update(before, **data_metrics, **stats.as_metrics(),
                    wall_seconds=time.time() - t_start, device=str(device))
     if summary["finished"]:
-        save_hf(model, tokenizer, run.final, merge_lora=True)  # SFT's final/ is the base of every later stage
+        # SFT's final/ is the base of every later stage
+        save_final(run, model, tokenizer, merge_lora=True, save_hf=save_hf)
     run.write_summary(summary)
     return summary
