@@ -24,8 +24,9 @@ test: $(STAMP)
 # The main job: SFT, PPO, DPO, IPO and KTO compared on family_tree over 2 seeds at an equal budget of 2,048
 # training prompts and 2,048 preference labels per method, next to the baselines (best heuristic, sharpened
 # SFT, best-of-n), with seed-aware intervals; prints the table and the report's path. The shorter SFT and
-# reward-model runs (than configs/family_tree/*.yaml) and the smaller task data keep it within 10 minutes
-# on 2 cores (3 seeds and 2,560 took 14 min 50 s; 2 seeds 10 min 22 s with setup), so the study's `--seeds 5` is documented in the README instead.
+# reward-model runs (than configs/family_tree/*.yaml) and the smaller task data keep it within 10 minutes on
+# 2 cores (3 seeds at 2,560 took 14 min 50 s, 2 seeds 10 min 22 s with setup); the study's `--seeds 5` is in
+# the README.
 # Running it again reuses every finished stage. DEMO_ARGS adds options, e.g. DEMO_ARGS="--seeds 5".
 DEMO_ARGS ?=
 demo: $(STAMP)
