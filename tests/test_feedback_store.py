@@ -114,6 +114,16 @@ def test_tokens_persist_and_lease_expiry(tmp_path):
     assert again.labeller_for("nope") is None
     with pytest.raises(StoreError, match="labeller name"):
         again.add_labellers(["a b"])
+    # an item naming its labellers goes to exactly those queues, lease or not
+    again.lease_s = 0.0
+    (pinned,) = again.add_items([{**pair_item(1), "labellers": ["carol"]}], "b")
+    again.add_labellers(["dave"])
+    assert again.next_item("dave")["item_id"] == 1  # the unpinned item (leases expired), never the pinned one
+    again.submit("dave", 1, "dave-submit-1", {"choice": "A"})
+    assert again.next_item("dave") is None
+    assert again.next_item("carol")["item_id"] == pinned
+    with pytest.raises(StoreError, match="unknown labeller"):
+        again.add_items([{**pair_item(1), "labellers": ["erin"]}], "b")
 
 
 def test_export_formats_agreement_and_ratings(tmp_path):

@@ -15,7 +15,8 @@ committed and the WAL synced, so neither kill -9 nor a power cut loses an acknow
 Items are assigned when a labeller asks for work, not in advance, so labellers can join late and items can
 be added while a session runs (the loop adds each round's items to a live session). An item goes to a
 labeller who has not labelled it while it has fewer than `needed` live assignments; an assignment nobody
-answered for `lease_s` seconds stops counting, so one absent person does not hold items hostage.
+answered for `lease_s` seconds stops counting, so one absent person does not hold items hostage. An item
+may instead name its labellers ("labellers": [names]): it goes to exactly those queues.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ CREATE INDEX IF NOT EXISTS items_batch ON items(batch);
 CREATE TABLE IF NOT EXISTS labellers (name TEXT PRIMARY KEY, token TEXT NOT NULL UNIQUE, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS assignments (
   item_id INTEGER NOT NULL REFERENCES items(id), labeller TEXT NOT NULL REFERENCES labellers(name),
-  shown_order TEXT NOT NULL, assigned_at REAL NOT NULL, shown_at REAL NOT NULL,
+  shown_order TEXT NOT NULL, assigned_at REAL NOT NULL, shown_at REAL NOT NULL, pinned INTEGER NOT NULL,
   PRIMARY KEY (item_id, labeller));
 CREATE TABLE IF NOT EXISTS labels (
   id INTEGER PRIMARY KEY AUTOINCREMENT, submit_id TEXT NOT NULL UNIQUE,
@@ -93,6 +94,10 @@ def check_items(items: list, where: str = "items") -> None:
             n = len(outs) if isinstance(outs, list) else "no list of"
             raise StoreError(f"{at}: field 'outputs': a {kind} item takes {lo}" + (f" to {hi}" if hi > lo else "")
                              + f" outputs, got {n}")
+        who = it.get("labellers")
+        if who is not None and (not isinstance(who, list) or not who or len(set(who)) != len(who)
+                                or not all(isinstance(w, str) for w in who)):
+            raise StoreError(f"{at}: field 'labellers': expected a non-empty list of distinct names")
         for j, o in enumerate(outs):
             if not (isinstance(o, dict) and isinstance(o.get("model"), str) and isinstance(o.get("text"), str)):
                 raise StoreError(f"{at}: field 'outputs[{j}]': expected {{\"model\": str, \"text\": str}}")
@@ -186,21 +191,33 @@ class Store:
     def add_items(self, items: list[dict], batch: str) -> list[int]:
         """Queue items for labelling. item = {"prompt": str, "kind": "pair"|"ranking"|"binary",
         "outputs": [{"model": str, "text": str}, ...]} (2 outputs for pair, K>=3 for ranking, 1 for binary).
-        `batch` names the round/session (e.g. "round-2"). Returns item ids."""
+        `batch` names the round/session (e.g. "round-2"). Returns item ids.
+        Optional "labellers": [names] queues the item for exactly those (known) labellers."""
         if not isinstance(batch, str) or not batch:
             raise StoreError("batch: expected a non-empty name")
         check_items(items)
-        share, now = self.double_share, time.time()
+        share, now, rng = self.double_share, time.time(), random.Random()
+        known = set(self.labellers())
+        for i, it in enumerate(items):
+            unknown = sorted(set(it.get("labellers") or ()) - known)
+            if unknown:
+                raise StoreError(f"items[{i}]: field 'labellers': unknown labeller(s) {', '.join(unknown)}")
 
         def add(db):
             start = db.execute("SELECT COUNT(*) FROM items WHERE batch = ?", (batch,)).fetchone()[0]
             ids = []
             for i, it in enumerate(items):
                 outs = [{"model": o["model"], "text": o["text"]} for o in it["outputs"]]
+                who = it.get("labellers")
                 cur = db.execute("INSERT INTO items (batch, kind, prompt, outputs, needed, created) "
                                  "VALUES (?, ?, ?, ?, ?, ?)",
                                  (batch, it["kind"], it["prompt"], json.dumps(outs, ensure_ascii=False),
-                                  2 if doubled(start + i, share) else 1, now))
+                                  len(who) if who else 2 if doubled(start + i, share) else 1, now))
+                for name in who or ():
+                    order = list(range(len(outs)))
+                    rng.shuffle(order)
+                    db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, ?, 1)",
+                               (cur.lastrowid, name, json.dumps(order), now, now))
                 ids.append(cur.lastrowid)
             return ids
         return self._write(add)
@@ -274,7 +291,7 @@ class Store:
                 found = db.execute(
                     "SELECT i.id, i.outputs FROM items i WHERE NOT EXISTS (SELECT 1 FROM assignments a "
                     "WHERE a.item_id = i.id AND a.labeller = ?) AND i.needed > (SELECT COUNT(*) FROM "
-                    "assignments a WHERE a.item_id = i.id AND (a.assigned_at > ? OR EXISTS (SELECT 1 FROM "
+                    "assignments a WHERE a.item_id = i.id AND (a.pinned OR a.assigned_at > ? OR EXISTS (SELECT 1 FROM "
                     "labels l WHERE l.item_id = a.item_id AND l.labeller = a.labeller))) "
                     "ORDER BY i.id LIMIT 1", (labeller, now - self.lease_s)).fetchone()
                 if found is None:
@@ -282,7 +299,7 @@ class Store:
                 order = list(range(len(json.loads(found[1]))))
                 rng.shuffle(order)
                 row = (found[0], json.dumps(order))
-                db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, ?)", (found[0], labeller, row[1], now, now))
+                db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, ?, 0)", (found[0], labeller, row[1], now, now))
             else:
                 db.execute("UPDATE assignments SET shown_at = ? WHERE item_id = ? AND labeller = ?",
                            (now, row[0], labeller))
@@ -307,7 +324,7 @@ class Store:
             cur = db.execute("INSERT INTO items (batch, kind, prompt, outputs, needed, created) VALUES "
                              "(?, ?, ?, ?, 1, ?)", (batch, item["kind"], item["prompt"],
                                                     json.dumps(outs, ensure_ascii=False), now))
-            db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, ?, 1)",
                        (cur.lastrowid, labeller, json.dumps(order), now, now))
             return cur.lastrowid
         item_id = self._write(add)
@@ -362,6 +379,9 @@ class Store:
         where, args = ("WHERE batch = ?", (batch,)) if batch is not None else ("", ())
         return self._read(f"SELECT COUNT(*) FROM labels {where}", args)[0][0]
 
+    def count_labels_by(self, labeller: str) -> int:
+        return self._read("SELECT COUNT(*) FROM labels WHERE labeller = ?", (labeller,))[0][0]
+
     def labels(self, batch: str | None = None) -> list[dict]:
         """Every label in storage order, outputs in their original order with model ids, the answer in
         shown positions and `shown_order` to map them (position p showed output shown_order[p])."""
@@ -382,8 +402,7 @@ class Store:
         """{labeller: {"labelled", "open"}} and the items still short of labels."""
         out = {}
         for name in self.labellers():
-            done = self._read("SELECT COUNT(*) FROM labels WHERE labeller = ?", (name,))[0][0]
-            out[name] = {"labelled": done}
+            out[name] = {"labelled": self.count_labels_by(name)}
         short = self._read("SELECT COUNT(*) FROM items i WHERE i.needed > (SELECT COUNT(*) FROM labels l "
                            "WHERE l.item_id = i.id)")[0][0]
         return {"labellers": out, "items": self.count_items(), "labels": self.count_labels(),
