@@ -173,7 +173,7 @@ def summarize(labels: list[dict], written: dict, skipped: int) -> dict:
 def export_labels(db_path: str, out_dir: str, batch: str | None = None) -> dict:
     """Write pairs.jsonl / rankings.jsonl / binary.jsonl (the trainers' formats) and summary.json for the
     labels of `batch` (or all) in the store at db_path; return the summary. A record the trainers would
-    refuse (an empty output) is skipped and counted in `skipped_invalid`."""
+    refuse (an empty output, chosen identical to rejected) is skipped and counted in `skipped_invalid`."""
     if not os.path.isfile(db_path):
         raise TinyRLHFError(f"{db_path}: no such feedback database")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -203,7 +203,8 @@ def format_summary(s: dict) -> str:
     """The printed summary: counts, agreement, latency, ratings."""
     lines = [f"{s['labels']} labels on {s['items']} items; written: "
              + ", ".join(f"{k} {v}" for k, v in s["written"].items())
-             + (f"; {s['skipped_invalid']} skipped (empty text)" if s["skipped_invalid"] else "")]
+             + (f"; {s['skipped_invalid']} skipped (empty or identical outputs: the trainers refuse them)"
+                if s["skipped_invalid"] else "")]
     lines.append("per labeller: " + (", ".join(f"{k} {v}" for k, v in s["per_labeller"].items()) or "-"))
     for kind, a in s["agreement"].items():
         extra = (f", same top {a['same_top']:.2f}, Kendall tau {a['kendall_tau']:+.2f}" if kind == "ranking"
