@@ -203,3 +203,35 @@ def test_kill_9_loses_no_acknowledged_label(tmp_path):
         assert (lab["labeller"], lab["item_id"], lab["answer"]["choice"], lab["comment"]) == (name, item_id, choice, sid)
     # at most one request per labeller was in flight: committed but not acknowledged
     assert len(labels) - len(acked) <= len(names)
+
+
+def test_arena_over_http(tmp_path):
+    """Arena: the person's prompt, two different anonymous models answering in random positions; a bad
+    prompt is a 400 and stores nothing; the vote is stored like any label, with both model ids."""
+    from serve_util import tiny_model_dir
+    from tinyrlhf.feedback.sources import Models
+
+    store = Store(str(tmp_path / "fb.db"))
+    tokens = store.add_labellers(["alice", "bob"])
+    models = Models([f"one={tiny_model_dir(tmp_path / 'one', seed=0)}", f"two={tiny_model_dir(tmp_path / 'two', seed=1)}"])
+    app = create_label_app(store, "arena", models=models, max_new_tokens=4, seed=0)
+    with running(app) as url, httpx.Client(base_url=url, headers=auth(tokens["alice"]), timeout=30) as c:
+        for body, words in (({"prompt": ""}, "field 'prompt'"), ({"prompt": 3}, "field 'prompt'"),
+                            ({}, "field 'prompt'"), ({"prompt": "x" * 100_001}, "request body over")):
+            r = c.post("/api/arena", json=body)
+            assert r.status_code in (400, 413) and words in r.json()["error"]["message"], r.text
+        assert store.count_items() == 0
+        orders = set()
+        for k in range(12):
+            item = c.post("/api/arena", json={"prompt": f"Q{k}: <b>hi</b>"}).json()["item"]
+            assert item["kind"] == "pair" and len(item["outputs"]) == 2 and "one" not in json.dumps(item)
+            assert c.post("/api/submit", json={"item_id": item["item_id"], "submit_id": f"arena-vote-{k}",
+                                               "choice": "A"}).status_code == 200
+            # another labeller never sees someone's arena prompt
+            assert c.get("/api/next", headers=auth(tokens["bob"])).json()["item"] is None
+        labels = store.labels("arena")
+        assert [lab["prompt"] for lab in labels] == [f"Q{k}: <b>hi</b>" for k in range(12)]
+        for lab in labels:
+            assert sorted(o["model"] for o in lab["outputs"]) == ["one", "two"]
+            orders.add(tuple(o["model"] for o in (lab["outputs"][i] for i in lab["shown_order"])))
+        assert len(orders) == 2  # both models were shown on the left (seeded; 12 draws)
