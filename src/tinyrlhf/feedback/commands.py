@@ -134,9 +134,13 @@ def cmd_label(args) -> int:
     print(f"export: tinyrlhf feedback export {args.db} --out DIR", flush=True)
     app = create_label_app(store, args.mode, models=models, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, seed=args.seed)
-    try:
+    try:  # uvicorn stops gracefully on Ctrl-C / SIGTERM, then re-raises the signal: our stop, not an error
         uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
     finally:
+        print(f"stopped: {store.count_labels()} labels in {args.db}; the same command starts the session again "
+              "(same links, no items queued twice)", flush=True)
         store.close()
     return 0
 
