@@ -3,19 +3,20 @@ a task's prompts, labelled over HTTP, exported, and `tinyrlhf reward` / `dpo` / 
 exported files; bad command lines stop with one clear `error:` line and exit 2."""
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
+import threading
 import time
 
 import httpx
 import pytest
 
 from serve_util import tiny_model_dir
-from tinyrlhf.cli import main
+from tinyrlhf.cli import build_parser, main
+from tinyrlhf.feedback.commands import prepare_label
+from tinyrlhf.feedback.export import export_labels
+from tinyrlhf.feedback.sources import sampled_items
 from tinyrlhf.feedback.store import Store
 
 
@@ -25,38 +26,41 @@ def models(tmp_path_factory):
     return tiny_model_dir(root / "a", seed=0), tiny_model_dir(root / "b", seed=1)
 
 
-def _start(args: list[str]) -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen([sys.executable, "-m", "tinyrlhf", "label", *args, "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    links, lines = {}, []
-    for line in proc.stdout:
-        lines.append(line)
-        m = re.search(r"^\s+(\S+)\s+(http://\S+)/\?token=(\S+)", line)
-        if m:
-            links[m.group(1)] = (m.group(2), m.group(3))
-        if line.startswith("export:"):
-            break
-    assert links, "".join(lines)
-    url = next(iter(links.values()))[0]
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    return proc, {"links": links, "out": "".join(lines)}
+@contextlib.contextmanager
+def session(argv: list[str], capsys):
+    """`tinyrlhf label ARGV` in this process (the command's own setup, then uvicorn in a thread): yields
+    ({name: (base url, token)}, printed text); stops the server after."""
+    import uvicorn
+
+    args = build_parser().parse_args(["label", *argv, "--port", "0"])
+    args.overrides = []
+    app, sock, store = prepare_label(args)
+    printed = capsys.readouterr().out
+    links = {m.group(1): (m.group(2), m.group(3))
+             for m in re.finditer(r"^\s+(\S+)\s+(http://\S+)/\?token=(\S+)", printed, re.M)}
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive()
+        time.sleep(0.02)
+    try:
+        yield links, printed
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+        store.close()
 
 
 def test_session_export_and_train_from_it(models, tmp_path, capsys):
     db = str(tmp_path / "fb.db")
     a, b = models
-    proc, info = _start([db, "--task", "family_tree", "--model", f"a={a}", "--model", f"b={b}", "--n-prompts", "16",
-                         "--max-new-tokens", "6", "--labellers", "alice,bob", "--double-share", "0.25"])
-    first_links = info["links"]
-    try:
-        assert "queued 16 pair items in batch 'session'" in info["out"]
-        for name, (url, token) in info["links"].items():
+    argv = [db, "--task", "family_tree", "--model", f"a={a}", "--model", f"b={b}", "--n-prompts", "16",
+            "--max-new-tokens", "6"]
+    with session([*argv, "--labellers", "alice,bob", "--double-share", "0.25"], capsys) as (first_links, printed):
+        assert "queued 16 pair items in batch 'session'" in printed
+        for name, (url, token) in first_links.items():
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as c:
                 k = 0
                 while (item := c.get("/api/next").json()["item"]) is not None:
@@ -64,9 +68,6 @@ def test_session_export_and_train_from_it(models, tmp_path, capsys):
                                                     "choice": "AB"[k % 2]})
                     assert r.status_code == 200, r.text
                     k += 1
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
     with Store(db) as store:
         assert store.count_items() == 16 and store.count_labels() == 16 + 4  # a quarter labelled twice
         assert {o["model"] for it in map(store.item, range(1, 17)) for o in it["outputs"]} == {"a", "b"}
@@ -85,17 +86,29 @@ def test_session_export_and_train_from_it(models, tmp_path, capsys):
                  f"data.eval_file={out / 'pairs.jsonl'}", *common]) == 0
     assert main(["dpo", f"out_dir={tmp_path / 'dpo'}", f"data.train_file={out / 'pairs.jsonl'}",
                  f"ref_cache_dir={tmp_path / 'cache'}", *common]) == 0
-    assert main(["kto", f"out_dir={tmp_path / 'kto'}", f"data.train_file={out / 'pairs.jsonl'}",
+    # thumbs up/down on the same outputs (a binary batch through the store), exported as KTO's binary.jsonl
+    with Store(db) as store:
+        texts = [o for it in map(store.item, range(1, 17)) for o in it["outputs"] if o["text"].strip()]
+        store.add_items([{"prompt": "Q", "kind": "binary", "outputs": [o], "labellers": ["alice"]} for o in texts],
+                        "thumbs")
+        k = 0
+        while (item := store.next_item("alice")) is not None:
+            store.submit("alice", item["item_id"], f"thumb-{k:04d}", {"choice": "up" if k % 2 else "down"})
+            k += 1
+    summary = export_labels(db, str(tmp_path / "thumbs"), "thumbs")
+    assert summary["written"] == {"pairs.jsonl": 0, "rankings.jsonl": 0, "binary.jsonl": len(texts)}
+    assert main(["kto", f"out_dir={tmp_path / 'kto'}", f"data.train_file={tmp_path / 'thumbs' / 'binary.jsonl'}",
                  f"ref_cache_dir={tmp_path / 'cache'}", *common]) == 0
     for run in ("rm", "dpo", "kto"):
         assert json.loads((tmp_path / run / "summary.json").read_text())["finished"] is True
-    # a restart of the same session does not queue its items twice
-    proc, info = _start([db, "--task", "family_tree", "--model", f"a={a}", "--model", f"b={b}", "--n-prompts", "16",
-                         "--max-new-tokens", "6", "--labellers", "alice"])
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
-    assert "already holds 16 items: not adding more" in info["out"]
-    assert info["links"]["alice"][1] == first_links["alice"][1]  # her link's token still works
+    # a restart of the same session does not queue its items twice, and alice's link still works
+    with session([*argv, "--labellers", "alice"], capsys) as (links, printed):
+        assert "already holds 16 items: not adding more" in printed
+        url, token = links["alice"]
+        assert links["alice"][1] == first_links["alice"][1]
+        me = httpx.get(url + "/api/me", headers={"Authorization": f"Bearer {token}"}).json()
+        # alice labelled first and took every item, bob then the 4 doubled ones; then her thumbs
+        assert me == {"labeller": "alice", "mode": "pair", "labelled": 16 + len(texts)}
 
 
 @pytest.mark.parametrize("args, words", [
@@ -133,3 +146,31 @@ def test_bad_export_command_lines(tmp_path, capsys):
     # an empty database exports empty files and says so
     assert main(["feedback", "export", str(tmp_path / "fb.db"), "--out", str(tmp_path / "o")]) == 0
     assert "0 labels on 0 items" in capsys.readouterr().out
+
+
+class FakeModels:
+    """Stands in for sources.Models: each output names its model, slot seed and prompt."""
+    def __init__(self, names):
+        self.names = names
+
+    def generate(self, name, prompts, *, max_new_tokens, temperature, seed):
+        return [f" {name}:{seed}:{p}" for p in prompts]
+
+
+def test_sampled_items_per_mode():
+    prompts = ["p0", "p1", "p2", "p3"]
+    one = sampled_items(FakeModels(["m"]), prompts, "pair", max_new_tokens=4, temperature=1.0, seed=0)
+    # one model: two different samples of it (different seeds) per prompt
+    assert [[o["text"] for o in it["outputs"]] for it in one] == [[f" m:0:{p}", f" m:1:{p}"] for p in prompts]
+    two = sampled_items(FakeModels(["a", "b", "c"]), prompts, "pair", max_new_tokens=4, temperature=1.0, seed=0)
+    for it in two:
+        models = [o["model"] for o in it["outputs"]]
+        assert len(set(models)) == 2 and all(o["text"].startswith(f" {o['model']}:") for o in it["outputs"])
+        assert all(o["text"].endswith(it["prompt"]) for o in it["outputs"])
+    ranked = sampled_items(FakeModels(["a", "b"]), prompts, "ranking", max_new_tokens=4, temperature=1.0, seed=0)
+    assert all([o["model"] for o in it["outputs"]] == ["a", "b", "a"] and it["kind"] == "ranking" for it in ranked)
+    assert len({o["text"] for o in ranked[0]["outputs"]}) == 3  # the repeated model's samples differ
+    thumbs = sampled_items(FakeModels(["a", "b"]), prompts, "binary", max_new_tokens=4, temperature=1.0, seed=0)
+    assert len(thumbs) == 8 and sorted((it["prompt"], it["outputs"][0]["model"]) for it in thumbs) == \
+        sorted((p, m) for p in prompts for m in "ab")
+    assert all(it["outputs"][0]["text"].endswith(it["prompt"]) for it in thumbs)

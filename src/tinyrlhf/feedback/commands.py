@@ -93,9 +93,9 @@ def _check_label_args(args):
         raise TinyRLHFError(f"--port must be in 0..65535, got {args.port}")
 
 
-def cmd_label(args) -> int:
-    import uvicorn
-
+def prepare_label(args):
+    """Everything `tinyrlhf label` does before serving: check the arguments, bind the port, load the models,
+    queue the items, print the links. Returns (app, listening socket, store)."""
     from ..serve.server import bind
     from .app import create_label_app
     from .sources import Models
@@ -105,11 +105,13 @@ def cmd_label(args) -> int:
     _check_label_args(args)
     names = [n.strip() for n in args.labellers.split(",") if n.strip()]
     sock = bind(args.host, args.port)  # a taken port is an error before any model loads
-    models = Models(args.model) if args.model else None
-    if args.mode == "arena" and len(models.names) < 2:
-        raise TinyRLHFError("--mode arena needs two or more --model")
-    items = _items(args, models)
-    store = Store(args.db, lease_s=args.lease)
+    try:
+        models = Models(args.model) if args.model else None
+        items = _items(args, models)
+        store = Store(args.db, lease_s=args.lease)
+    except BaseException:
+        sock.close()
+        raise
     if args.double_share is not None:
         store.set_meta("double_share", repr(args.double_share))
     if items is not None:
@@ -121,6 +123,8 @@ def cmd_label(args) -> int:
             print(f"queued {len(items)} {args.mode} items in batch '{args.batch}'")
     tokens = store.add_labellers(names) if names else {}
     if not store.labellers():
+        sock.close()
+        store.close()
         raise TinyRLHFError("no labellers: pass --labellers alice,bob")
     if not tokens:
         tokens = store.add_labellers(store.labellers())
@@ -134,6 +138,13 @@ def cmd_label(args) -> int:
     print(f"export: tinyrlhf feedback export {args.db} --out DIR", flush=True)
     app = create_label_app(store, args.mode, models=models, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, seed=args.seed)
+    return app, sock, store
+
+
+def cmd_label(args) -> int:
+    import uvicorn
+
+    app, sock, store = prepare_label(args)
     try:  # uvicorn stops gracefully on Ctrl-C / SIGTERM, then re-raises the signal: our stop, not an error
         uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)).run(sockets=[sock])
     except KeyboardInterrupt:
