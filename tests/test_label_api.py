@@ -13,7 +13,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from serve_util import running
 from tinyrlhf.feedback.app import create_label_app
