@@ -128,6 +128,8 @@ def test_malformed_submits_are_4xx_and_store_nothing(tmp_path):
         assert prog["labels"] == 1 and prog["labellers"]["alice"] == {"labelled": 1}
         summary = c.get("/api/admin/summary", headers=auth(admin)).json()
         assert summary["per_labeller"] == {"alice": 1}
+        page = c.get("/")
+        assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
         me = c.get("/api/me", headers=auth(tokens["alice"])).json()
         assert me == {"labeller": "alice", "mode": "pair", "labelled": 1}
     assert store.count_labels() == 1

@@ -110,7 +110,11 @@ def create_label_app(store: Store, mode: str = "pair", *, models=None, max_new_t
 
     @app.get("/")
     async def page():
-        return FileResponse(os.path.join(STATIC, "label.html"), headers={"Cache-Control": "no-store"})
+        # defence in depth behind textContent: the page runs only its own script file, nothing inline
+        return FileResponse(os.path.join(STATIC, "label.html"), headers={
+            "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                                       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"})
 
     @app.get("/health")
     async def health():
