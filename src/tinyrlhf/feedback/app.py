@@ -26,7 +26,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .store import MAX_TEXT, Store, StoreError
+from .checks import MAX_TEXT, StoreError
+from .store import Store
 
 log = logging.getLogger("tinyrlhf.label")
 STATIC = os.path.join(os.path.dirname(__file__), "static")

@@ -14,7 +14,7 @@ import threading
 
 from ..data.records import parse_jsonl_lines
 from ..errors import DataError, TinyRLHFError
-from .store import StoreError, check_items
+from .checks import StoreError, check_items
 
 MODES = ("pair", "ranking", "binary", "arena")
 
