@@ -4,6 +4,7 @@ exported files; bad command lines stop with one clear `error:` line and exit 2."
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 import threading
@@ -27,24 +28,28 @@ def models(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def session(argv: list[str], capsys):
+def session(argv: list[str]):
     """`tinyrlhf label ARGV` in this process (the command's own setup, then uvicorn in a thread): yields
-    ({name: (base url, token)}, printed text); stops the server after."""
+    ({name: (base url, token)}, printed text); stops the server after. Its output goes to a buffer of its
+    own and uvicorn leaves logging alone (log_config=None): nothing keeps a handle on pytest's streams."""
     import uvicorn
 
     args = build_parser().parse_args(["label", *argv, "--port", "0"])
     args.overrides = []
-    app, sock, store = prepare_label(args)
-    printed = capsys.readouterr().out
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        app, sock, store = prepare_label(args)
+    printed = out.getvalue()
     links = {m.group(1): (m.group(2), m.group(3))
              for m in re.finditer(r"^\s+(\S+)\s+(http://\S+)/\?token=(\S+)", printed, re.M)}
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive()
-        time.sleep(0.02)
     try:
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
         yield links, printed
     finally:
         server.should_exit = True
@@ -58,7 +63,7 @@ def test_session_export_and_train_from_it(models, tmp_path, capsys):
     a, b = models
     argv = [db, "--task", "family_tree", "--model", f"a={a}", "--model", f"b={b}", "--n-prompts", "16",
             "--max-new-tokens", "6"]
-    with session([*argv, "--labellers", "alice,bob", "--double-share", "0.25"], capsys) as (first_links, printed):
+    with session([*argv, "--labellers", "alice,bob", "--double-share", "0.25"]) as (first_links, printed):
         assert "queued 16 pair items in batch 'session'" in printed
         for name, (url, token) in first_links.items():
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as c:
@@ -102,7 +107,7 @@ def test_session_export_and_train_from_it(models, tmp_path, capsys):
     for run in ("rm", "dpo", "kto"):
         assert json.loads((tmp_path / run / "summary.json").read_text())["finished"] is True
     # a restart of the same session does not queue its items twice, and alice's link still works
-    with session([*argv, "--labellers", "alice"], capsys) as (links, printed):
+    with session([*argv, "--labellers", "alice"]) as (links, printed):
         assert "already holds 16 items: not adding more" in printed
         url, token = links["alice"]
         assert links["alice"][1] == first_links["alice"][1]
