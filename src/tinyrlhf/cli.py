@@ -11,6 +11,8 @@
     tinyrlhf eval runs/ft/dpo --prompts my_prompts.jsonl --reward runs/ft/reward
     tinyrlhf export runs/ft/dpo --out exported/dpo --merge
     tinyrlhf serve runs/family_tree/sft runs/family_tree/dpo --port 8000 --quantize int8
+    tinyrlhf label fb.db --task family_tree --model runs/family_tree/sft --labellers alice,bob
+    tinyrlhf feedback export fb.db --out runs/human-labels
 
 User errors (bad data, config, paths) print one line `error: ...` and exit 2, without a traceback.
 """
@@ -218,6 +220,12 @@ def _cmd_serve(args) -> int:
     return serve(cfg)
 
 
+def _add_feedback_parsers(sub):
+    """`tinyrlhf label` and `tinyrlhf feedback export` (human feedback: tinyrlhf/feedback/commands.py)."""
+    from .feedback.commands import add_parsers
+    add_parsers(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyrlhf", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -294,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queue included (default 300)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: one per core)")
     p.set_defaults(func=_cmd_serve, overrides=[])
+    _add_feedback_parsers(sub)
     for name, what in (("sft", "supervised fine-tuning"), ("reward", "reward model (Bradley-Terry)"),
                        ("dpo", "offline preference optimisation: loss=dpo|ipo|cdpo|hinge|simpo|orpo"),
                        ("kto", "KTO on unpaired good/bad feedback"),

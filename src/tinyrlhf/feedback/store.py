@@ -1,0 +1,347 @@
+"""The feedback store: items to label, who may label them, and the append-only labels, in one SQLite file.
+
+Tables (stdlib sqlite3, WAL journal). A submit is answered only after its transaction is committed with
+synchronous=FULL (the WAL synced to disk), so neither kill -9 nor a power cut loses an acknowledged label;
+everything else (handing out items) commits with synchronous=NORMAL, which survives kill -9 of the server
+and costs no fsync (an fsync took ~20 ms here under load, more than the rest of a submit):
+  items        id, batch, kind (pair|ranking|binary), prompt, outputs (JSON [{"model", "text"}]), needed
+               (how many different labellers should label it: 2 for the doubly-labelled share, else 1),
+               closed (it has `needed` labels: the queue query skips it by index, not by counting)
+  labellers    name, token (the secret in each labeller's link)
+  assignments  (item, labeller): the item is in that labeller's queue; `shown_order` is the random order its
+               outputs are shown in (a list of output indices, position 0 first), `shown_at` the time it was
+               last handed out (the label's latency is measured from it, on the server's clock)
+  labels       append-only (triggers refuse UPDATE and DELETE): labeller, time, latency, the shown order,
+               the exact prompt, texts and model ids shown, the answer, a comment, and the client's
+               `submit_id` (UNIQUE: a double click, or a retry after a lost answer, is stored once)
+  meta         key/value: the admin token, the doubly-labelled share
+Items are assigned when a labeller asks for work, not in advance, so labellers can join late and items can
+be added while a session runs (the loop adds each round's items to a live session). An item goes to a
+labeller who has not labelled it while it has fewer than `needed` live assignments; an assignment nobody
+answered for `lease_s` seconds stops counting, so one absent person does not hold items hostage. An item
+may instead name its labellers ("labellers": [names]): it goes to exactly those queues.
+"""
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import sqlite3
+import threading
+import time
+
+from ..errors import TinyRLHFError
+from .checks import MAX_COMMENT, StoreError, check_answer, check_items, doubled
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+  id INTEGER PRIMARY KEY, batch TEXT NOT NULL, kind TEXT NOT NULL, prompt TEXT NOT NULL,
+  outputs TEXT NOT NULL, needed INTEGER NOT NULL, created REAL NOT NULL, closed INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS items_batch ON items(batch);
+CREATE INDEX IF NOT EXISTS items_open ON items(closed, id);
+CREATE TABLE IF NOT EXISTS labellers (name TEXT PRIMARY KEY, token TEXT NOT NULL UNIQUE, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS assignments (
+  item_id INTEGER NOT NULL REFERENCES items(id), labeller TEXT NOT NULL REFERENCES labellers(name),
+  shown_order TEXT NOT NULL, assigned_at REAL NOT NULL, shown_at REAL NOT NULL, pinned INTEGER NOT NULL,
+  PRIMARY KEY (item_id, labeller));
+CREATE TABLE IF NOT EXISTS labels (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, submit_id TEXT NOT NULL UNIQUE,
+  item_id INTEGER NOT NULL REFERENCES items(id), labeller TEXT NOT NULL, batch TEXT NOT NULL, kind TEXT NOT NULL,
+  prompt TEXT NOT NULL, outputs TEXT NOT NULL, shown_order TEXT NOT NULL, answer TEXT NOT NULL,
+  comment TEXT NOT NULL, latency_s REAL NOT NULL, created REAL NOT NULL,
+  UNIQUE (item_id, labeller));
+CREATE INDEX IF NOT EXISTS labels_batch ON labels(batch);
+CREATE TRIGGER IF NOT EXISTS labels_no_update BEFORE UPDATE ON labels
+  BEGIN SELECT RAISE(ABORT, 'labels are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS labels_no_delete BEFORE DELETE ON labels
+  BEGIN SELECT RAISE(ABORT, 'labels are append-only'); END;
+"""
+
+
+class Store:
+    """One SQLite feedback database. Thread-safe: one connection, each transaction under a lock (the app
+    serves requests from a thread pool); other processes (the loop) may open the same file at the same time."""
+
+    def __init__(self, path: str, *, lease_s: float = 600.0):
+        self.path, self.lease_s = path, lease_s
+        try:
+            self._db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise TinyRLHFError(f"{path}: not a usable feedback database ({e})") from None
+        self._lock = threading.RLock()
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _write(self, fn, durable: bool = False):
+        """Run fn(connection) in one IMMEDIATE transaction (the write lock up front: no upgrade deadlock
+        between processes), committed before returning; `durable`: synced to disk before returning."""
+        with self._lock:
+            if durable:
+                self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn(self._db)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+            return out
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self):
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else default
+
+    def set_meta(self, key: str, value: str):
+        self._write(lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value)))
+
+    # ---------------------------------------------------------------- items
+
+    @property
+    def double_share(self) -> float:
+        """Share of newly added items that two different labellers label (for agreement); default 0.2."""
+        return float(self.meta("double_share", "0.2"))
+
+    def add_items(self, items: list[dict], batch: str) -> list[int]:
+        """Queue items for labelling. item = {"prompt": str, "kind": "pair"|"ranking"|"binary",
+        "outputs": [{"model": str, "text": str}, ...]} (2 outputs for pair, K>=3 for ranking, 1 for binary).
+        `batch` names the round/session (e.g. "round-2"). Returns item ids.
+        Optional "labellers": [names] queues the item for exactly those (known) labellers."""
+        if not isinstance(batch, str) or not batch:
+            raise StoreError("batch: expected a non-empty name")
+        check_items(items)
+        share, now, rng = self.double_share, time.time(), random.Random()
+        known = set(self.labellers())
+        for i, it in enumerate(items):
+            unknown = sorted(set(it.get("labellers") or ()) - known)
+            if unknown:
+                raise StoreError(f"items[{i}]: field 'labellers': unknown labeller(s) {', '.join(unknown)}")
+
+        def add(db):
+            start = db.execute("SELECT COUNT(*) FROM items WHERE batch = ?", (batch,)).fetchone()[0]
+            ids = []
+            for i, it in enumerate(items):
+                outs = [{"model": o["model"], "text": o["text"]} for o in it["outputs"]]
+                who = it.get("labellers")
+                cur = db.execute("INSERT INTO items (batch, kind, prompt, outputs, needed, created) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)",
+                                 (batch, it["kind"], it["prompt"], json.dumps(outs, ensure_ascii=False),
+                                  len(who) if who else 2 if doubled(start + i, share) else 1, now))
+                for name in who or ():
+                    order = list(range(len(outs)))
+                    rng.shuffle(order)
+                    db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, ?, 1)",
+                               (cur.lastrowid, name, json.dumps(order), now, now))
+                ids.append(cur.lastrowid)
+            return ids
+        return self._write(add)
+
+    def item(self, item_id: int) -> dict | None:
+        rows = self._read("SELECT id, batch, kind, prompt, outputs, needed FROM items WHERE id = ?", (item_id,))
+        if not rows:
+            return None
+        i, batch, kind, prompt, outputs, needed = rows[0]
+        return {"id": i, "batch": batch, "kind": kind, "prompt": prompt, "outputs": json.loads(outputs),
+                "needed": needed}
+
+    def count_items(self, batch: str | None = None) -> int:
+        where, args = ("WHERE batch = ?", (batch,)) if batch is not None else ("", ())
+        return self._read(f"SELECT COUNT(*) FROM items {where}", args)[0][0]
+
+    # ---------------------------------------------------------------- labellers and tokens
+
+    def add_labellers(self, names: list[str]) -> dict[str, str]:
+        """{name: token} for each name; a known name keeps its token (its link stays valid)."""
+        for n in names:
+            if not n or not all(c.isalnum() or c in "-_." for c in n) or len(n) > 64:
+                raise StoreError(f"labeller name {n!r}: use 1-64 letters, digits, '-', '_' or '.'")
+
+        def add(db):
+            out = {}
+            for n in names:
+                row = db.execute("SELECT token FROM labellers WHERE name = ?", (n,)).fetchone()
+                if row is None:
+                    row = (secrets.token_urlsafe(18),)
+                    db.execute("INSERT INTO labellers VALUES (?, ?, ?)", (n, row[0], time.time()))
+                out[n] = row[0]
+            return out
+        return self._write(add)
+
+    def admin_token(self) -> str:
+        """The admin token (created on first use, then kept)."""
+        def get(db):
+            row = db.execute("SELECT value FROM meta WHERE key = 'admin_token'").fetchone()
+            if row:
+                return row[0]
+            token = secrets.token_urlsafe(24)
+            db.execute("INSERT INTO meta VALUES ('admin_token', ?)", (token,))
+            return token
+        return self._write(get)
+
+    def labeller_for(self, token: str | None) -> str | None:
+        if not token:
+            return None
+        rows = self._read("SELECT name FROM labellers WHERE token = ?", (token,))
+        return rows[0][0] if rows else None
+
+    def labellers(self) -> list[str]:
+        return [r[0] for r in self._read("SELECT name FROM labellers ORDER BY created, name")]
+
+    # ---------------------------------------------------------------- the queue
+
+    def next_item(self, labeller: str, rng: random.Random | None = None) -> dict | None:
+        """The labeller's next item with its outputs in their shown order (no model ids), or None when
+        their queue is empty. An item already handed to them and not yet answered comes back first, in
+        the same order (a reload shows the same thing)."""
+        rng = rng or random.Random()
+
+        def pick(db):
+            now = time.time()
+            row = db.execute(
+                "SELECT a.item_id, a.shown_order FROM assignments a WHERE a.labeller = ? AND NOT EXISTS "
+                "(SELECT 1 FROM labels l WHERE l.item_id = a.item_id AND l.labeller = a.labeller) "
+                "ORDER BY a.assigned_at, a.item_id LIMIT 1", (labeller,)).fetchone()
+            if row is None:  # a new item: one still short of `needed` labellers (answered or live)
+                found = db.execute(
+                    "SELECT i.id, i.outputs FROM items i WHERE i.closed = 0 AND NOT EXISTS (SELECT 1 FROM assignments a "
+                    "WHERE a.item_id = i.id AND a.labeller = ?) AND i.needed > (SELECT COUNT(*) FROM "
+                    "assignments a WHERE a.item_id = i.id AND (a.pinned OR a.assigned_at > ? OR EXISTS (SELECT 1 FROM "
+                    "labels l WHERE l.item_id = a.item_id AND l.labeller = a.labeller))) "
+                    "ORDER BY i.id LIMIT 1", (labeller, now - self.lease_s)).fetchone()
+                if found is None:
+                    return None
+                order = list(range(len(json.loads(found[1]))))
+                rng.shuffle(order)
+                row = (found[0], json.dumps(order))
+                db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, ?, 0)", (found[0], labeller, row[1], now, now))
+            else:
+                db.execute("UPDATE assignments SET shown_at = ? WHERE item_id = ? AND labeller = ?",
+                           (now, row[0], labeller))
+            return row
+        row = self._write(pick)
+        if row is None:
+            return None
+        item, order = self.item(row[0]), json.loads(row[1])
+        return {"item_id": item["id"], "kind": item["kind"], "prompt": item["prompt"],
+                "outputs": [item["outputs"][i]["text"] for i in order]}
+
+    def add_own_item(self, labeller: str, item: dict, batch: str, rng: random.Random | None = None) -> dict:
+        """Arena: an item on the labeller's own prompt, queued for them alone (in the same transaction, so
+        nobody else can draw it) with its outputs shuffled; returns it as `next_item` does."""
+        check_items([item], "item")
+        order = list(range(len(item["outputs"])))
+        (rng or random.Random()).shuffle(order)
+        outs = [{"model": o["model"], "text": o["text"]} for o in item["outputs"]]
+
+        def add(db):
+            now = time.time()
+            cur = db.execute("INSERT INTO items (batch, kind, prompt, outputs, needed, created) VALUES "
+                             "(?, ?, ?, ?, 1, ?)", (batch, item["kind"], item["prompt"],
+                                                    json.dumps(outs, ensure_ascii=False), now))
+            db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, ?, 1)",
+                       (cur.lastrowid, labeller, json.dumps(order), now, now))
+            return cur.lastrowid
+        item_id = self._write(add)
+        return {"item_id": item_id, "kind": item["kind"], "prompt": item["prompt"],
+                "outputs": [outs[i]["text"] for i in order]}
+
+    def submit(self, labeller: str, item_id, submit_id, answer: dict, comment="") -> dict:
+        """Store one label; returns {"label_id", "duplicate"}. The same submit_id again returns the label it
+        stored (a double click counts once). StoreError (with an HTTP status) on anything wrong; then
+        nothing is stored."""
+        if type(item_id) is not int:
+            raise StoreError(f"field 'item_id': expected an integer, got {json.dumps(item_id)}")
+        if not isinstance(submit_id, str) or not 8 <= len(submit_id) <= 100:
+            raise StoreError("field 'submit_id': expected a string of 8 to 100 characters (a fresh one per item)")
+        if not isinstance(comment, str):
+            raise StoreError("field 'comment': expected a string")
+        if len(comment) > MAX_COMMENT:
+            raise StoreError(f"field 'comment': {len(comment)} characters, at most {MAX_COMMENT}", 413)
+        if not isinstance(answer, dict):
+            raise StoreError("expected an object")
+
+        def add(db):
+            dup = db.execute("SELECT id, labeller, item_id FROM labels WHERE submit_id = ?", (submit_id,)).fetchone()
+            if dup is not None:
+                if (dup[1], dup[2]) != (labeller, item_id):
+                    raise StoreError(f"submit_id {submit_id!r} was already used for another label", 409)
+                return {"label_id": dup[0], "duplicate": True}
+            item = db.execute("SELECT batch, kind, prompt, outputs FROM items WHERE id = ?", (item_id,)).fetchone()
+            if item is None:
+                raise StoreError(f"unknown item {item_id}", 404)
+            a = db.execute("SELECT shown_order, shown_at FROM assignments WHERE item_id = ? AND labeller = ?",
+                           (item_id, labeller)).fetchone()
+            if a is None:
+                raise StoreError(f"item {item_id} is not in your queue", 403)
+            if db.execute("SELECT 1 FROM labels WHERE item_id = ? AND labeller = ?", (item_id, labeller)).fetchone():
+                raise StoreError(f"you already labelled item {item_id}", 409)
+            batch, kind, prompt, outputs = item
+            canon = check_answer(kind, answer, len(json.loads(outputs)))
+            now = time.time()
+            cur = db.execute(
+                "INSERT INTO labels (submit_id, item_id, labeller, batch, kind, prompt, outputs, shown_order, "
+                "answer, comment, latency_s, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (submit_id, item_id, labeller, batch, kind, prompt, outputs, a[0], json.dumps(canon), comment,
+                 max(0.0, now - a[1]), now))
+            db.execute("UPDATE items SET closed = 1 WHERE id = ? AND needed <= (SELECT COUNT(*) FROM labels "
+                       "WHERE item_id = ?)", (item_id, item_id))
+            return {"label_id": cur.lastrowid, "duplicate": False}
+        return self._write(add, durable=True)
+
+    # ---------------------------------------------------------------- reading labels
+
+    def count_labels(self, batch: str | None = None) -> int:
+        """Labels stored (all kinds), for a batch or all."""
+        where, args = ("WHERE batch = ?", (batch,)) if batch is not None else ("", ())
+        return self._read(f"SELECT COUNT(*) FROM labels {where}", args)[0][0]
+
+    def count_labels_by(self, labeller: str) -> int:
+        return self._read("SELECT COUNT(*) FROM labels WHERE labeller = ?", (labeller,))[0][0]
+
+    def labels(self, batch: str | None = None) -> list[dict]:
+        """Every label in storage order, outputs in their original order with model ids, the answer in
+        shown positions and `shown_order` to map them (position p showed output shown_order[p])."""
+        where, args = ("WHERE batch = ?", (batch,)) if batch is not None else ("", ())
+        rows = self._read("SELECT id, submit_id, item_id, labeller, batch, kind, prompt, outputs, shown_order, "
+                          f"answer, comment, latency_s, created FROM labels {where} ORDER BY id", args)
+        keys = ("id", "submit_id", "item_id", "labeller", "batch", "kind", "prompt", "outputs", "shown_order",
+                "answer", "comment", "latency_s", "created")
+        out = []
+        for r in rows:
+            d = dict(zip(keys, r))
+            for k in ("outputs", "shown_order", "answer"):
+                d[k] = json.loads(d[k])
+            out.append(d)
+        return out
+
+    def progress(self) -> dict:
+        """{labeller: {"labelled", "open"}} and the items still short of labels."""
+        out = {}
+        for name in self.labellers():
+            out[name] = {"labelled": self.count_labels_by(name)}
+        short = self._read("SELECT COUNT(*) FROM items i WHERE i.needed > (SELECT COUNT(*) FROM labels l "
+                           "WHERE l.item_id = i.id)")[0][0]
+        return {"labellers": out, "items": self.count_items(), "labels": self.count_labels(),
+                "items_short_of_labels": short}
