@@ -3,6 +3,8 @@ loopback, always shut down."""
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
 import threading
 import time
@@ -16,6 +18,12 @@ from tinyrlhf.models import build_model, save_hf
 CORPUS = ["- Cal(m): Ann(f), Bob(m)\n- Dee(f): Ann, Bob\nQ: siblings of Cal?\nA: Dee.",
           "hello world, the quick brown fox jumps over the lazy dog 0123456789 é ü ß"] * 40
 # What the "html" model says, token after token: markup that must show literally in the chat page.
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# the one skip the issues allow: no browser can be installed here (.ci/run installs it)
+needs_browser = pytest.mark.skipif(not (os.path.exists(CHROMEDRIVER) and os.path.exists(CHROMIUM)),
+                                   reason="needs Debian's chromium and chromium-driver (apt-get install -y "
+                                          "chromium chromium-driver); .ci/run installs them")
 HTML = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 
 

@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from serve_util import HTML, html_model_dir, running, tiny_model_dir
+from serve_util import CHROMEDRIVER, CHROMIUM, needs_browser
 from serve_util import one_thread  # noqa: F401 (the module's pytestmark fixture)
 from tinyrlhf.data.formats import load_binary, load_preferences
 from tinyrlhf.data.records import read_records
@@ -19,12 +20,7 @@ from tinyrlhf.feedback.export import export_labels
 from tinyrlhf.feedback.sources import Models
 from tinyrlhf.feedback.store import Store
 
-CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(not (os.path.exists(CHROMEDRIVER) and os.path.exists(CHROMIUM)),
-                                 reason="needs Debian's chromium and chromium-driver (apt-get install -y "
-                                        "chromium chromium-driver); .ci/run installs them")]
+pytestmark = [pytest.mark.usefixtures("one_thread"), needs_browser]
 N = 20  # items per mode
 
 

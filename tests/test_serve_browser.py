@@ -9,15 +9,10 @@ import shutil
 import pytest
 
 from serve_util import HTML, html_model_dir, make_app, running, tiny_model_dir
+from serve_util import CHROMEDRIVER, CHROMIUM, needs_browser
 from serve_util import one_thread  # noqa: F401 (the module's pytestmark fixture)
 
-CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              # the one skip the issue allows: no browser can be installed here (.ci/run installs it)
-              pytest.mark.skipif(not (os.path.exists(CHROMEDRIVER) and os.path.exists(CHROMIUM)),
-                                 reason="needs Debian's chromium and chromium-driver (apt-get install -y "
-                                        "chromium chromium-driver); .ci/run installs them")]
+pytestmark = [pytest.mark.usefixtures("one_thread"), needs_browser]
 
 
 @pytest.fixture(scope="module")
