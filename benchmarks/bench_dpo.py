@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 
-from _common import child_env, run_subprocess, versions  # benchmarks/ is on sys.path (run as a script)
+from child_process import child_env, run_subprocess, versions  # benchmarks/ is on sys.path (run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET_SPEED, TARGET_RSS = 2.5, 0.6
@@ -95,7 +95,7 @@ def child_main(side: str, method: str, spec_path: str, result_path: str):
     register_optimizer_step_post_hook(StepClock(spec["warmup"], spec["steps"], result_path))
     if side == "trl":
         sys.path.insert(0, HERE)
-        from _trl_side import run_trl
+        from dpo_kto_trl_child import run_trl
         run_trl(method, spec)
     else:
         run_ours(method, spec)

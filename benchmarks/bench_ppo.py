@@ -66,7 +66,7 @@ import sys
 import tempfile
 import time
 
-from _common import child_env, run_subprocess, versions  # benchmarks/ is on sys.path (run as a script)
+from child_process import child_env, run_subprocess, versions  # benchmarks/ is on sys.path (run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET_SPEED, TARGET_RSS = 3.0, 0.5
@@ -161,11 +161,11 @@ def child_main(side: str, spec_path: str, result_path: str):
     register_optimizer_step_post_hook(clock)
     if side == "trl":
         sys.path.insert(0, HERE)
-        from _trl_ppo_side import run_trl
+        from ppo_trl_child import run_trl
         run_trl(spec, phases)
     else:
         sys.path.insert(0, HERE)
-        from _ours_ppo_side import run_ours
+        from ppo_tinyrlhf_child import run_ours
         run_ours(spec, phases)
     print(f"error: the trainer stopped after fewer than {spec['warmup'] + spec['steps']} rollout batches",
           file=sys.stderr)

@@ -16,9 +16,9 @@ import json
 import os
 import statistics
 
-from tinyrlhf.eval.compare import METHODS
+from tinyrlhf.study.spec import METHODS
 from tinyrlhf.config import KTOConfig, ModelConfig, PreferenceConfig, SFTConfig, load_config
-from tinyrlhf.eval.policy import policy_eval
+from tinyrlhf.train.policy_eval import policy_eval
 from tinyrlhf.models import build_model
 from tinyrlhf.tasks import get_task
 from tinyrlhf.train.kto import run_kto

@@ -8,8 +8,8 @@ import yaml
 from conftest import tiny_sft
 from tinyrlhf.cli import main
 from tinyrlhf.errors import ConfigError
-from tinyrlhf.eval import compare as C
-from tinyrlhf.eval import compare_stages as S
+from tinyrlhf.study import compare as C
+from tinyrlhf.study import stages as S
 from tinyrlhf.eval.evaluate import EvalSettings, evaluate_model
 
 TINY_DATA = ["data.n_train_prompts=60", "data.n_pairs=80", "data.n_binary=40", "data.n_rankings=4",

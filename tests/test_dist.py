@@ -199,7 +199,7 @@ def test_compare_nproc_is_checked_and_commands_map_every_stage():
     from tinyrlhf import config as C
     from tinyrlhf import dist
     from tinyrlhf.errors import ConfigError
-    from tinyrlhf.eval.compare import parse_spec
+    from tinyrlhf.study.compare import parse_spec
     with pytest.raises(ConfigError, match="--nproc"):
         parse_spec("family_tree", "sft,dpo", 1, "/tmp/x", 100, "", 10, [], nproc=0)
     assert parse_spec("family_tree", "sft,dpo", 1, "/tmp/x", 100, "", 10, [], nproc=2).nproc == 2

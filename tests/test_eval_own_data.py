@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tinyrlhf.cli import main
 from tinyrlhf.config import KTOConfig, PreferenceConfig, RewardConfig, load_config
 from tinyrlhf.data import load_prompts, read_records
-from tinyrlhf.eval.policy import completion_logps
+from tinyrlhf.train.policy_eval import completion_logps
 from tinyrlhf.loading import load_causal_lm
 from tinyrlhf.models import load_tokenizer
 from tinyrlhf.train.kto import run_kto

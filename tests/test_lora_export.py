@@ -235,7 +235,7 @@ def test_export_of_a_reward_run_keeps_its_head(project, tmp_path, monkeypatch):
 
 def test_reward_normalisation_policy_data_and_ppo_take_an_unmerged_lora_final(project, tmp_path, monkeypatch):
     from tinyrlhf.config import PPOConfig
-    from tinyrlhf.tasks.policy_data import sample_k
+    from tinyrlhf.study.policy_data import sample_k
     from tinyrlhf.train.ppo import run_ppo
     final = str(project / "runs" / "dpo" / "final")
     monkeypatch.chdir(tmp_path)

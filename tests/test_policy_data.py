@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_sft
 from tinyrlhf.cli import main
 from tinyrlhf.data.records import read_records
-from tinyrlhf.tasks.policy_data import write_policy_data
+from tinyrlhf.study.policy_data import write_policy_data
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,8 @@ def test_manifest_states_both_agreements(tmp_path, monkeypatch):
     pool predicts on these gaps (1,500 prompts: sd ~ 0.012)."""
     import random
 
-    from tinyrlhf.tasks import get_task, policy_data
+    from tinyrlhf.study import policy_data
+    from tinyrlhf.tasks import get_task
     from tinyrlhf.tasks.annotators import AnnotatorPool
     from tinyrlhf.tasks.generate import write_task_data
 
@@ -83,7 +84,7 @@ def test_manifest_states_both_agreements(tmp_path, monkeypatch):
     assert len(nonzero) > 1000
     agree = sum(p.meta["gold_chosen"] > p.meta["gold_rejected"] for p in nonzero) / len(nonzero)
     assert info["policy_data"]["agreement_measured"] == pytest.approx(agree, abs=1e-12)
-    pool = policy_data._pool(info)
+    pool = policy_data.annotator_pool(info)
     gaps = [p.meta["gold_chosen"] - p.meta["gold_rejected"] for p in nonzero]
     assert isinstance(pool, AnnotatorPool)
     assert counts["inter_annotator"] == info["policy_data"]["inter_annotator_measured"]

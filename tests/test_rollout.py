@@ -10,7 +10,7 @@ from tinyrlhf.config import LoRAConfig
 from tinyrlhf.errors import ConfigError
 from tinyrlhf.logprobs import token_logps
 from tinyrlhf.models import add_lora, train_tokenizer
-from tinyrlhf.rollout import Rollout, _sample, encode_prompts, generate
+from tinyrlhf.rollout import Rollout, sample_token, encode_prompts, generate
 
 V, EOS, PAD = 100, 1, 0
 LENS = [3, 7, 12, 5, 9, 1, 12, 4]  # different prompt lengths: left padding exercised
@@ -169,7 +169,7 @@ def test_sampler_frequencies_match_the_truncated_distribution():
     u = torch.rand(40_000, generator=torch.Generator().manual_seed(0))
     full = torch.softmax(z[0] / 0.8, -1)
     for kw, keep in ((dict(top_k=0, top_p=1.0), 5), (dict(top_k=2, top_p=1.0), 2), (dict(top_k=0, top_p=0.7), 2)):
-        tok, lp = _sample(z, u, 0.8, **kw)
+        tok, lp = sample_token(z, u, 0.8, **kw)
         freq = torch.bincount(tok, minlength=5).float() / len(tok)
         expect = torch.zeros(5)
         expect[:keep] = full[:keep] / full[:keep].sum()

@@ -1,4 +1,21 @@
-"""tinyrlhf: the whole RLHF pipeline on small language models, on one CPU or GPU."""
+"""tinyrlhf: the whole RLHF pipeline on small language models, on one CPU or GPU.
+
+The package in layers; a module imports only from its own layer or those below it, with no import circles
+and no other module's _private names (docs/layout.md; tests/test_layout.py checks all three):
+
+    cli.py                                          the `tinyrlhf` command
+    study/                                          compare, baselines, reports, iterated RLHF (loop)
+    feedback/                                       label app, store, export
+    serve/                                          OpenAI-compatible server
+    eval/                                           evaluating a model or outputs
+    train/                                          one loop per method, engine, run directories
+    rollout, logprobs, sampling, dist               shared machinery
+    models, loading, model_dir, attention, export   building and loading models, tokenizers, LoRA
+    tasks/                                          built-in tasks with a gold reward
+    data/                                           records, formats, batches
+    config/                                         typed configs
+    errors, losses                                  error types, pure loss functions
+"""
 import os
 
 # oneDNN (bf16 matmuls on CPU) caches compiled kernels per tensor shape, 1024 of each kind by default.

@@ -72,7 +72,7 @@ def _cmd_data(args) -> int:
     _check_data_out(args.out, args.force, args.base if args.from_model else "")
     if args.from_model:
         from .loading import check_model_dir
-        from .tasks.policy_data import write_policy_data
+        from .study.policy_data import write_policy_data
         if not args.base:
             raise TinyRLHFError("--from-model needs --base (the task data directory whose annotators and prompts to use)")
         valid = {"n_prompts": int, "k": int, "temperature": float, "max_new_tokens": int}
@@ -141,7 +141,7 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     import dataclasses
 
-    from .config import _coerce, parse_overrides
+    from .config import coerce, parse_overrides
     from .eval.evaluate import EvalSettings, evaluate_model, format_report, write_result
 
     fields = {f.name: f.type for f in dataclasses.fields(EvalSettings)}
@@ -149,7 +149,7 @@ def _cmd_eval(args) -> int:
     for key, value in parse_overrides(args.overrides):
         if key not in fields:
             raise TinyRLHFError(f"unknown eval setting '{key}' (valid: {', '.join(fields)})")
-        kwargs[key] = _coerce(value, {"int": int, "float": float, "str": str}[fields[key]], key)
+        kwargs[key] = coerce(value, {"int": int, "float": float, "str": str}[fields[key]], key)
     if not args.task and not args.prompts:
         raise TinyRLHFError("eval needs --task (a built-in task) or --prompts FILE (your own prompts)")
     if args.task and args.prompts:
@@ -184,8 +184,8 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .eval.compare import parse_spec, run_compare
-    from .eval.report import format_table
+    from .study.compare import parse_spec, run_compare
+    from .study.report import format_table
 
     spec = parse_spec(args.task, args.methods, args.seeds, args.out or f"runs/compare/{args.task}", args.budget,
                       args.config_dir, args.eval_prompts, args.overrides, args.offline_data, labels=args.labels,
@@ -201,8 +201,8 @@ def _cmd_compare(args) -> int:
 
 
 def _add_loop_parser(sub):
-    """`tinyrlhf loop`: iterated RLHF with simulated or human labels (tinyrlhf/feedback/loop_cli.py)."""
-    from .feedback.loop_cli import add_parser
+    """`tinyrlhf loop`: iterated RLHF with simulated or human labels (tinyrlhf/study/loop_cli.py)."""
+    from .study.loop_cli import add_parser
     add_parser(sub)
 
 

@@ -315,7 +315,7 @@ def shard_blocks(model: nn.Module):
     """FSDP2 (`fully_shard`) for each transformer block of a causal LM: its parameters become DTensors
     sharded over the ranks, all-gathered for its forward and backward."""
     from torch.distributed.fsdp import fully_shard
-    from .models import unwrap
+    from .loading import unwrap
     if hasattr(model, "get_base_model") or not hasattr(model, "config") or type(model).__name__ == "RewardModel":
         raise ConfigError("train.parallel=fsdp shards a plain causal LM (sft, the dpo family, kto without LoRA); "
                           "use train.parallel=ddp here (a LoRA adapter is small enough to replicate)")

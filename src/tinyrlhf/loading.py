@@ -127,13 +127,28 @@ def check_model_dir(path: str, what: str = "model directory"):
         check_plain(path, what)
 
 
+FUSED_GELU = "gelu_pytorch_tanh"
+
+
+def use_fused_gelu(config):
+    """GPT-2's "gelu_new" is the tanh GELU written as separate elementwise ops, each keeping a 4H-wide
+    tensor for backward; "gelu_pytorch_tanh" is the same function (max difference 2.4e-7) as one fused
+    kernel. Measured on gpt2-small (fp32, batch 8 x 88): forward+backward memory 1428 -> 702 MiB."""
+    if getattr(config, "activation_function", None) == "gelu_new":
+        config.activation_function = FUSED_GELU
+
+
+def unwrap(model):
+    """The transformers model under a peft wrapper (LoRA layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def load_causal_lm(path: str, *, dtype: torch.dtype = torch.float32, fused_gelu: bool = False):
     """A causal LM from a model directory or an unmerged LoRA final/, whose adapters are merged in memory
     (inference and further training then see one plain model). `config._name_or_path` is set to `path`,
-    so reloading from it gives the same weights. `fused_gelu`: see models._fused_gelu."""
+    so reloading from it gives the same weights. `fused_gelu`: see use_fused_gelu."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .models import _fused_gelu
     if is_adapter_dir(path):
         from peft import PeftModel
         base = load_causal_lm(adapter_base(path), dtype=dtype, fused_gelu=fused_gelu)
@@ -145,7 +160,7 @@ def load_causal_lm(path: str, *, dtype: torch.dtype = torch.float32, fused_gelu:
         check_model_dir(path)
         config = AutoConfig.from_pretrained(path)
         if fused_gelu:
-            _fused_gelu(config)
+            use_fused_gelu(config)
         model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
     model.config._name_or_path = path
     return model
@@ -165,7 +180,6 @@ def save_adapter(model, tokenizer, out: str):
     """Write an unmerged LoRA model as a peft adapter directory that names its base by absolute path
     (see the module docstring). The base is `config._name_or_path` when that is a plain model
     directory; otherwise (a preset, or a base that is itself an adapter) it is written to out/base/."""
-    from .models import unwrap
     out = os.path.abspath(out)
     source = unwrap(model).config._name_or_path or ""
     if source and os.path.isfile(os.path.join(source, "config.json")) and not is_adapter_dir(source):

@@ -17,6 +17,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2C
 from .attention import CHOICES as ATTENTION_CHOICES, set_attention
 from .config import LoRAConfig, ModelConfig
 from .errors import ConfigError
+from .loading import FUSED_GELU, check_model_dir, load_causal_lm, save_adapter, tokenizer_dir, unwrap
 
 EOS = "<|endoftext|>"
 
@@ -45,7 +46,6 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 def load_tokenizer(path: str):
     """The tokenizer of a model directory or an unmerged LoRA final/ (its base's when it has none)."""
-    from .loading import tokenizer_dir
     where = tokenizer_dir(path)
     try:
         tok = AutoTokenizer.from_pretrained(where)
@@ -67,7 +67,6 @@ def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0
     if cfg.attention not in ATTENTION_CHOICES:
         raise ConfigError(f"model.attention '{cfg.attention}' is unknown; valid: {', '.join(ATTENTION_CHOICES)}")
     if cfg.path:
-        from .loading import check_model_dir, load_causal_lm
         check_model_dir(cfg.path, "model.path")  # a model directory, or an unmerged LoRA final/ (merged in memory)
         tokenizer = load_tokenizer(cfg.path)
         try:
@@ -75,7 +74,7 @@ def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0
         except (OSError, ValueError, KeyError, RuntimeError) as e:  # what check_model_dir cannot see
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ConfigError(f"model.path '{cfg.path}': cannot load the model ({why})") from None
-        _set_dropout(model, cfg.dropout)
+        set_dropout(model, cfg.dropout)
         rows = model.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > rows:  # a token id past the embedding would fail mid-run with an IndexError
             raise ConfigError(f"model.path '{cfg.path}': the tokenizer has {len(tokenizer)} tokens but the "
@@ -106,18 +105,7 @@ def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0
     return model, tokenizer
 
 
-FUSED_GELU = "gelu_pytorch_tanh"
-
-
-def _fused_gelu(config):
-    """GPT-2's "gelu_new" is the tanh GELU written as separate elementwise ops, each keeping a 4H-wide
-    tensor for backward; "gelu_pytorch_tanh" is the same function (max difference 2.4e-7) as one fused
-    kernel. Measured on gpt2-small (fp32, batch 8 x 88): forward+backward memory 1428 -> 702 MiB."""
-    if getattr(config, "activation_function", None) == "gelu_new":
-        config.activation_function = FUSED_GELU
-
-
-def _set_dropout(model: nn.Module, p: float):
+def set_dropout(model: nn.Module, p: float):
     """RLHF detail (lm-human-preference-details): dropout off, so log-probs and values are deterministic."""
     for m in model.modules():
         if isinstance(m, nn.Dropout):
@@ -177,7 +165,6 @@ def store_frozen_base(model, dtype: torch.dtype) -> int:
 def _restore_fp32_base(model, source: str):
     """Put the fp32 weights of `source` (the directory the base came from) back under the adapted layers,
     checking that they round to the stored ones (else the directory changed during the run)."""
-    from .loading import load_causal_lm
     fresh = dict(load_causal_lm(source, dtype=torch.float32).named_modules())
     for name, base in _adapted_layers(model):
         for key, p in base.named_parameters(recurse=False):
@@ -187,11 +174,6 @@ def _restore_fp32_base(model, source: str):
                     raise ConfigError(f"cannot merge LoRA: the weights in '{source}' ({name}.{key}) are not the "
                                       "ones this run started from; save with lora.merge=false")
                 p.data = original
-
-
-def unwrap(model):
-    """The transformers model under a peft wrapper (LoRA layers stay injected in it)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def trunk_and_head(model):
@@ -213,7 +195,6 @@ def save_hf(model, tokenizer, out: str, merge_lora: bool = True):
             merged = merged.merge_and_unload()
             merged.save_pretrained(out)
         else:
-            from .loading import save_adapter
             save_adapter(model, tokenizer, out)  # adapter + tokenizer, the base named by absolute path
             return
     else:
@@ -313,7 +294,6 @@ def load_reward_model(path: str) -> tuple[RewardModel, object]:
     """Load a reward model written by `save_reward_model` (a reward run's final/)."""
     from safetensors.torch import load_file
 
-    from .loading import check_model_dir
     check_model_dir(path, "reward model")  # also checks reward_head.safetensors, as every *.safetensors
     head_file = os.path.join(path, "reward_head.safetensors")
     if not os.path.isfile(head_file):
@@ -324,9 +304,8 @@ def load_reward_model(path: str) -> tuple[RewardModel, object]:
         float(norm["gain"]), float(norm["bias"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"reward model '{path}': reward_head.json is missing or corrupt ({e})") from None
-    from .loading import load_causal_lm
     lm = load_causal_lm(path, dtype=torch.float32)
-    _set_dropout(lm, 0.0)
+    set_dropout(lm, 0.0)
     set_attention(lm, ATTENTION_CHOICES[0])
     rm = RewardModel(lm, pool=norm.get("pool", "last"), logp_feature=norm.get("logp_feature", False))
     head = load_file(head_file)

@@ -16,7 +16,7 @@ import torch
 
 from .errors import ConfigError, DataError
 from .logprobs import cache_kwarg, output_cache, position_ids
-from .models import unwrap
+from .loading import unwrap
 
 # Drop finished rows from the running batch (copying the KV cache) once this fraction of it is done:
 # each copy costs about one pass over the cache, each dropped row saves a whole forward per step.
@@ -110,7 +110,7 @@ def _truncate(z, top_k: int, top_p: float):
     return z
 
 
-def _sample(logits, u, temperature: float, top_k: int, top_p: float):
+def sample_token(logits, u, temperature: float, top_k: int, top_p: float):
     """(tokens, log-probs) for logits (n, V) and one uniform per row u (n,).
 
     Inverse-CDF sampling with a single uniform per row: the noise a row sees is fixed by its index, so
@@ -197,7 +197,7 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, eos_token_i
             steps = 0
             for t in range(max_new_tokens):
                 # 3. Sample for every running row; rows already done write pad / 0 (masked out).
-                tok, lp = _sample(logits, noise[rows, t], temperature, top_k, top_p)
+                tok, lp = sample_token(logits, noise[rows, t], temperature, top_k, top_p)
                 resp[rows, t] = torch.where(done, pad_token_id, tok)
                 logps[rows, t] = torch.where(done, 0.0, lp)
                 resp_mask[rows, t] = (~done).long()

@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from .models import unwrap
+from .loading import unwrap
 
 
 class _NoPaddingFalseAlarm(logging.Filter):

@@ -1,4 +1,7 @@
-"""Data: the project's record types and JSONL files (records.py), and loaders for public formats (formats.py)."""
+"""Data: the project's record types and JSONL files (records.py), loaders for public formats (formats.py,
+public.py) and tokenised batches (collate.py).
+
+May import: errors only (tests/test_layout.py checks it)."""
 from .formats import (FORMATS, PUBLIC_FORMATS, TABLE_FORMATS, detect_format, load_binary, load_preferences,
                       load_prompts, load_rankings, load_sft, parse_hh_turns, split_hh, tldr_prompt)
 from .records import (RECORD_TYPES, BinaryRecord, PairRecord, PromptRecord, RankingRecord, SFTRecord, SkipCounter,

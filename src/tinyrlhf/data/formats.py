@@ -24,7 +24,7 @@ import os
 from typing import Any, Callable, Iterator
 
 from ..errors import DataError
-from .public import (_PUBLIC, HH_ASSISTANT, Parser, parse_hh_turns, split_hh,  # noqa: F401 (re-exported)
+from .public import (PUBLIC_PARSERS, HH_ASSISTANT, Parser, parse_hh_turns, split_hh,  # noqa: F401 (re-exported)
                      tldr_prompt)
 from .records import (BinaryRecord, PairRecord, PromptRecord, RankingRecord, SFTRecord, SkipCounter, pair_to_binary,
                       pair_to_sft, parse_jsonl_lines, ranking_to_pairs, record_from_dict)
@@ -200,8 +200,8 @@ def _table_parser(kind: str, columns: dict | None, csv_cells: bool) -> Parser:
 
 def _choose(fmt: str, target: str, obj: dict, columns: dict | None, table: str, where: dict) -> tuple[str, Parser]:
     """(record kind, row parser) for a whole file, decided from its first row."""
-    if fmt in _PUBLIC:
-        return _PUBLIC[fmt]
+    if fmt in PUBLIC_PARSERS:
+        return PUBLIC_PARSERS[fmt]
     row = _map_columns(obj, columns, where)
     if target != "prompt" and all(f in row for f in KIND_FIELDS[target]):  # prompts: the richest kind wins
         kind = target
@@ -210,8 +210,8 @@ def _choose(fmt: str, target: str, obj: dict, columns: dict | None, table: str, 
         if kind is None:
             raise DataError(f"cannot detect the format from the keys {sorted(row)}; pass format= (one of "
                             f"{', '.join(FORMATS[1:])}) or columns=", **where)
-        if kind in _PUBLIC:
-            return _PUBLIC[kind]
+        if kind in PUBLIC_PARSERS:
+            return PUBLIC_PARSERS[kind]
     else:  # a generic table: whichever project kind the row holds, else the target (errors then name fields)
         kind = next((k for k, fs in KIND_FIELDS.items() if all(f in row for f in fs)), target)
     return kind, _table_parser(kind, columns, table == "csv")
@@ -239,7 +239,7 @@ def _load(path: str | os.PathLike, fmt: str, target: str, columns: dict | None, 
     if fmt not in FORMATS:
         raise DataError(f"unknown format '{fmt}' (valid: {', '.join(FORMATS)})", path=path)
     if columns is not None:
-        if fmt in _PUBLIC:
+        if fmt in PUBLIC_PARSERS:
             raise DataError(f"columns= applies to generic tables ({', '.join(TABLE_FORMATS)}), not to '{fmt}'")
         if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
             raise DataError("columns= must map field names to column names (strings)")

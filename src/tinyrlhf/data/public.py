@@ -135,7 +135,7 @@ def _tldr(obj: dict, where: dict) -> SFTRecord:
     return SFTRecord(prompt, _lead_space(summary), {"source": "tldr"})
 
 
-_PUBLIC: dict[str, tuple[str, Parser]] = {  # format -> (record kind it yields, row parser)
+PUBLIC_PARSERS: dict[str, tuple[str, Parser]] = {  # format -> (record kind it yields, row parser)
     "hh-rlhf": ("pair", _hh),
     "summarize-from-feedback": ("pair", _summarize),
     "stack-exchange-paired": ("pair", _stack_exchange),

@@ -26,7 +26,7 @@ from ..models import load_tokenizer
 from ..sampling import sample
 from ..tasks import get_task
 from . import metrics as M
-from .policy import completion_logps
+from ..train.policy_eval import completion_logps
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ def default_reference(run_cfg: dict | None, run_dir: str = ".") -> str:
     return found if found and os.path.isdir(found) else ""
 
 
-def _load(model_dir: str, device):
+def load_eval_model(model_dir: str, device):
+    """A model directory (or LoRA final/) in fp32 eval mode on `device`, and its tokenizer."""
     model = load_causal_lm(model_dir, dtype=torch.float32).to(device).eval()
     return model, load_tokenizer(model_dir)
 
@@ -121,7 +122,7 @@ def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str
     if judge == "reward" and not reward:
         raise ConfigError("--judge reward needs --reward (a reward run directory)")
     s = settings
-    model, tok = _load(model_dir, device)
+    model, tok = load_eval_model(model_dir, device)
     prompts, refs = eval_prompts(task, prompts_file, prompts_format, s, tok)
     gen = dict(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, device=device)
     with autocast(device, s.precision):
@@ -156,7 +157,7 @@ def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str
     elif judge == "reward":
         judge = ScoreJudge(lambda p, c: score(p, c).tolist())
     if reference:
-        ref_model, ref_tok = _load(resolve_model(reference, task_name)[0], device)
+        ref_model, ref_tok = load_eval_model(resolve_model(reference, task_name)[0], device)
         policy_lp = completion_logps(model, tok, prompts, completions, device, s.precision)
         ref_lp = completion_logps(ref_model, ref_tok, prompts, completions, device, s.precision)
         kl = (policy_lp - ref_lp).tolist()  # E_y~π[log π(y|x) − log π_ref(y|x)], one sample per prompt

@@ -11,4 +11,7 @@
     metrics.py    Prometheus metrics
     app.py        FastAPI routes, SSE streaming, the chat page (static/)
     server.py     load everything and run uvicorn
+
+May import: the models and the shared machinery below train/ (loading, models, rollout, logprobs); never
+feedback/, study/ or cli (tests/test_layout.py checks it).
 """

@@ -18,7 +18,7 @@ import inspect
 import torch
 
 from ..logprobs import position_ids
-from ..models import unwrap
+from ..loading import unwrap
 
 
 def _layers(cache):

@@ -7,7 +7,7 @@ new text, and drops rows that finished (EOS, stop string, max_tokens), were canc
 away) or ran out of time, (4) runs one forward pass for the rows left. A request therefore starts at the
 next step instead of waiting for a whole batch to finish, and leaves the moment it is done.
 
-Sampling reuses the rollout engine's inverse-CDF sampler (`rollout._sample`) with one uniform per row per
+Sampling reuses the rollout engine's inverse-CDF sampler (`rollout.sample_token`) with one uniform per row per
 step drawn from that sequence's own generator, seeded from (request seed, choice index): the same seed gives
 the same text whatever else shares the batch (fp32 and bf16, up to float rounding of different batch
 shapes; not int8, whose activation scale is taken over the batch: see quantize.py). Forwards run in this thread (torch releases the GIL), so
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..rollout import _sample
+from ..rollout import sample_token
 from .batch import RunningBatch
 from .config import EngineConfig
 from .detok import TextStream
@@ -254,7 +254,7 @@ class Engine:
         for (temperature, top_p), idx in groups.items():
             u = torch.cat([torch.rand(1, generator=rows[i].generator) for i in idx]) if temperature > 0 \
                 else torch.zeros(len(idx))
-            tok, lp = _sample(logits[idx], u, temperature, 0, top_p)
+            tok, lp = sample_token(logits[idx], u, temperature, 0, top_p)
             tokens[idx], logps[idx] = tok, lp
         if live:
             self.steps += 1

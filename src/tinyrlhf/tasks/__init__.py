@@ -2,6 +2,13 @@
 
     get_task("family_tree", generations=4)   -> a FamilyTreeTask with that config
     task_names()                              -> ["family_tree", "positive_review"]
+
+    base.py  family_tree.py  positive_review.py   prompts, gold reward, demonstrations, splits
+    annotators.py                                simulated annotators with calibrated agreement
+    generate.py                                  `tinyrlhf data TASK`: the task's data files
+    baselines.py                                 degenerate and rule-based policies (the gold's sanity battery)
+
+May import: data, config, errors; no model code (tests/test_layout.py checks it).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from ..config import TrainConfig
 from ..data.collate import BatchPlan
 from ..errors import TinyRLHFError
 from .guard import SaveSchedule, StopOnSignal, TrainingDiverged, check_weights
-from .rundir import RunDir, _plain  # noqa: F401  (RunDir re-exported: loops import it from here)
+from .rundir import RunDir  # noqa: F401  (re-exported: loops import it from here)
 
 
 def set_seed(seed: int):

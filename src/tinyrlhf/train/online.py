@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 from .. import dist
 from ..data import render_chat
 from ..errors import ConfigError
-from ..eval.policy import completion_logps, policy_eval
-from ..models import _set_dropout, add_lora, build_model, save_hf
+from .policy_eval import completion_logps, policy_eval
+from ..models import add_lora, build_model, save_hf, set_dropout
 from ..rollout import Rollout, encode_prompts, generate
 from .data import begin_run
 from .engine import autocast, build_optimizer, build_scheduler, current_rss_mib, peak_memory_mib, set_seed
@@ -55,7 +55,7 @@ def open_online(cfg) -> Online | dict:
     policy, tokenizer = build_model(cfg.model, task_corpus(start.task, cfg.data.seed), seed=cfg.seed)
     # unique, in file order; chat prompts in the tokenizer's chat template when it has one
     prompts = list(dict.fromkeys(r.prompt for r in render_chat(start.train, tokenizer)))
-    _set_dropout(policy, 0.0)  # dropout off: rollout, old and new log-probs must agree [details]
+    set_dropout(policy, 0.0)  # dropout off: rollout, old and new log-probs must agree [details]
     policy = add_lora(policy, cfg.lora).to(start.device)
     reward, rm = reward_source(cfg.reward, start.task, start.device, cfg.train.precision, cfg.data.max_length)
     stop_id = None

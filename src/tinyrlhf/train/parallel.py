@@ -125,7 +125,7 @@ def save_final(run, model, tokenizer, merge_lora: bool, save_hf):
     """Write the final model for `run` to publish with `save_hf` (models.save_hf, as the loop module names
     it), on rank 0 only. Under FSDP the full weights are gathered first (a collective: every rank calls
     this) into an unsharded copy of the model."""
-    from ..models import unwrap
+    from ..loading import unwrap
     if dist.active() and dist.is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

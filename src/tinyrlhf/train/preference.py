@@ -25,7 +25,7 @@ from .. import losses as L
 from ..config import PreferenceConfig
 from ..data import render_chat
 from ..data.collate import BatchPlan, TruncationStats, encode_groups, pad_groups
-from ..eval.policy import completion_logps, policy_eval
+from .policy_eval import completion_logps, policy_eval
 from ..logprobs import grouped_token_logps, scored_tokens
 from ..models import add_lora, build_model, save_hf, store_frozen_base
 from .data import begin_run

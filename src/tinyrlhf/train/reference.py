@@ -16,7 +16,7 @@ import torch
 from .. import dist
 from ..data.collate import pad_groups
 from ..logprobs import grouped_token_logps, scored_tokens
-from ..models import unwrap
+from ..loading import unwrap
 from .engine import autocast
 
 

@@ -18,7 +18,8 @@ from torch import nn
 from ..data.collate import encode, pad
 from ..errors import ConfigError, TinyRLHFError
 from ..logprobs import token_logps
-from ..models import _set_dropout, load_reward_model, trunk_and_head, unwrap
+from ..loading import unwrap
+from ..models import load_reward_model, set_dropout, trunk_and_head
 from .engine import autocast
 from .reference import reference_disabled
 
@@ -243,7 +244,7 @@ def build_value(policy, value_model: str, value_init: str, reward_model, device)
         lm = copy.deepcopy(policy)
         if hasattr(lm, "merge_and_unload"):  # LoRA: the critic is a plain copy of the starting weights
             lm = lm.merge_and_unload()
-    _set_dropout(lm, 0.0)
+    set_dropout(lm, 0.0)
     lm.requires_grad_(True)
     return ValueHead(hidden_size(lm), lm).to(device)
 

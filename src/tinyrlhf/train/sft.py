@@ -22,7 +22,7 @@ from .parallel import save_final
 def gold_eval(model, tokenizer, task, cfg, device, seed: int, data_seed: int) -> dict:
     """Mean gold reward of completions sampled on held-out prompts (temperature from config) and greedy.
     eval.n_prompts=0 turns it off (e.g. when `tinyrlhf compare` evaluates the final model itself)."""
-    from ..eval.policy import policy_eval
+    from .policy_eval import policy_eval
     return policy_eval(model, tokenizer, task, cfg, device, seed, data_seed)
 
 

@@ -7,7 +7,6 @@ labels of this round and every earlier one (pairs.jsonl) next to the base task d
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -16,19 +15,8 @@ import time
 
 from ..data.records import PairRecord, iter_jsonl, read_records, write_records
 from ..errors import ConfigError, TinyRLHFError
-from ..tasks.policy_data import COPIED, _pool, sample_k
-
-
-def read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+from .policy_data import COPIED, annotator_pool, sample_k
+from .spec import read_json, write_json
 
 
 def train_prompts(base_dir: str) -> list[str]:
@@ -73,7 +61,7 @@ def sample_pairs(models: list[tuple[str, str]], prompts: list[str], *, mix_earli
 def simulated_labels(items: list[dict], base_dir: str, task, seed: int) -> list[PairRecord]:
     """The base task data's annotator pool judges each item (a Bradley-Terry draw from the gold reward,
     as `tinyrlhf data --from-model` and `compare` label pairs)."""
-    pool = _pool(read_json(os.path.join(base_dir, "manifest.json")))
+    pool = annotator_pool(read_json(os.path.join(base_dir, "manifest.json")))
     rng = random.Random(f"loop-labels:{seed}")
     pairs = []
     for it in items:
@@ -94,8 +82,8 @@ def human_labels(items: list[dict], db: str, batch: str, wanted: int, label_dir:
     to start the labelling app, wait until the batch holds `wanted` labels (progress on one line), then
     export them (tinyrlhf.feedback.export) and return the pairs (ties and 'both bad' give no pair)."""
     try:
-        from .export import export_labels
-        from .store import Store
+        from ..feedback.export import export_labels
+        from ..feedback.store import Store
     except ImportError as e:
         raise TinyRLHFError(f"--labels human needs the feedback store (tinyrlhf.feedback.store): {e}") from None
     os.makedirs(label_dir, exist_ok=True)

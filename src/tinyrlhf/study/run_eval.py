@@ -8,8 +8,7 @@ import os
 
 import torch
 
-from .compare import CompareSpec
-from .compare_stages import paths, read_json
+from .spec import CompareSpec, paths, read_json
 
 
 def rm_accuracy_on_samples(score, prompts, a: list[str], b: list[str], gold_a: list[float],
@@ -31,10 +30,10 @@ def val_gold(run_dir: str, task_name: str, n: int, seed: int) -> float:
     from ..sampling import sample
     from ..tasks import get_task
     from ..train.engine import autocast
-    from .evaluate import _load, resolve_model
+    from ..eval.evaluate import load_eval_model, resolve_model
     task = get_task(task_name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = _load(resolve_model(run_dir, task_name)[0], device)
+    model, tok = load_eval_model(resolve_model(run_dir, task_name)[0], device)
     prompts = task.prompts("val", n, seed)
     with autocast(device, "auto"):
         texts = sample(model, tok, prompts, max_new_tokens=24, temperature=1.0, seed=seed, device=device)
@@ -43,7 +42,7 @@ def val_gold(run_dir: str, task_name: str, n: int, seed: int) -> float:
 
 def evaluate_run(spec: CompareSpec, seed: int, run: str) -> dict:
     """eval-TASK.json of one run (cached in the run directory while its settings and extras are complete)."""
-    from .evaluate import EvalSettings, evaluate_model, write_result
+    from ..eval.evaluate import EvalSettings, evaluate_model, write_result
     p = paths(spec, seed)
     run_dir = os.path.join(p["root"], run)
     out = os.path.join(run_dir, f"eval-{spec.task}.json")

@@ -1,4 +1,4 @@
-"""The `tinyrlhf loop` subcommand: its options, and the call into feedback/loop.py."""
+"""The `tinyrlhf loop` subcommand: its options, and the call into study/loop.py."""
 from __future__ import annotations
 
 

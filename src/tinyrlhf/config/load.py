@@ -1,4 +1,4 @@
-"""Loading the dataclass configs of config.py / config_rl.py: YAML files, dotted CLI overrides, type checks,
+"""Loading the dataclass configs of base.py, offline.py and online.py: YAML files, dotted CLI overrides, type checks,
 and the commented YAML of `tinyrlhf <stage> --print-config`.
 
 An error names where the bad value came from: the override that set it (`override 'train.lrr=1': ...`),
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class FieldError(ConfigError):
@@ -56,7 +56,7 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def _coerce(value: Any, tp, key: str):
+def coerce(value: Any, tp, key: str):
     """Check/convert one YAML value to the annotated (non-dataclass) type, or raise FieldError naming the key."""
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -66,16 +66,16 @@ def _coerce(value: Any, tp, key: str):
     if origin in (typing.Union, types.UnionType):
         if value is None or value == "":  # `beta=` on the command line: back to the default it stands for
             return None
-        return _coerce(value, [a for a in typing.get_args(tp) if a is not type(None)][0], key)
+        return coerce(value, [a for a in typing.get_args(tp) if a is not type(None)][0], key)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             value = [value]
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
+            return tuple(coerce(v, args[0], key) for v in value)
         if len(value) != len(args):
             raise FieldError(key, f"expected {len(args)} values, got {list(value)!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+        return tuple(coerce(v, a, key) for v, a in zip(value, args))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -116,7 +116,7 @@ def _section_default(f: dataclasses.Field):
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
-def _build(cls, values: dict | None, prefix: str = "", base=None):
+def build(cls, values: dict | None, prefix: str = "", base=None):
     """`cls` from a (nested) dict. A nested section starts from its parent's default for it (`base`), so a
     stage's own defaults (e.g. SFT's train.lr) survive a file or override that sets other keys of it."""
     values = {} if values is None else values
@@ -133,9 +133,9 @@ def _build(cls, values: dict | None, prefix: str = "", base=None):
     for k, v in values.items():
         tp = _hints(cls)[k]
         if dataclasses.is_dataclass(tp):
-            kwargs[k] = _build(tp, v, f"{prefix}{k}.", _section_default(fields[k]))
+            kwargs[k] = build(tp, v, f"{prefix}{k}.", _section_default(fields[k]))
         else:
-            kwargs[k] = _coerce(v, tp, prefix + k)
+            kwargs[k] = coerce(v, tp, prefix + k)
     try:
         return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except FieldError as e:
@@ -244,7 +244,7 @@ def load_config(cls, path: str | None = None, overrides: list[str] | None = None
             if _field_type(cls, key) is str:  # a string key takes the text as typed: out_dir=a:b, stop_token=yes
                 value = item.partition("=")[2]
             _set_dotted(tree, key, value)
-        return _build(cls, tree)
+        return build(cls, tree)
     except ConfigError as e:
         where = _blame(e.key, origins, lines, path) if e.key else (path or "")
         raise ConfigError(f"{where}: {e}" if where else str(e), key=e.key) from None
@@ -266,7 +266,7 @@ def replace(cfg, **dotted):
     tree = config_to_dict(cfg)
     for k, v in dotted.items():
         _set_dotted(tree, k, v)
-    return _build(type(cfg), tree)
+    return build(type(cfg), tree)
 
 
 # ---------------------------------------------------------------- --print-config

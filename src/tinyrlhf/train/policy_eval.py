@@ -17,7 +17,7 @@ def completion_logps(model, tokenizer, prompts, completions, device, precision, 
                      batch_size=64) -> torch.Tensor:
     """Sum of log-probs of each completion (EOS included) given its prompt, (N,). Longer inputs are cut
     to max_length, or to the model's context when that is shorter (the project's truncation policy)."""
-    from ..models import unwrap
+    from ..loading import unwrap
     max_length = min(max_length, unwrap(model).config.max_position_embeddings)
     was_training = model.training
     model.eval()

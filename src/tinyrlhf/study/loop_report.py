@@ -14,24 +14,22 @@ import os
 
 import torch
 
-from ..eval.compare_eval import rm_accuracy_on_samples
-from ..eval.compare_stages import paths
 from ..eval.evaluate import EvalSettings, evaluate_model, write_result
 from ..eval.metrics import cluster_bootstrap_ci
 from ..eval.ratings import elo_ratings
-from .loop_labels import read_json, write_json
+from .loop_spec import reward_dir, round_dir
+from .run_eval import rm_accuracy_on_samples
+from .spec import paths, read_json, write_json
 
 EVAL_FILE = "eval-loop.json"
 
 
 def _run_dir(spec, seed: int, r: int) -> str:
-    from .loop import round_dir
     return paths(spec.compare, seed)["sft"] if r == 0 else os.path.join(round_dir(spec, seed, r), "policy")
 
 
 def evaluate_round(spec, seed: int, r: int) -> dict:
     """RUN/eval-loop.json of round r's policy (r = 0: the SFT model), cached while its settings match."""
-    from .loop import reward_dir
     run = _run_dir(spec, seed, r)
     out = os.path.join(run, EVAL_FILE)
     settings = EvalSettings(n_prompts=spec.loop.eval_prompts, max_new_tokens=spec.loop.max_new_tokens,
@@ -77,7 +75,6 @@ def note(stage: str, summary) -> str:
 
 def _rows(spec) -> tuple[list[dict], dict]:
     """One row per evaluated (seed, round), and the evaluations' per-prompt gold by (seed, round)."""
-    from .loop import reward_dir, round_dir
     rows, gold = [], {}
     for s in range(spec.seeds):
         for r in range(0, spec.rounds + 1):

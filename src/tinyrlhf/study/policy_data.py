@@ -28,13 +28,13 @@ import torch
 
 from ..data.records import BinaryRecord, PairRecord, iter_jsonl, write_records
 from ..errors import ConfigError
-from . import get_task
-from .annotators import Annotator, AnnotatorPool, measured_agreement, measured_inter_agreement
+from ..tasks import get_task
+from ..tasks.annotators import Annotator, AnnotatorPool, measured_agreement, measured_inter_agreement
 
 COPIED = ("sft.jsonl", "eval_prompts.jsonl", "eval_pairs.jsonl", "rankings.jsonl")
 
 
-def _pool(manifest: dict) -> AnnotatorPool:
+def annotator_pool(manifest: dict) -> AnnotatorPool:
     ann = manifest["annotators"]
     return AnnotatorPool(tuple(Annotator(a["id"], a["tau"]) for a in ann["pool"]), ann["base_tau"])
 
@@ -75,7 +75,7 @@ def write_policy_data(model_dir: str, base_dir: str, out_dir: str, *, seed: int 
     with open(manifest_path) as f:
         base = json.load(f)
     task = get_task(base["task"], **base["config"]["task"])
-    pool = _pool(base)
+    pool = annotator_pool(base)
     prompts = list(dict.fromkeys(o["prompt"] for _, o in iter_jsonl(os.path.join(base_dir, "sft.jsonl"))))
     prompts = prompts[:n_prompts]
     samples = sample_k(model_dir, prompts, k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)

@@ -1,11 +1,11 @@
-"""Configs of the online-RL loops (PPO, RLOO/GRPO, online DPO); see config.py for loading and overrides."""
+"""Configs of the online-RL loops (PPO, RLOO/GRPO, online DPO); see load.py for loading and overrides."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config import RunConfig, TrainConfig
-from .config_load import FieldError, check_range
+from .base import RunConfig, TrainConfig
+from .load import FieldError, check_range
 
 
 def _online_train(**kw) -> TrainConfig:

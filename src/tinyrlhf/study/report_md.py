@@ -2,7 +2,7 @@
 below comes from a number in `results`)."""
 from __future__ import annotations
 
-from .compare import runs_of
+from .spec import runs_of
 
 
 def _ci(e: dict, digits: int = 3) -> str:

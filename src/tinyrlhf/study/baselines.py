@@ -20,8 +20,7 @@ import os
 import torch
 
 from ..tasks import get_task
-from .compare import CompareSpec
-from .compare_stages import paths, read_json
+from .spec import CompareSpec, paths, read_json
 
 TEMPERATURES = (1.0, 0.7, 0.3, 0.0)
 MAX_NEW_TOKENS = 24  # as EvalSettings: the T=1 samples here are the SFT evaluation's own samples
@@ -55,7 +54,7 @@ def run_baselines(spec: CompareSpec, seed: int) -> dict:
     from ..sampling import sample
     from ..tasks.baselines import degenerate_policies
     from ..train.engine import autocast
-    from .evaluate import _load
+    from ..eval.evaluate import load_eval_model
 
     task = get_task(spec.task)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,7 +72,7 @@ def run_baselines(spec: CompareSpec, seed: int) -> dict:
                         "val_gold": _mean(golds["val"][best])}
 
     # 2. the SFT model at several temperatures (same sampling call as `tinyrlhf eval`, so T=1 is its samples)
-    model, tok = _load(p["sft_final"], device)
+    model, tok = load_eval_model(p["sft_final"], device)
     for t in TEMPERATURES:
         row = {}
         for split, ps in split_prompts.items():
@@ -89,7 +88,7 @@ def run_baselines(spec: CompareSpec, seed: int) -> dict:
 
     # 3. best-of-n against the reward model
     if spec.best_of and os.path.isdir(os.path.join(p["reward"], "final")):
-        from ..tasks.policy_data import sample_k
+        from .policy_data import sample_k
         from ..train.rl import reward_source
         score, _ = reward_source(p["reward"], task, device, "auto")
         n_max = max(spec.best_of)

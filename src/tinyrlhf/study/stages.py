@@ -1,45 +1,20 @@
-"""The stages of `tinyrlhf compare` (see compare.py): each runs one piece for one seed, or reuses it when it is
+"""The stages of `tinyrlhf compare` (see compare.py; its spec and layout in spec.py): each runs one piece for one seed, or reuses it when it is
 already finished, and returns its summary."""
 from __future__ import annotations
 
 import importlib
-import json
 import os
 
 from .. import config as C
-from ..errors import ConfigError
-from .compare import METHODS, POLICY_PAIRS, CompareSpec, runs_of
-
-
-def paths(spec: CompareSpec, seed: int) -> dict[str, str]:
-    root = os.path.join(spec.out, f"seed{seed}")
-    return {"root": root, "data": os.path.join(spec.out, f"data-seed{seed}"),
-            "pairs": os.path.join(spec.out, f"pairs-seed{seed}"), "sft": os.path.join(root, "sft"),
-            "sft_final": os.path.join(root, "sft", "final"), "reward": os.path.join(root, "reward"),
-            "baselines": os.path.join(root, "baselines.json")}
-
-
-def stage_overrides(spec: CompareSpec, stage: str) -> list[str]:
-    return [o.split(".", 1)[1] for o in spec.overrides if o.split(".", 1)[0] == stage]
-
-
-def _config(spec: CompareSpec, name: str, stage: str, cls, args: list[str]):
-    """The stage's config: its YAML in --config-dir, then compare's own settings, the global overrides and
-    the stage's overrides (later ones win)."""
-    path = os.path.join(spec.config_dir, f"{name}.yaml")
-    if not os.path.isfile(path):
-        raise ConfigError(f"no config for stage '{stage}': {path} is missing (--config-dir)")
-    return C.load_config(cls, path, args + list(spec.global_overrides) + stage_overrides(spec, stage))
+from .baselines import run_baselines
+from .run_eval import evaluate_run
+from .spec import METHODS, POLICY_PAIRS, CompareSpec, method_of, paths, runs_of, stage_config, stage_overrides
 
 
 def _steps_for_budget(cfg, budget: int) -> int:
     """max_steps so that max_steps x training prompts per step ~= budget."""
     per_step = cfg.rollout.prompts_per_step if hasattr(cfg, "rollout") else cfg.train.batch_size * cfg.train.grad_accum
     return max(1, round(budget / per_step))
-
-
-def method_of(run: str) -> str:
-    return run.split("@", 1)[0]
 
 
 def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
@@ -55,10 +30,10 @@ def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
     if stage == "sft":
         from ..train.sft import run_sft
         # SFT keeps its own before/after gold evaluation (the untrained model's score is only known here)
-        return launched(spec, run_sft, _config(spec, "sft", "sft", C.SFTConfig,
+        return launched(spec, run_sft, stage_config(spec, "sft", "sft", C.SFTConfig,
                                                 [f"out_dir={p['sft']}", *common, "eval.n_prompts=200"]))
     if stage == "pairs":
-        from ..tasks.policy_data import write_policy_data
+        from .policy_data import write_policy_data
         if os.path.isfile(os.path.join(p["pairs"], "manifest.json")):
             return {"reused": True}
         opts = {**POLICY_PAIRS, **dict(C.parse_overrides(stage_overrides(spec, "pairs")))}
@@ -71,12 +46,10 @@ def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
             args += [f"data.dir={p['pairs']}", f"data.max_train={spec.n_labels}"]
         else:
             args += [f"data.max_train={spec.n_labels}"]
-        return launched(spec, run_reward, _config(spec, "reward", "reward", C.RewardConfig, args))
+        return launched(spec, run_reward, stage_config(spec, "reward", "reward", C.RewardConfig, args))
     if stage == "baselines":
-        from .baselines import run_baselines
         return run_baselines(spec, seed)
     if stage.startswith("eval:"):
-        from .compare_eval import evaluate_run
         return evaluate_run(spec, seed, stage.split(":", 1)[1])
     return _train(spec, seed, stage, p, common)
 
@@ -92,12 +65,12 @@ def _train(spec: CompareSpec, seed: int, run: str, p: dict, common: list[str]) -
     args = [f"out_dir={os.path.join(p['root'], run)}", f"model.path={p['sft_final']}", *common, *extra]
     if needs_rm:
         args.append(f"reward={p['reward']}")
-    cfg = _config(spec, config_name, method, cls, args)
+    cfg = stage_config(spec, config_name, method, cls, args)
     steps = _steps_for_budget(cfg, spec.budget)
     cfg = C.replace(cfg, **{"train.max_steps": steps, "train.save_every": max(1, steps // 4),
                            "train.log_every": max(1, steps // 60), **trial})
     import sys
-    for line in C.loss_warnings(cfg):  # a loss-sensitive key left at another loss's value (see config.py)
+    for line in C.loss_warnings(cfg):  # a loss-sensitive key left at another loss's value (see config/offline.py)
         print(line, file=sys.stderr)
     module, fn = loop.split(":")
     return launched(spec, getattr(importlib.import_module(f"..train.{module}", __package__), fn), cfg)
@@ -131,6 +104,3 @@ def note(stage: str, summary) -> str:
     return ""
 
 
-def read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)

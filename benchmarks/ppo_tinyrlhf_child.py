@@ -1,9 +1,9 @@
 """Our half of benchmarks/bench_ppo.py: one tinyrlhf `run_ppo` in this (child) process, with its rollout
 phases timed. The timing and memory hook (`RolloutClock`) is installed by the caller before anything is
-built, exactly as for TRL's side (`_trl_ppo_side.py`)."""
+built, exactly as for TRL's side (`ppo_trl_child.py`)."""
 from __future__ import annotations
 
-from _common import timed  # benchmarks/ is on sys.path in the child
+from child_process import timed  # benchmarks/ is on sys.path in the child
 
 
 def _time_our_phases(phases):

@@ -9,7 +9,7 @@ the reward model on every label so far, trains the policy from where the last ro
 With --static-rm (loop.refresh_rm=false) it runs the baseline of the iterated-RLHF question (Bai et al. 2022,
 §4.5): one reward model trained once on as many labels as all rounds together, all of them on SFT samples,
 and the policy trained for the same rounds and steps against it. Both conditions share the seeds' task data
-and SFT model when given the same --out. The data and SFT stages are `tinyrlhf compare`'s (compare_stages):
+and SFT model when given the same --out. The data and SFT stages are `tinyrlhf compare`'s (stages.py):
 OUT/data-seedS/ and OUT/seedS/sft/. Each condition then writes, per seed and round,
 OUT/seedS/COND/round-R/{labels,rm-data,reward,policy}/ and per condition OUT/report-COND.{md,json,png}
 (COND = the method, plus -static-rm). Every finished piece is reused: the same command continues an
@@ -21,116 +21,17 @@ online loops' reference is their starting model); the report's KL is always meas
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import time
-from dataclasses import asdict, dataclass
 
 from .. import config as C
-from ..errors import ConfigError, TinyRLHFError
-from ..eval.compare import METHODS, CompareSpec, parse_spec
-from ..eval.compare_stages import _config, paths, run_stage
-from .loop_config import LoopConfig
-from .loop_labels import (finish_labels, human_labels, merged_data_dir, read_json, round_prompts, sample_pairs,
-                          simulated_labels, train_prompts, write_json)
-
-LOOP_METHODS = ("ppo", "dpo", "rloo", "grpo", "online-dpo")
-LABEL_MODES = ("simulated", "human")
-# loop settings a rerun may change: how many rounds and seeds, how long to wait for people
-FREE = ("rounds", "seeds", "poll_s", "wait_s", "eval_prompts")
-
-
-@dataclass(frozen=True)
-class LoopSpec:
-    task: str
-    rounds: int
-    labels: str
-    method: str
-    seeds: int
-    out: str
-    loop: LoopConfig
-    compare: CompareSpec  # the data and SFT stages, and the stage configs (--config-dir, overrides)
-    db: str = ""
-
-    @property
-    def cond(self) -> str:
-        return self.method + ("" if self.loop.refresh_rm else "-static-rm")
-
-    @property
-    def needs_rm(self) -> bool:
-        return METHODS[self.method][4]
-
-
-def parse_loop(task: str, rounds: int, labels: str, method: str, seeds: int, out: str, overrides: list[str], *,
-               config: str = "", config_dir: str = "", static_rm: bool = False, db: str = "") -> LoopSpec:
-    """Check everything the user gave before anything runs; ConfigError names the bad option."""
-    from ..tasks import task_names
-    if task not in task_names():
-        raise ConfigError(f"unknown task '{task}' (valid: {', '.join(task_names())})")
-    if method not in LOOP_METHODS:
-        raise ConfigError(f"--method '{method}': unknown (valid: {', '.join(LOOP_METHODS)})")
-    if labels not in LABEL_MODES:
-        raise ConfigError(f"--labels '{labels}': expected one of {', '.join(LABEL_MODES)}")
-    if rounds < 1:
-        raise ConfigError(f"--rounds must be >= 1, got {rounds}")
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-    config_dir = config_dir or os.path.join("configs", task)
-    config = config or (p if os.path.isfile(p := os.path.join(config_dir, "loop.yaml")) else "")
-    if config and not os.path.isfile(config):
-        raise ConfigError(f"--config '{config}': no such file")
-    loop_args = [o.split(".", 1)[1] for o in overrides if o.startswith("loop.")]
-    if static_rm:
-        loop_args.append("refresh_rm=false")
-    cfg = C.load_config(LoopConfig, config or None, loop_args)
-    if not cfg.refresh_rm and not METHODS[method][4]:
-        raise ConfigError(f"--static-rm: {method} trains on the labels directly, without a reward model to keep "
-                          "static (use --method ppo, rloo, grpo or online-dpo)")
-    if labels == "human":
-        try:  # checked now, not after the SFT stage
-            importlib.import_module(".store", __package__)
-            importlib.import_module(".export", __package__)
-        except ImportError as e:
-            raise ConfigError(f"--labels human needs the feedback store (tinyrlhf label): {e}") from None
-        db = db or os.path.join(out, "feedback.db")
-        if os.path.exists(db) and not os.path.isfile(db):
-            raise ConfigError(f"--db '{db}' is not a file")
-    compare = parse_spec(task, method, seeds, out, cfg.labels_per_round, config_dir, cfg.eval_prompts,
-                         [o for o in overrides if not o.startswith("loop.")], best_of="")
-    spec = LoopSpec(task, rounds, labels, method, seeds, out, cfg, compare, db)
-    # every stage's config loads now, so a bad override stops the loop before anything is written
-    stages = [("sft", "sft", C.SFTConfig)] + ([("reward", "reward", C.RewardConfig)] if spec.needs_rm else [])
-    for name, stage, cls in stages + [(METHODS[method][0], method, METHODS[method][1])]:
-        _config(compare, name, stage, cls, list(METHODS[method][3]) if stage == method else [])
-    return spec
-
-
-def write_spec(spec: LoopSpec) -> None:
-    """OUT/loop-COND.json: a rerun that would change what finished rounds mean is refused (as compare does).
-    A static reward model is trained on rounds x labels_per_round labels, so there `rounds` is fixed too."""
-    path = os.path.join(spec.out, f"loop-{spec.cond}.json")
-    now = json.loads(json.dumps({**asdict(spec), "loop": asdict(spec.loop), "compare": asdict(spec.compare)}))
-    free = set(FREE) - ({"rounds"} if not spec.loop.refresh_rm else set())
-    flat = lambda d: {**{k: v for k, v in d.items() if k not in ("loop", "compare")},  # noqa: E731
-                      **{f"loop.{k}": v for k, v in d["loop"].items()},
-                      **{f"compare.{k}": v for k, v in d["compare"].items()
-                         if k in ("config_dir", "overrides", "global_overrides")}}
-    if os.path.isfile(path):
-        # a loop setting added to tinyrlhf since the loop started counts as its default
-        before = {**{f"loop.{k}": v for k, v in asdict(LoopConfig()).items()}, **flat(read_json(path))}
-        after = flat(now)
-        diff = sorted(k for k in after if k.split(".")[-1] not in free and before.get(k) != after[k])
-        if diff:
-            raise ConfigError(f"{spec.out} holds a {spec.cond} loop with other settings ("
-                              + ", ".join(f"{k}: {before.get(k)!r} -> {after[k]!r}" for k in diff)
-                              + "); use another --out")
-    os.makedirs(spec.out, exist_ok=True)
-    write_json(path, now)
-
-
-def round_dir(spec: LoopSpec, seed: int, r: int) -> str:
-    return os.path.join(spec.out, f"seed{seed}", spec.cond, f"round-{r}")
-
+from ..errors import TinyRLHFError
+from .loop_labels import (finish_labels, human_labels, merged_data_dir, round_prompts, sample_pairs,
+                          simulated_labels, train_prompts)
+from .loop_report import evaluate_round, note, write_report
+from .loop_spec import LoopConfig, LoopSpec, parse_loop, reward_dir, round_dir, write_spec
+from .spec import METHODS, paths, read_json, stage_config
+from .stages import run_stage
 
 def _policy_models(spec: LoopSpec, seed: int, r: int) -> list[tuple[str, str]]:
     """(name, model dir) of SFT and the policies of rounds 1..r-1, oldest first."""
@@ -185,11 +86,7 @@ def reward_stage(spec: LoopSpec, seed: int, r: int) -> dict:
     sft = paths(spec.compare, seed)["sft_final"]
     args = [f"out_dir={os.path.join(rd, 'reward')}", f"model.path={sft}", f"normalize_on={sft}",
             *_common(spec, seed, r), f"data.dir={data}", f"data.max_train={n}"]
-    return run_reward(_config(spec.compare, "reward", "reward", C.RewardConfig, args))
-
-
-def reward_dir(spec: LoopSpec, seed: int, r: int) -> str:
-    return os.path.join(round_dir(spec, seed, r if spec.loop.refresh_rm else 1), "reward")
+    return run_reward(stage_config(spec.compare, "reward", "reward", C.RewardConfig, args))
 
 
 def policy_stage(spec: LoopSpec, seed: int, r: int) -> dict:
@@ -203,7 +100,7 @@ def policy_stage(spec: LoopSpec, seed: int, r: int) -> dict:
         data = os.path.join(rd, "rm-data")
         merged_data_dir(paths(spec.compare, seed)["data"], _label_dirs(spec, seed, r), data)
         args += [f"data.dir={data}", "data.max_train=0", f"ref_cache_dir={os.path.join(spec.out, 'cache')}"]
-    cfg = _config(spec.compare, config_name, spec.method, cls, args)
+    cfg = stage_config(spec.compare, config_name, spec.method, cls, args)
     steps = spec.loop.policy_steps
     cfg = C.replace(cfg, **{"train.max_steps": steps, "train.save_every": max(1, steps // 4),
                            "train.log_every": max(1, steps // 20)})
@@ -226,7 +123,6 @@ def plan(spec: LoopSpec) -> list[tuple[int, int, str]]:
 
 def run_loop(spec: LoopSpec, log=print) -> dict:
     """Run every missing stage; after each evaluated round, rewrite the report. Returns the report dict."""
-    from .loop_report import evaluate_round, note, write_report
     write_spec(spec)
     t0 = time.time()
     stages = plan(spec)

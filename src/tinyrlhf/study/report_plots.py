@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .compare import runs_of
+from .spec import runs_of
 
 
 def _smooth(ys: list[float], window: int = 5) -> list[float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from _common import timed  # benchmarks/ is on sys.path in the child
+from child_process import timed  # benchmarks/ is on sys.path in the child
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 

@@ -13,9 +13,8 @@ import csv
 import json
 import os
 
-from . import metrics as M
-from .compare import METHODS, runs_of
-from .compare_stages import method_of, paths, read_json
+from ..eval import metrics as M
+from .spec import METHODS, method_of, paths, read_json, runs_of
 
 ROW_KEYS = ("method", "run", "seed", "gold", "gold_greedy", "kl", "win_rate", "rm_score", "rm_accuracy_own",
             "val_gold", "labels", "label_kind", "sft_samples", "rollouts", "length_words", "distinct_1",
@@ -201,7 +200,7 @@ def _stages(spec) -> dict:
 def _ratings(spec, golds: dict, chosen: dict) -> dict | None:
     """Bradley-Terry and Elo ratings (SFT = 1000) from every pair of methods (at their chosen trials) judged by
     the gold reward on the same held-out prompt and seed: one match per (pair, prompt, seed), ties half."""
-    from .ratings import bradley_terry_ratings, elo_ratings
+    from ..eval.ratings import bradley_terry_ratings, elo_ratings
     methods = list(spec.methods)
     if len(methods) < 2:
         return None
