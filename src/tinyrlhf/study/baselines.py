@@ -52,7 +52,7 @@ def run_baselines(spec: CompareSpec, seed: int) -> dict:
         if cached.get("settings") == _settings(spec, seed):
             return cached
     from ..sampling import sample
-    from ..tasks.baselines import degenerate_policies
+    from ..tasks.baselines import baseline_policies
     from ..train.engine import autocast
     from ..eval.evaluate import load_eval_model
 
@@ -63,7 +63,7 @@ def run_baselines(spec: CompareSpec, seed: int) -> dict:
     out: dict = {"settings": _settings(spec, seed), "temperature": {}, "best_of": {}, "battery": {}}
 
     # 1. the battery of constant and rule-based answers: pick the best on val, score it on eval
-    battery = degenerate_policies(task)
+    battery = baseline_policies(task)
     golds = {split: {name: _gold(task, ps, [fn(x) for x in ps]) for name, fn in battery.items()}
              for split, ps in split_prompts.items()}
     best = max(battery, key=lambda name: _mean(golds["val"][name]))

@@ -1,7 +1,9 @@
-"""Degenerate policies: answers that need no learning, which a trained policy must beat to mean anything.
+"""Answers that need no learning, which a trained policy must beat to mean anything.
 
-    policies = degenerate_policies(task)              # name -> completion for a prompt
-    scores = score_policies(task, prompts)            # name -> mean gold on these prompts
+    degenerate_policies(task)        # name -> policy: tricks that game a carelessly written gold
+    heuristic_rules(task)            # name -> policy: rules that read the prompt (the heuristic baseline)
+    baseline_policies(task)          # both together (compare picks its heuristic among them on val)
+    scores = score_policies(task, prompts)            # name -> mean gold on these prompts (both kinds)
     name, gold = best_baseline(task, prompts)         # the strongest of them
 
 Each policy is a pure function of the prompt text (no randomness), so its score on a prompt list is one
@@ -10,8 +12,9 @@ of the prompt, a repeated word -- and the tricks that game a gold reward written
 every name (set F1 pays a long list well), "None." for everything (a format bonus paid without
 correctness), adjectives joined by "and" (stop words diluting a stuffing penalty), and one fixed review
 with the product name filled in. A method that does not beat `best_baseline` has learnt nothing a
-one-line rule could not do. tests/test_degenerate.py checks that every one of them scores clearly below
-the task's own demonstrations (what SFT imitates).
+one-line rule could not do. tests/test_degenerate.py checks that every degenerate policy scores clearly below
+the task's own demonstrations (what SFT imitates). A rule may score above them: it is the bar a learnt
+policy is compared with, not a hole in the gold.
 """
 from __future__ import annotations
 
@@ -49,36 +52,46 @@ def _generation(fam: Family) -> dict[str, int]:
     return depth
 
 
+def _family_answer(pick: Callable[[Family, str, str], list[str]]) -> Policy:
+    """A policy answering with the names `pick(family, person, relation)` chooses, in description order."""
+    def policy(prompt: str) -> str:
+        fam, person, relation = parse_prompt(prompt)
+        rank = {n: i for i, n in enumerate(fam.order)}
+        return format_answer(sorted(dict.fromkeys(pick(fam, person, relation)), key=rank.__getitem__))
+    return policy
+
+
 def _family_tree(task: Task) -> dict[str, Policy]:
-    def answer(pick: Callable[[Family, str, str], list[str]]) -> Policy:
-        def policy(prompt: str) -> str:
-            fam, person, relation = parse_prompt(prompt)
-            rank = {n: i for i, n in enumerate(fam.order)}
-            return format_answer(sorted(dict.fromkeys(pick(fam, person, relation)), key=rank.__getitem__))
-        return policy
-
-    def same_generation(fam: Family, person: str, relation: str) -> list[str]:
-        depth = _generation(fam)
-        return [n for n in fam.order if depth[n] == depth[person] and n != person]
-
-    def shortcut(fam: Family, person: str, relation: str) -> list[str]:
-        # The two one-hop lookups a model learns first, "None." for everything else.
-        if relation == "parents":
-            return list(fam.parents.get(person, ()))
-        return _founders(fam) if relation == "grandparents" else []
-
     return {
         "constant ' None.'": lambda p: " None.",
         "repeat the person's name": lambda p: " " + " ".join([parse_prompt(p)[1]] * 6) + ".",
-        "the person asked about": answer(lambda f, p, r: [p]),
-        "all names in the family": answer(lambda f, p, r: f.order),
-        "names with parents minus the person": answer(lambda f, p, r: [n for n in f.order
-                                                                       if n in f.parents and n != p]),
-        "parents for every question": answer(lambda f, p, r: list(f.parents.get(p, ()))),
-        "founders for every question": answer(lambda f, p, r: _founders(f)),
-        "founders' children for every question": answer(lambda f, p, r: f.kids[_founders(f)[0]]),
-        "same generation minus the person": answer(same_generation),
-        "parents, founders as grandparents, else None": answer(shortcut),
+        "the person asked about": _family_answer(lambda f, p, r: [p]),
+        "all names in the family": _family_answer(lambda f, p, r: f.order),
+        "names with parents minus the person": _family_answer(lambda f, p, r: [n for n in f.order
+                                                                               if n in f.parents and n != p]),
+        "founders' children for every question": _family_answer(lambda f, p, r: f.kids[_founders(f)[0]]),
+    }
+
+
+def _same_generation(fam: Family, person: str, relation: str) -> list[str]:
+    depth = _generation(fam)
+    return [n for n in fam.order if depth[n] == depth[person] and n != person]
+
+
+def _shortcut(fam: Family, person: str, relation: str) -> list[str]:
+    # The two one-hop lookups a model learns first, "None." for everything else.
+    if relation == "parents":
+        return list(fam.parents.get(person, ()))
+    return _founders(fam) if relation == "grandparents" else []
+
+
+def _family_tree_rules(task: Task) -> dict[str, Policy]:
+    """Rules that read the family and the relation asked, without reasoning over more than one hop."""
+    return {
+        "parents for every question": _family_answer(lambda f, p, r: list(f.parents.get(p, ()))),
+        "founders for every question": _family_answer(lambda f, p, r: _founders(f)),
+        "same generation minus the person": _family_answer(_same_generation),
+        "parents, founders as grandparents, else None": _family_answer(_shortcut),
     }
 
 
@@ -120,6 +133,7 @@ def _positive_review(task: Task) -> dict[str, Policy]:
 
 
 _BATTERIES = {"family_tree": _family_tree, "positive_review": _positive_review}
+_RULES = {"family_tree": _family_tree_rules}
 
 
 def degenerate_policies(task: Task) -> dict[str, Policy]:
@@ -128,9 +142,22 @@ def degenerate_policies(task: Task) -> dict[str, Policy]:
     return {**_generic(), **(battery(task) if battery else {})}
 
 
+def heuristic_rules(task: Task) -> dict[str, Policy]:
+    """name -> policy for `task`: rules that read the prompt; the best of them is the heuristic baseline."""
+    rules = _RULES.get(task.name)
+    return rules(task) if rules else {}
+
+
+def baseline_policies(task: Task) -> dict[str, Policy]:
+    """Degenerate policies and rules together (names are distinct)."""
+    tricks, rules = degenerate_policies(task), heuristic_rules(task)
+    assert not set(tricks) & set(rules), f"a name is both a trick and a rule: {set(tricks) & set(rules)}"
+    return {**tricks, **rules}
+
+
 def score_policies(task: Task, prompts: list[str], policies: dict[str, Policy] | None = None) -> dict[str, float]:
-    """Mean gold of each policy on `prompts` (default: the whole degenerate battery)."""
-    policies = degenerate_policies(task) if policies is None else policies
+    """Mean gold of each policy on `prompts` (default: every degenerate policy and rule)."""
+    policies = baseline_policies(task) if policies is None else policies
     return {name: statistics.fmean(task.gold_reward(p, policy(p)) for p in prompts)
             for name, policy in policies.items()}
 
