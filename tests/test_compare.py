@@ -170,6 +170,16 @@ def test_compare_runs_resumes_and_reports(tmp_path, monkeypatch):
     for png in ("frontier.png", "vs_sft.png", "overopt.png"):
         assert (out / png).stat().st_size > 1000
     assert (out / "results.csv").read_text().startswith("method,run,seed,gold")
+    # the task card: each number is the one its stage wrote (one seed, so the means are the values)
+    card, sft = res["task_card"], _summary(out, 0, "sft")
+    manifest = json.load(open(out / "data-seed0" / "manifest.json"))
+    pool = json.load(open(out / "pairs-seed0" / "manifest.json"))["policy_data"]
+    assert card["demonstrations"] == manifest["gold"]["sft_mean"] and card["heuristic"] == base["heuristic"]["gold"]
+    assert card["sft_by_temperature"] == {t: v["gold"] for t, v in base["temperature"].items()}
+    assert card["sft_oracle_best_of_8"] == sft["learn/oracle_best_of_8"]
+    assert card["sft_coverage@8"] == sft["learn/coverage@8"] and card["sft_coin_flips"] == sft["learn/coin_flips"]
+    assert card["coin_flip_labels"] == pool["zero_gap_pairs"] / pool["pairs"]
+    assert f"| oracle best-of-8 of SFT (gold picks) | {card['sft_oracle_best_of_8']:.3f} |" in report
     ratings = res["ratings"]
     assert ratings["matches"] == 6 * 8  # 6 pairs of methods x 8 prompts x 1 seed
     assert ratings["bradley_terry"]["sft"]["rating"] == pytest.approx(1000.0)

@@ -24,6 +24,16 @@ class SFTConfig(RunConfig):
         save_every=500, prompt_loss_weight=1.0))
     """Optimisation, precision, logging and checkpoints. Defaults: the family_tree SFT of the README
     (gpt2-tiny from random init: lr 2e-3, 1,500 steps x 32, prompt loss on)."""
+    learnability_k: int = 8
+    """After training (tasks with a gold reward, eval.n_prompts > 0): sample k answers per eval prompt at T=1
+    and report the oracle best-of-k gold, coverage@k and the coin-flip rate of pairs (learn/* in summary.json):
+    whether preference methods will have anything to learn from this model. 0 = off."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range(self, "learnability_k", 0, 64)
+        if self.learnability_k == 1:
+            raise FieldError("learnability_k", "must be 0 (off) or >= 2 (a pair needs two samples)")
 
 
 @dataclass(frozen=True)

@@ -39,30 +39,18 @@ def annotator_pool(manifest: dict) -> AnnotatorPool:
     return AnnotatorPool(tuple(Annotator(a["id"], a["tau"]) for a in ann["pool"]), ann["base_tau"])
 
 
-@torch.no_grad()
 def sample_k(model_dir: str, prompts: list[str], k: int, *, temperature: float, max_new_tokens: int,
              seed: int, batch_size: int = 64, precision: str = "auto") -> list[list[str]]:
     """k sampled completions per prompt from a model directory (the project's rollout engine)."""
     from ..loading import load_causal_lm
     from ..models import load_tokenizer
-    from ..rollout import encode_prompts, generate
-    from ..train.engine import autocast
+    from ..train.policy_eval import sample_groups
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_causal_lm(model_dir).to(device).eval()  # a model dir or an unmerged LoRA final/
-    tok = load_tokenizer(model_dir)
-    limit = model.config.max_position_embeddings - max_new_tokens
-    out: list[list[str]] = []
-    per_batch = max(1, batch_size // k)
-    for i in range(0, len(prompts), per_batch):
-        chunk = [p for p in prompts[i:i + per_batch] for _ in range(k)]
-        ids, mask = encode_prompts(tok, chunk, limit)
-        ro = generate(model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, temperature=temperature,
-                      seed=seed * 1_000_003 + i, autocast=lambda: autocast(device, precision))
-        texts = ro.texts(tok)
-        out += [texts[j:j + k] for j in range(0, len(texts), k)]
-    return out
+    return sample_groups(model, load_tokenizer(model_dir), prompts, k, temperature=temperature,
+                         max_new_tokens=max_new_tokens, seed=seed, device=device, precision=precision,
+                         batch_size=batch_size)
 
 
 def write_policy_data(model_dir: str, base_dir: str, out_dir: str, *, seed: int = 0, n_prompts: int = 4000,
@@ -129,4 +117,4 @@ def write_policy_data(model_dir: str, base_dir: str, out_dir: str, *, seed: int 
         f.write(json.dumps(info, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, os.path.join(out_dir, "manifest.json"))
     return {**counts, "identical_samples": identical, "agreement": info["policy_data"]["agreement_measured"],
-            "inter_annotator": inter}
+            "inter_annotator": inter, "coin_flips": (len(gaps) - len(nonzero)) / len(gaps)}

@@ -146,6 +146,7 @@ def collect(spec) -> dict:
             base_entries[f"best-of-{n}"]["proxy"] = sum(base[s]["best_of"][str(n)]["proxy"] for s in seeds) / spec.seeds
     results = {"runs": runs, "chosen": chosen, "baselines": base_entries, "rows": rows,
                "battery": {s: base[s]["battery"] for s in seeds}, "stages": _stages(spec),
+               "task_card": task_card(spec, [base[s] for s in seeds]),
                "ratings": _ratings(spec, gold, chosen)}
     with open(os.path.join(spec.out, "results.json"), "w") as f:
         json.dump({k: v for k, v in results.items()} | {"runs": {r: {k: v for k, v in e.items() if k != "curves"}
@@ -195,6 +196,39 @@ def _stages(spec) -> dict:
                               else ""))
         out[seed] = st
     return out
+
+
+def task_card(spec, base: list[dict]) -> dict:
+    """What the task offers preference learning here, as means over seeds: the demonstrations' gold, the best
+    heuristic, SFT at each temperature, what 8 SFT samples hold (oracle best-of-8, coverage, coin flips), the
+    share of coin-flip labels in the label pool, and the annotators' agreement. Missing pieces are left out."""
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+    card: dict = {"max_gold": None}
+    data, sft, pairs = [], [], []
+    for seed in range(spec.seeds):
+        p = paths(spec, seed)
+        for path, into in ((os.path.join(p["data"], "manifest.json"), data), (os.path.join(p["sft"], "summary.json"), sft),
+                           (os.path.join(p["pairs"], "manifest.json"), pairs)):
+            if os.path.isfile(path):
+                into.append(read_json(path))
+    if data:
+        card["max_gold"] = data[0].get("max_gold")
+        card["demonstrations"] = mean([d["gold"]["sft_mean"] for d in data])
+        card["inter_annotator"] = mean([d["annotators"].get("inter_annotator_measured") for d in data])
+        card["agreement_with_gold"] = mean([d["annotators"].get("agreement_measured") for d in data])
+    if base:
+        card["heuristic"] = mean([b["heuristic"]["gold"] for b in base])
+        card["sft_by_temperature"] = {t: mean([b["temperature"][t]["gold"] for b in base])
+                                      for t in base[0]["temperature"]}
+    for key in ("oracle_best_of_8", "coverage@8", "coin_flips"):
+        if sft and all(f"learn/{key}" in s for s in sft):
+            card[f"sft_{key}"] = mean([s[f"learn/{key}"] for s in sft])
+    if pairs:
+        card["coin_flip_labels"] = mean([q["policy_data"]["zero_gap_pairs"] / max(1, q["policy_data"]["pairs"])
+                                         for q in pairs])
+    return card
 
 
 def _ratings(spec, golds: dict, chosen: dict) -> dict | None:

@@ -70,6 +70,7 @@ def markdown(spec, results: dict, files: dict) -> str:
         lines += [f"Tuning: every method trained {spec.trials} times over its own key hyper-parameter and is shown at "
                   f"the setting with the best mean gold on {spec.val_prompts} validation prompts per seed, kept apart "
                   "from the evaluation prompts (all trials: the table further down and the frontier plot).", ""]
+    lines += task_lines(results.get("task_card") or {})
     head = "| method | setting | gold [95% CI] | Δ vs SFT | Δ vs sharpened SFT | " + "".join(
         f"Δ vs {b} | " for b in bon[-1:]) + "Δ vs heuristic | KL to SFT | labels | labelled SFT samples / rollouts |"
     lines += ["## Results", "", head, "|" + " --- |" * (head.count("|") - 1)]
@@ -125,6 +126,35 @@ def markdown(spec, results: dict, files: dict) -> str:
               "the full battery of constant and heuristic answers). Each run directory holds its config, metrics and "
               f"`eval-{spec.task}.json` (samples in `eval-{spec.task}.samples.jsonl`)."]
     return "\n".join(lines) + "\n"
+
+
+def task_lines(card: dict) -> list[str]:
+    """The task card (report.task_card) as a short table, with a warning first when the labels can hardly
+    tell methods apart (most are coin flips, or few prompts have a right SFT sample)."""
+    if not card:
+        return []
+    f = lambda x, pct=False: "–" if x is None else (f"{x:.0%}" if pct else f"{x:.3f}")  # noqa: E731
+    out = []
+    flips, cover = card.get("coin_flip_labels"), card.get("sft_coverage@8")
+    if (flips is not None and flips > 0.6) or (cover is not None and cover < 0.5):
+        out += [f"**Warning:** {f(flips, True)} of the preference labels are coin flips (the two samples have equal "
+                f"gold) and {f(cover, True)} of the prompts have a right answer (gold ≥ half the maximum) among 8 SFT "
+                "samples: the labels carry little signal, so the methods below can hardly be told apart. Raise the "
+                "SFT length or the model preset (see `learn/*` in the SFT run's summary.json) before the label "
+                "budget.", ""]
+    temps = card.get("sft_by_temperature") or {}
+    rows = [("demonstrations (what SFT imitates)", card.get("demonstrations")), ("best heuristic", card.get("heuristic"))]
+    rows += [(f"SFT at T={t}", v) for t, v in sorted(temps.items(), key=lambda kv: -float(kv[0]))]
+    rows += [("oracle best-of-8 of SFT (gold picks)", card.get("sft_oracle_best_of_8")),
+             ("prompts with a right answer among 8 SFT samples", f(cover, True)),
+             ("coin-flip pairs among SFT samples", f(card.get("sft_coin_flips"), True)),
+             ("coin-flip labels in the label pool", f(flips, True)),
+             ("annotators: agreement between two / with gold", f"{f(card.get('inter_annotator'))} / "
+                                                               f"{f(card.get('agreement_with_gold'))}")]
+    out += ["## The task as the methods see it (means over seeds)", "",
+            f"| what | gold (max {card.get('max_gold') or '–'}) or share |", "| --- | --- |"]
+    out += [f"| {what} | {v if isinstance(v, str) else f(v)} |" for what, v in rows]
+    return out + [""]
 
 
 def _reward_model_section(spec, results: dict) -> list[str]:

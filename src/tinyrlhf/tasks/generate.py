@@ -90,6 +90,12 @@ def _mean(xs: list[float]) -> float | None:
     return _r(statistics.fmean(xs)) if xs else None
 
 
+def _best(task, prompts: list[str]) -> tuple[str, float]:
+    from .baselines import best_baseline
+    name, value = best_baseline(task, prompts)
+    return name, _r(value)
+
+
 def write_task_data(task_name: str, out_dir: str, seed: int = 0, **overrides) -> dict:
     """Write the task's data files to `out_dir`; return counts and the measured annotator agreement
     (`agreement`: with gold; `inter_annotator`: between two distinct annotators).
@@ -212,10 +218,13 @@ def write_task_data(task_name: str, out_dir: str, seed: int = 0, **overrides) ->
                        "agreement_expected": _r(pool.expected_agreement(gaps)),
                        "agreement_measured": _r(agreement),
                        "zero_gap_pairs": sum(ga == gb for *_, ga, gb in drawn),
+                       "zero_gap_share": _r(_mean([float(ga == gb) for *_, ga, gb in drawn])),
                        "binary_threshold": threshold,
                        "binary_positive_share": _mean([float(r.label) for r in binary])},
         "gold": {"sft_mean": _mean([r.meta["gold"] for r in sft]),
                  "candidates_mean": _mean(cand_golds),
+                 # the bar a learnt policy must clear: the best rule or trick of tasks/baselines.py on these prompts
+                 "heuristic": dict(zip(("name", "mean"), _best(task, evals))),
                  "eval_reference_mean": _mean([gold(r.prompt, r.completion)
                                                for r in eval_prompts if r.completion])},
     }
@@ -223,4 +232,6 @@ def write_task_data(task_name: str, out_dir: str, seed: int = 0, **overrides) ->
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path("manifest.json"))
-    return {**counts, "agreement": agreement, "inter_annotator": inter}
+    return {**counts, "agreement": agreement, "inter_annotator": inter,
+            "coin_flips": manifest["annotators"]["zero_gap_share"], "demonstrations_gold": manifest["gold"]["sft_mean"],
+            "heuristic": manifest["gold"]["heuristic"]}

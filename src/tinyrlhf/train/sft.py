@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -54,6 +55,27 @@ def _logged_step0(run: RunDir) -> dict:
                 if row.get("step") == 0:
                     return {k: v for k, v in row.items() if k.startswith("before/")}
     return {}
+
+
+def learnability_report(model, tokenizer, task, cfg: SFTConfig, device) -> dict:
+    """policy_eval.learnability of the final model on the eval prompts, printed with a warning when a
+    preference method would have little to learn from it (few right samples, mostly coin-flip pairs)."""
+    from .policy_eval import learnability, sample_groups
+    k = cfg.learnability_k
+    prompts = task.prompts("eval", cfg.eval.n_prompts, cfg.data.seed)
+    groups = sample_groups(model, tokenizer, prompts, k, temperature=1.0, max_new_tokens=cfg.eval.max_new_tokens,
+                           seed=cfg.seed, device=device, precision=cfg.train.precision)
+    out = learnability(task, prompts, groups)
+    if dist.is_main():
+        print(f"learnability ({len(prompts)} eval prompts, {k} samples each at T=1): oracle best-of-{k} gold "
+              f"{out[f'learn/oracle_best_of_{k}']:.3f} (max {task.max_gold:g}), coverage@{k} "
+              f"{out[f'learn/coverage@{k}']:.0%} (a sample with gold >= {task.max_gold / 2:g}), coin-flip pairs "
+              f"{out['learn/coin_flips']:.0%}")
+        if out[f"learn/coverage@{k}"] < 0.5 or out["learn/coin_flips"] > 0.6:
+            print(f"warning: few prompts have a right answer among {k} samples, or most pairs tie on gold: "
+                  "preference labels on this model's samples will carry little signal; train SFT longer or "
+                  "use a bigger model.preset before RL", file=sys.stderr)
+    return out
 
 
 def run_sft(cfg: SFTConfig) -> dict:
@@ -112,6 +134,8 @@ def run_sft(cfg: SFTConfig) -> dict:
                   stop_after=cfg.train.stop_after, desc="sft")
     summary.update(before, **data_metrics, **stats.as_metrics(),
                    wall_seconds=time.time() - t_start, device=str(device))
+    if summary["finished"] and task is not None and cfg.eval.n_prompts > 0 and cfg.learnability_k:
+        summary.update(learnability_report(model, tokenizer, task, cfg, device))
     if summary["finished"]:
         # SFT's final/ is the base of every later stage
         save_final(run, model, tokenizer, merge_lora=True, save_hf=save_hf)
