@@ -198,3 +198,40 @@ def test_bradley_terry_dominant_model_needs_the_prior():
     assert r["A"]["rating"] > r["B"]["rating"] and np.isfinite(r["A"]["rating"])
     assert abs(r["B"]["rating"] - r["C"]["rating"]) < 1e-6  # B and C split their games evenly
     assert r["A"]["low"] <= r["A"]["rating"] <= r["A"]["high"]
+
+
+# ------------------------------------------------------------ multiplicity (Holm 1979)
+
+def test_holm_adjusted_p_values_by_hand():
+    """Four tests, p = a 0.01, b 0.04, c 0.03, d 0.005. Sorted: d 0.005, a 0.01, c 0.03, b 0.04; multipliers
+    4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06. At alpha 0.05 d and a are
+    rejected; unadjusted, all four were below 0.05 (and Bonferroni, 4p, rejects only d and a as well)."""
+    from tinyrlhf.eval.metrics import holm_adjust
+    adj = holm_adjust({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})
+    assert adj == pytest.approx({"d": 0.02, "a": 0.03, "c": 0.06, "b": 0.06}, abs=1e-12)
+    assert sorted(k for k, v in adj.items() if v <= 0.05) == ["a", "d"]
+    assert holm_adjust({"x": 0.7, "y": 0.9}) == {"x": 1.0, "y": 1.0}  # capped at 1
+    assert holm_adjust({"only": 0.03}) == {"only": 0.03}  # one test: no correction
+
+
+def test_bootstrap_p_value_counts_the_far_side():
+    """R = 9 draws with 2 at or below 0: p = 2 (1 + 2) / 10 = 0.6; all above 0: p = 2 / 10 = 0.2; a draw
+    exactly 0 counts on both sides."""
+    import numpy as np
+    from tinyrlhf.eval.metrics import bootstrap_p_value
+    assert bootstrap_p_value(np.array([-1, -0.5, 1, 2, 3, 4, 5, 6, 7.0])) == pytest.approx(0.6)
+    assert bootstrap_p_value(np.arange(1, 10.0)) == pytest.approx(0.2)
+    assert bootstrap_p_value(np.array([0.0] * 9)) == 1.0
+
+
+def test_cluster_draws_give_the_interval_and_p_agrees_with_it():
+    import numpy as np
+    from tinyrlhf.eval.metrics import bootstrap_p_value, cluster_bootstrap_ci, cluster_bootstrap_draws
+    groups = [[0.3, 0.1, 0.2, 0.4] * 10, [0.2, 0.0, 0.1, 0.3] * 10]
+    est, draws = cluster_bootstrap_draws(groups, seed=3)
+    mean, low, high = cluster_bootstrap_ci(groups, seed=3)
+    assert (est, low, high) == (mean, *np.quantile(draws, [0.025, 0.975]))
+    assert low > 0 and bootstrap_p_value(draws) < 0.05
+    centred = [[x - 0.2 for x in g] for g in groups]  # mean 0.0: the interval holds 0, p is large
+    _, draws0 = cluster_bootstrap_draws(centred, seed=3)
+    assert bootstrap_p_value(draws0) > 0.05
