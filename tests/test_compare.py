@@ -8,6 +8,7 @@ import yaml
 from conftest import tiny_sft
 from tinyrlhf.cli import main
 from tinyrlhf.errors import ConfigError
+from tinyrlhf.eval.metrics import cluster_bootstrap_ci
 from tinyrlhf.study import compare as C
 from tinyrlhf.study import stages as S
 from tinyrlhf.eval.evaluate import EvalSettings, evaluate_model
@@ -77,7 +78,12 @@ def test_compare_plan_labels_before_the_reward_model_and_baselines_before_evals(
     assert spec.methods[0] == "sft" and all(s != "reward" for _, s in C.plan(spec))
     spec = C.parse_spec("family_tree", "ppo", 1, "x", 100, "", 10, [])
     assert [s for _, s in C.plan(spec)] == ["data", "sft", "pairs", "reward", "ppo", "baselines", "eval:sft",
-                                            "eval:ppo"]
+                                            "eval:ppo", "decode:sft", "decode:ppo"]
+    spec = C.parse_spec("family_tree", "ppo", 1, "x", 100, "", 10, [], temperatures="")  # T=1 only
+    assert not [s for _, s in C.plan(spec) if s.startswith("decode:")]
+    for bad in ("1,x", "1,1", "3", "-0.5"):
+        with pytest.raises(ConfigError, match="--temperatures"):
+            C.parse_spec("family_tree", "ppo", 1, "x", 100, "", 10, [], temperatures=bad)
     # the reward model on the task's scripted pairs needs no on-policy labels
     spec = C.parse_spec("family_tree", "ppo", 1, "x", 100, "", 10, [], rm_data="task")
     assert "pairs" not in [s for _, s in C.plan(spec)]
@@ -180,6 +186,19 @@ def test_compare_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert card["sft_coverage@8"] == sft["learn/coverage@8"] and card["sft_coin_flips"] == sft["learn/coin_flips"]
     assert card["coin_flip_labels"] == pool["zero_gap_pairs"] / pool["pairs"]
     assert f"| oracle best-of-8 of SFT (gold picks) | {card['sft_oracle_best_of_8']:.3f} |" in report
+    # decoding: its T=1 samples are the evaluation's own (same gold, same KL per prompt); greedy gold is kept per
+    # prompt, so greedy against greedy has a cluster interval like every other comparison
+    dec = json.load(open(out / "seed0" / "ppo" / "decoding-family_tree.json"))["temperatures"]
+    sft_dec = json.load(open(out / "seed0" / "sft" / "decoding-family_tree.json"))["temperatures"]
+    assert sorted(dec, key=float) == ["0", "0.3", "0.5", "0.7", "1"]
+    assert dec["1"]["eval"] == pytest.approx(ppo_eval["per_prompt"]["gold"], abs=1e-12)
+    assert dec["1"]["kl"] == pytest.approx(ppo_eval["per_prompt"]["kl"], abs=1e-5)
+    assert len(dec["0"]["eval"]) == len(dec["0"]["val"]) == len(dec["0"]["kl"]) == 8
+    assert all(k == pytest.approx(0.0, abs=1e-5) for k in sft_dec["1"]["kl"])  # SFT at T=1 against itself
+    g = res["decoding"]["rows"]["ppo"]["greedy_vs_sft_greedy"]
+    expected = cluster_bootstrap_ci([[a - b for a, b in zip(dec["0"]["eval"], sft_dec["0"]["eval"])]], seed=0)
+    assert (g["mean"], g["low"], g["high"]) == pytest.approx(expected, abs=1e-12)
+    assert "## Decoding-matched comparison (primary)" in report and (out / "frontier_decoding.png").stat().st_size > 1000
     ratings = res["ratings"]
     assert ratings["matches"] == 6 * 8  # 6 pairs of methods x 8 prompts x 1 seed
     assert ratings["bradley_terry"]["sft"]["rating"] == pytest.approx(1000.0)

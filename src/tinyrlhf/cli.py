@@ -190,7 +190,7 @@ def _cmd_compare(args) -> int:
     spec = parse_spec(args.task, args.methods, args.seeds, args.out or f"runs/compare/{args.task}", args.budget,
                       args.config_dir, args.eval_prompts, args.overrides, args.offline_data, labels=args.labels,
                       val_prompts=args.val_prompts, rm_data=args.rm_data, rm_logp=args.rm_logp, trials=args.trials,
-                      grid=args.grid, best_of=args.best_of, nproc=args.nproc)
+                      grid=args.grid, best_of=args.best_of, nproc=args.nproc, temperatures=args.temperatures)
     print(f"compare {spec.task}: methods {', '.join(spec.methods)} x {spec.seeds} seed(s), budget {spec.budget} "
           f"prompts and {spec.n_labels} labels per method"
           + (f", {spec.trials} trials each" if spec.trials > 1 else "") + f" -> {spec.out}", flush=True)
@@ -285,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], help="METHOD.key=v1,v2,... instead of the default grid")
     p.add_argument("--val-prompts", type=int, default=200, help="validation prompts per seed (choose trials, baselines)")
     p.add_argument("--best-of", default="4,16", help="best-of-n baselines against the reward model ('' = none)")
+    p.add_argument("--temperatures", default="1,0.7,0.5,0.3,0", help="every policy also sampled at these "
+                   "temperatures (0 = greedy) and compared at its best one on validation ('' = T=1 only)")
     p.add_argument("--nproc", type=int, default=1, help="processes per training stage: > 1 launches each stage "
                    "with torchrun (DDP; one GPU each on a CUDA machine, gloo on CPU)")
     p.add_argument("overrides", nargs="*", help="STAGE.key=value for one stage (sft.train.max_steps=600, "

@@ -42,7 +42,8 @@ def _mean(xs) -> float:
 
 def _settings(spec: CompareSpec, seed: int) -> dict:
     return {"eval_prompts": spec.eval_prompts, "val_prompts": spec.val_prompts, "best_of": list(spec.best_of),
-            "temperatures": list(TEMPERATURES), "seed": seed, "max_new_tokens": MAX_NEW_TOKENS}
+            "temperatures": list(TEMPERATURES), "seed": seed, "max_new_tokens": MAX_NEW_TOKENS,
+            "best_of_temperatures": list(spec.temperatures)}
 
 
 def run_baselines(spec: CompareSpec, seed: int) -> dict:
@@ -60,7 +61,8 @@ def run_baselines(spec: CompareSpec, seed: int) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     split_prompts = {"eval": task.prompts("eval", spec.eval_prompts, seed),
                      "val": task.prompts("val", spec.val_prompts, seed)}
-    out: dict = {"settings": _settings(spec, seed), "temperature": {}, "best_of": {}, "battery": {}}
+    out: dict = {"settings": _settings(spec, seed), "temperature": {}, "best_of": {}, "battery": {},
+                 "best_of_by_temperature": {}}
 
     # 1. the battery of constant and rule-based answers: pick the best on val, score it on eval
     battery = baseline_policies(task)
@@ -86,28 +88,38 @@ def run_baselines(spec: CompareSpec, seed: int) -> dict:
     out["sharpened"] = {"temperature": float(sharp), **out["temperature"][sharp]}
     del model
 
-    # 3. best-of-n against the reward model
+    # 3. best-of-n against the reward model, at T=1 ("best_of") and at every sampling temperature of
+    #    --temperatures ("best_of_by_temperature": compared at its best temperature on validation, as the methods)
     if spec.best_of and os.path.isdir(os.path.join(p["reward"], "final")):
         from .policy_data import sample_k
         from ..train.rl import reward_source
         score, _ = reward_source(p["reward"], task, device, "auto")
         n_max = max(spec.best_of)
-        for split, ps in split_prompts.items():
-            groups = sample_k(p["sft_final"], ps, n_max, temperature=1.0, max_new_tokens=MAX_NEW_TOKENS,
-                              seed=seed * 7919 + (split == "val"))
-            flat_p = [x for x, g in zip(ps, groups) for _ in g]
-            scores = score(flat_p, [c for g in groups for c in g]).view(len(ps), n_max)  # (P, n_max)
-            for n in spec.best_of:
-                pick = scores[:, :n].argmax(1).tolist()
-                chosen = [g[i] for g, i in zip(groups, pick)]
-                row = out["best_of"].setdefault(str(n), {"kl_bound": best_of_n_kl(n)})
-                gold = _gold(task, ps, chosen)
-                if split == "eval":
-                    row.update(gold=_mean(gold), per_prompt=gold,
-                               proxy=scores[:, :n].max(1).values.mean().item(),
-                               proxy_first=scores[:, 0].mean().item())
-                else:
-                    row["val_gold"] = _mean(gold)
+        temps = sorted({1.0, *(t for t in spec.temperatures if t > 0)}, reverse=True)
+        for t in temps:
+            by_n: dict = {}
+            for split, ps in split_prompts.items():
+                # T=1 keeps the seeds it always had, so "best_of" is the same whatever --temperatures says
+                groups = sample_k(p["sft_final"], ps, n_max, temperature=t, max_new_tokens=MAX_NEW_TOKENS,
+                                  seed=seed * 7919 + (split == "val") + (0 if t == 1.0 else round(t * 1000) * 2))
+                flat_p = [x for x, g in zip(ps, groups) for _ in g]
+                scores = score(flat_p, [c for g in groups for c in g]).view(len(ps), n_max)  # (P, n_max)
+                for n in spec.best_of:
+                    pick = scores[:, :n].argmax(1).tolist()
+                    chosen = [g[i] for g, i in zip(groups, pick)]
+                    row = by_n.setdefault(str(n), {"kl_bound": best_of_n_kl(n)})
+                    gold = _gold(task, ps, chosen)
+                    if split == "eval":
+                        row.update(gold=_mean(gold), per_prompt=gold,
+                                   proxy=scores[:, :n].max(1).values.mean().item(),
+                                   proxy_first=scores[:, 0].mean().item())
+                    else:
+                        row["val_gold"] = _mean(gold)
+                        row["val_per_prompt"] = gold
+            out["best_of_by_temperature"][f"{t:g}"] = by_n
+            if t == 1.0:
+                out["best_of"] = {n: {k: v for k, v in row.items() if k != "val_per_prompt"}
+                                  for n, row in by_n.items()}
     tmp = p["baselines"] + ".tmp"
     os.makedirs(os.path.dirname(tmp), exist_ok=True)
     import json

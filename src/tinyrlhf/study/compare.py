@@ -29,7 +29,8 @@ from . import stages as compare_stages
 from .report import collect, write_report
 from .spec import METHODS, SWEEP, CompareSpec, parse_spec, runs_of
 
-STAGE_WEIGHT = {"data": 0.1, "sft": 1.0, "reward": 1.0, "pairs": 0.5, "eval": 0.15, "baselines": 0.4}  # for the ETA
+STAGE_WEIGHT = {"data": 0.1, "sft": 1.0, "reward": 1.0, "pairs": 0.5, "eval": 0.15, "baselines": 0.4,
+                "decode": 0.3}  # for the ETA
 METHOD_WEIGHT = {"ppo": 1.0, "rloo": 1.0, "grpo": 1.0, "online-dpo": 0.5}
 
 
@@ -38,8 +39,8 @@ def needs_reward_model(spec: CompareSpec) -> bool:
 
 
 def plan(spec: CompareSpec) -> list[tuple[int, str]]:
-    """(seed, stage) in the order they run. A stage is data, sft, pairs, reward, a run name, baselines or
-    eval:<run name>."""
+    """(seed, stage) in the order they run. A stage is data, sft, pairs, reward, a run name, baselines,
+    eval:<run name> or decode:<run name> (the run at every temperature of --temperatures)."""
     needs_rm = needs_reward_model(spec)
     offline = any(not METHODS[m][4] for m in spec.methods if m != "sft")
     needs_pairs = (spec.offline_data == "policy" and offline) or (needs_rm and spec.rm_data == "policy")
@@ -50,6 +51,7 @@ def plan(spec: CompareSpec) -> list[tuple[int, str]]:
         runs = [name for m in spec.methods if m != "sft" for name, _ in runs_of(spec, m)]
         stages += [(seed, r) for r in runs]
         stages += [(seed, "baselines")] + [(seed, f"eval:{r}") for r in ["sft", *runs]]
+        stages += [(seed, f"decode:{r}") for r in ["sft", *runs]] if spec.temperatures else []
     return stages
 
 
@@ -68,7 +70,7 @@ def write_spec(spec: CompareSpec):
     train is refused (the finished runs would no longer match the report's words)."""
     path = os.path.join(spec.out, "compare.json")
     now = json.loads(json.dumps(asdict(spec)))
-    ignore = {"out", "methods", "seeds", "eval_prompts", "val_prompts", "best_of", "trials", "grids"}
+    ignore = {"out", "methods", "seeds", "eval_prompts", "val_prompts", "best_of", "trials", "grids", "temperatures"}
     if os.path.isfile(path):
         with open(path) as f:
             before = json.load(f)

@@ -14,6 +14,7 @@ import json
 import os
 
 from ..eval import metrics as M
+from .report_decoding import decoding_matched
 from .spec import METHODS, method_of, paths, read_json, runs_of
 
 ROW_KEYS = ("method", "run", "seed", "gold", "gold_greedy", "kl", "win_rate", "rm_score", "rm_accuracy_own",
@@ -147,6 +148,7 @@ def collect(spec) -> dict:
     results = {"runs": runs, "chosen": chosen, "baselines": base_entries, "rows": rows,
                "battery": {s: base[s]["battery"] for s in seeds}, "stages": _stages(spec),
                "task_card": task_card(spec, [base[s] for s in seeds]),
+               "decoding": decoding_matched(spec, base),
                "ratings": _ratings(spec, gold, chosen)}
     with open(os.path.join(spec.out, "results.json"), "w") as f:
         json.dump({k: v for k, v in results.items()} | {"runs": {r: {k: v for k, v in e.items() if k != "curves"}

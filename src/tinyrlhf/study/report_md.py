@@ -2,6 +2,7 @@
 below comes from a number in `results`)."""
 from __future__ import annotations
 
+from .report_decoding import lines as decoding_lines
 from .spec import runs_of
 
 
@@ -71,9 +72,11 @@ def markdown(spec, results: dict, files: dict) -> str:
                   f"the setting with the best mean gold on {spec.val_prompts} validation prompts per seed, kept apart "
                   "from the evaluation prompts (all trials: the table further down and the frontier plot).", ""]
     lines += task_lines(results.get("task_card") or {})
+    lines += decoding_lines(results.get("decoding"))
     head = "| method | setting | gold [95% CI] | Δ vs SFT | Δ vs sharpened SFT | " + "".join(
         f"Δ vs {b} | " for b in bon[-1:]) + "Δ vs heuristic | KL to SFT | labels | labelled SFT samples / rollouts |"
-    lines += ["## Results", "", head, "|" + " --- |" * (head.count("|") - 1)]
+    lines += ["## Results at T=1" + (" (the secondary view: every method sampled at T=1)" if results.get("decoding")
+                                     else ""), "", head, "|" + " --- |" * (head.count("|") - 1)]
     for m in spec.methods:
         e = runs[chosen[m]]
         if m == "sft":
@@ -112,7 +115,12 @@ def markdown(spec, results: dict, files: dict) -> str:
     lines += _reward_model_section(spec, results) + _trials_section(spec, results) + _stages_section(results)
     lines += _ratings_section(spec, results)
     lines += ["", "## Plots", ""]
-    captions = {"frontier": "Reward–KL frontier: held-out gold against KL to the SFT model; one curve per method over "
+    captions = {"frontier_decoding": "Gold against KL to the SFT model (left) and √KL (right), every run at every "
+                                     "sampling temperature; black: SFT itself at those temperatures (lowering the "
+                                     "temperature moves along it); stars: each method at the temperature chosen on "
+                                     "validation. A method has learnt more than sharpening where it lies above the "
+                                     "black curve.",
+                "frontier": "Reward–KL frontier: held-out gold against KL to the SFT model; one curve per method over "
                             "its trials (mean of seeds, bars: 95 % intervals), best-of-n at its KL bound, and the SFT, "
                             "sharpened-SFT and heuristic levels.",
                 "vs_sft": "Gold difference to SFT (methods at their chosen setting, and baselines) with 95 % cluster "

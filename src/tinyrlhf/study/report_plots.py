@@ -63,6 +63,37 @@ def plots(spec, results: dict) -> dict:
     ax.grid(alpha=0.3)
     save(fig, "frontier")
 
+    # 1b. the decoding frontier: every run at every temperature, against KL and sqrt(KL) (Gao et al. 2022),
+    #     with tempered SFT as the curve a method must lie above to have learnt more than a lower temperature
+    dm = results.get("decoding")
+    if dm:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+        for ax, tf, label in ((axes[0], lambda k: k, "KL to the SFT model (nats per response)"),
+                              (axes[1], lambda k: max(k, 0.0) ** 0.5, "√KL")):
+            sft_pts = sorted(dm["sft_curve"])
+            ax.plot([tf(k) for k, _ in sft_pts], [g for _, g in sft_pts], "s-", color="k", label="tempered SFT")
+            for m in others:
+                for run, _ in runs_of(spec, m):
+                    pts = sorted(dm["points"][run], key=lambda p: p[1])
+                    chosen_run = dm["rows"][m]["run"] == run
+                    ax.plot([tf(k) for _, k, _ in pts], [g for *_, g in pts], "o-" if chosen_run else "o:",
+                            color=colors[m], alpha=1.0 if chosen_run else 0.35, ms=4,
+                            label=m if chosen_run else None)
+                e = dm["rows"][m]
+                ax.errorbar(tf(e["kl"]["mean"]), e["gold"]["mean"], yerr=_err(e["gold"]), fmt="*", ms=12,
+                            color=colors[m], capsize=3)
+            for b, e in dm["best_of"].items():
+                ax.errorbar(tf(e["kl_bound"]), e["gold"]["mean"], yerr=_err(e["gold"]), fmt="x", color="grey",
+                            capsize=2, label=f"{b} (T={e['temperature']:g}, KL bound)")
+            ax.axhline(base["heuristic"]["gold"]["mean"], color="grey", ls="-.", lw=1, label="heuristic")
+            ax.set_xlabel(label)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("gold reward, held-out prompts")
+        axes[0].legend(fontsize=7, ncol=2)
+        fig.suptitle(f"{spec.task}: gold against KL at T ∈ {{{', '.join(dm['temperatures'])}}} "
+                     f"(stars: each method at its chosen temperature, 95% CI; {spec.seeds} seeds)", fontsize=9)
+        save(fig, "frontier_decoding")
+
     # 2. gold difference to SFT with the cluster intervals, and the win rate against SFT
     if others:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))

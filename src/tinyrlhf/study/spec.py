@@ -58,6 +58,9 @@ class CompareSpec:
     grids: tuple[tuple[str, str, tuple[float, ...]], ...] = ()  # (method, key, values) of every swept method
     best_of: tuple[int, ...] = (4, 16)  # best-of-n baselines against the reward model
     nproc: int = 1  # processes per training stage (> 1: each stage is launched by torchrun, DDP)
+    temperatures: tuple[float, ...] = (1.0, 0.7, 0.5, 0.3, 0.0)
+    """Every policy is also sampled at these temperatures (0 = greedy) on the validation and evaluation prompts
+    (study/decoding.py); each is compared at its best one on validation. () = the T=1 comparison only."""
 
     @property
     def n_labels(self) -> int:
@@ -100,7 +103,7 @@ def _grids(methods, trials: int, explicit: list[str]) -> tuple:
 def parse_spec(task: str, methods: str, seeds: int, out: str, budget: int, config_dir: str, eval_prompts: int,
                overrides: list[str], offline_data: str = "policy", *, labels: int = 0, val_prompts: int = 200,
                rm_data: str = "policy", rm_logp: bool = False, trials: int = 1, grid: list[str] | None = None,
-               best_of: str = "4,16", nproc: int = 1) -> CompareSpec:
+               best_of: str = "4,16", nproc: int = 1, temperatures: str = "1,0.7,0.5,0.3,0") -> CompareSpec:
     from ..tasks import task_names
     if task not in task_names():
         raise ConfigError(f"unknown task '{task}' (valid: {', '.join(task_names())})")
@@ -122,6 +125,12 @@ def parse_spec(task: str, methods: str, seeds: int, out: str, budget: int, confi
         raise ConfigError(f"--best-of '{best_of}': expected comma-separated integers, e.g. 4,16") from None
     if any(n < 2 for n in bon):
         raise ConfigError(f"--best-of '{best_of}': every n must be >= 2")
+    try:
+        temps = tuple(float(t) for t in temperatures.split(",") if t.strip()) if temperatures else ()
+    except ValueError:
+        raise ConfigError(f"--temperatures '{temperatures}': expected comma-separated numbers, e.g. 1,0.7,0.3,0") from None
+    if any(not 0 <= t <= 2 for t in temps) or len(set(temps)) != len(temps):
+        raise ConfigError(f"--temperatures '{temperatures}': distinct values in [0, 2] (0 = greedy)")
     stages = {"data", "sft", "reward", "pairs", *METHODS}
     staged, global_ = [], []
     for o in overrides:
@@ -142,7 +151,7 @@ def parse_spec(task: str, methods: str, seeds: int, out: str, budget: int, confi
     names = list(dict.fromkeys(names))
     return CompareSpec(task, tuple(names), seeds, out, budget, labels, config_dir, eval_prompts, val_prompts,
                        tuple(staged), tuple(global_), offline_data, rm_data, rm_logp, trials,
-                       _grids(names, trials, grid or []), bon, nproc)
+                       _grids(names, trials, grid or []), bon, nproc, temps)
 
 
 def runs_of(spec: CompareSpec, method: str) -> list[tuple[str, dict]]:

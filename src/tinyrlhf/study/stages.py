@@ -7,6 +7,7 @@ import os
 
 from .. import config as C
 from .baselines import run_baselines
+from .decoding import decode_run
 from .run_eval import evaluate_run
 from .spec import METHODS, POLICY_PAIRS, CompareSpec, method_of, paths, runs_of, stage_config, stage_overrides
 
@@ -51,6 +52,8 @@ def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
         return run_baselines(spec, seed)
     if stage.startswith("eval:"):
         return evaluate_run(spec, seed, stage.split(":", 1)[1])
+    if stage.startswith("decode:"):
+        return decode_run(spec, seed, stage.split(":", 1)[1])
     return _train(spec, seed, stage, p, common)
 
 
@@ -99,6 +102,9 @@ def note(stage: str, summary) -> str:
     if stage == "baselines" and "best_of" in summary:
         bon = ", ".join(f"best-of-{n} {v['gold']:.3f}" for n, v in summary["best_of"].items())
         return f"   SFT greedy {summary['temperature']['0']['gold']:.3f}, {bon}, heuristic {summary['heuristic']['gold']:.3f}"
+    if stage.startswith("decode:") and "temperatures" in summary:
+        return "   gold at T=" + ", ".join(f"{t} {sum(r['eval']) / len(r['eval']):.3f}"
+                                          for t, r in summary["temperatures"].items())
     if stage.startswith("eval:") and "gold" in summary:
         return f"   gold {summary['gold']['mean']:.3f} [{summary['gold']['low']:.3f}, {summary['gold']['high']:.3f}]"
     return ""

@@ -18,9 +18,10 @@ from .engine import autocast
 
 @torch.no_grad()
 def completion_logps(model, tokenizer, prompts, completions, device, precision, max_length=512,
-                     batch_size=64) -> torch.Tensor:
+                     batch_size=64, temperature: float = 1.0) -> torch.Tensor:
     """Sum of log-probs of each completion (EOS included) given its prompt, (N,). Longer inputs are cut
-    to max_length, or to the model's context when that is shorter (the project's truncation policy)."""
+    to max_length, or to the model's context when that is shorter (the project's truncation policy).
+    `temperature`: the log-probs of the tempered policy softmax(logits / T) that sampling at T draws from."""
     from ..loading import unwrap
     max_length = min(max_length, unwrap(model).config.max_position_embeddings)
     was_training = model.training
@@ -30,8 +31,8 @@ def completion_logps(model, tokenizer, prompts, completions, device, precision, 
     for i in range(0, len(examples), batch_size):
         b = {k: v.to(device) for k, v in pad(examples[i:i + batch_size], tokenizer.pad_token_id).items()}
         with autocast(device, precision):
-            out.append(token_logps(model, b["input_ids"], b["attention_mask"], b["completion_mask"])
-                       .sum(-1).float().cpu())
+            out.append(token_logps(model, b["input_ids"], b["attention_mask"], b["completion_mask"],
+                                   temperature=temperature).sum(-1).float().cpu())
     model.train(was_training)
     return torch.cat(out)
 
