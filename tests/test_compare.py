@@ -157,6 +157,9 @@ def test_compare_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert base["temperature"]["1"]["per_prompt"] == sft_eval["per_prompt"]["gold"]
     assert set(base["best_of"]) == {"2", "4"} and len(base["best_of"]["4"]["per_prompt"]) == 8
     assert base["heuristic"]["name"] in base["battery"]
+    # the oracle reranks the same T=1 samples by gold: never below the reward model's pick, prompt by prompt
+    oracle, by_rm = base["oracle_best_of"]["4"]["per_prompt"], base["best_of"]["4"]["per_prompt"]
+    assert len(oracle) == 8 and all(o >= r for o, r in zip(oracle, by_rm))
     # the reward model scored on the policies' own samples
     ppo_eval = json.load(open(out / "seed0" / "ppo" / "eval-family_tree.json"))
     assert ppo_eval["rm_accuracy_own"]["pairs"] <= 8 and len(ppo_eval["per_prompt"]["kl"]) == 8

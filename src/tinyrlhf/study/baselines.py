@@ -7,7 +7,9 @@
   temperature that is best on the validation prompts. A method whose gain is no larger than this one's has
   learned lower entropy, not preferences;
 - **best-of-n** against the reward model: n samples of the SFT model at T=1, the one the reward model scores
-  highest (Stiennon et al. 2020; Gao et al. 2022). Its KL to the SFT model is at most log n - (n-1)/n.
+  highest (Stiennon et al. 2020; Gao et al. 2022). Its KL to the SFT model is at most log n - (n-1)/n. Also at
+  every sampling temperature of --temperatures, and the **oracle best-of-n**: the same T=1 samples picked by
+  the gold reward, the upper bound of what better labels could give a reranker.
 
 Everything is written to OUT/seedS/baselines.json with the per-prompt gold, so the report can pair each method
 with each baseline prompt by prompt.
@@ -116,6 +118,13 @@ def run_baselines(spec: CompareSpec, seed: int) -> dict:
                     else:
                         row["val_gold"] = _mean(gold)
                         row["val_per_prompt"] = gold
+                if t == 1.0 and split == "eval":
+                    # the oracle: the same n samples reranked by the GOLD reward, the ceiling of any reward
+                    # model's best-of-n (what perfect labels would give), with the same KL bound
+                    golds = [_gold(task, [x] * len(g), g) for x, g in zip(ps, groups)]
+                    out["oracle_best_of"] = {str(n): {"gold": _mean([max(g[:n]) for g in golds]),
+                                                      "per_prompt": [max(g[:n]) for g in golds],
+                                                      "kl_bound": best_of_n_kl(n)} for n in spec.best_of}
             out["best_of_by_temperature"][f"{t:g}"] = by_n
             if t == 1.0:
                 out["best_of"] = {n: {k: v for k, v in row.items() if k != "val_per_prompt"}

@@ -275,12 +275,36 @@ def write_report(spec, results: dict) -> str:
 
 
 def format_table(spec, results: dict) -> str:
-    """The terminal table: each method at its chosen setting, then the baselines."""
+    """The terminal tables: the decoding-matched one (each policy at its best temperature on validation, Holm-
+    corrected `*`) when there is one, then T=1: each method at its chosen setting, then the baselines."""
+    return "\n\n".join(filter(None, [format_decoding(results.get("decoding")), format_t1(spec, results)]))
+
+
+def format_decoding(dm: dict | None) -> str:
+    if not dm:
+        return ""
+    comp = dm["compared"]
+    out = ["Decoding-matched: each policy at its best temperature on validation (* = Holm-corrected, "
+           f"{dm['family_size']} tests)",
+           f"{'method':22s} {'T':>4s} {'gold':>6s} {'KL':>6s}" + "".join(f" {'Δ vs ' + b:>26s}" for b in comp)]
+    for m, e in dm["rows"].items():
+        line = f"{e['run']:22s} {e['temperature']:4g} {e['gold']['mean']:6.3f} {e['kl']['mean']:6.3f}"
+        for b in comp if m != "sft" else ():
+            d = e["vs"][b]
+            line += f" {d['mean']:+.3f} [{d['low']:+.3f},{d['high']:+.3f}]{'*' if d['significant'] else ' '}"
+        out.append(line)
+    for b, e in dm["best_of"].items():
+        out.append(f"{'(baseline) ' + b:22s} {e['temperature']:4g} {e['gold']['mean']:6.3f} {'':>6s}")
+    return "\n".join(out)
+
+
+def format_t1(spec, results: dict) -> str:
     runs, chosen = results["runs"], results["chosen"]
     big = f"best-of-{max(spec.best_of)}" if spec.best_of else None
     head = f"{'method':22s} {'gold':>6s} {'Δ vs SFT [95% CI]':>26s} {'KL':>6s}"
     head += f" {'Δ vs ' + big:>26s}" if big in results["baselines"] else ""
-    out = [head]
+    out = (["At T=1 (every method sampled at T=1; * = the 95% interval excludes 0, uncorrected)"]
+           if results.get("decoding") else []) + [head]
     for m in spec.methods:
         e = runs[chosen[m]]
         name = chosen[m] if chosen[m] != m else m

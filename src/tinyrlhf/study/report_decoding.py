@@ -72,6 +72,9 @@ def decoding_matched(spec, base: dict) -> dict | None:
             bars[f"best-of-{n}"] = [base[s]["best_of_by_temperature"][t][str(n)]["per_prompt"] for s in seeds]
             bon[f"best-of-{n}"] = {"temperature": float(t), "gold": _ci(bars[f"best-of-{n}"]),
                                    "kl_bound": base[0]["best_of_by_temperature"][t][str(n)]["kl_bound"]}
+    oracle = {f"oracle best-of-{n}": {"temperature": 1.0, "kl_bound": base[0]["oracle_best_of"][str(n)]["kl_bound"],
+                                      "gold": _ci([base[s]["oracle_best_of"][str(n)]["per_prompt"] for s in seeds])}
+              for n in spec.best_of if all("oracle_best_of" in base[s] for s in seeds)}
     compared = ["sft", *[b for b in bars if b.startswith("best-of-")][-1:], "heuristic"]
     curve = [(_mean(split("sft", t, "kl")), _mean(split("sft", t, "eval"))) for t in temps]
     for m in spec.methods:
@@ -104,7 +107,7 @@ def decoding_matched(spec, base: dict) -> dict | None:
         v["p_holm"], v["significant"] = adj[k], adj[k] <= ALPHA
     points = {run: [(f"{t}", _mean(split(run, t, "kl")), _mean(split(run, t, "eval"))) for t in temps]
               for m in spec.methods for run, _ in runs_of(spec, m)}
-    return {"temperatures": temps, "rows": rows, "best_of": bon, "compared": compared,
+    return {"temperatures": temps, "rows": rows, "best_of": bon, "oracle": oracle, "compared": compared,
             "family_size": len(family), "method_pairs": pairs, "sft_curve": curve, "points": points}
 
 
@@ -139,6 +142,9 @@ def lines(dm: dict | None) -> list[str]:
     for b, e in dm["best_of"].items():
         out.append(f"| *{b}* | reranked by the RM | {e['temperature']:g} | {f(e['gold'])} | ≤ {e['kl_bound']:.3f} | "
                    + " | ".join("–" for _ in comp) + " | – |")
+    for b, e in dm.get("oracle", {}).items():
+        out.append(f"| *{b}* | SFT samples reranked by the gold (upper bound) | 1 | {f(e['gold'])} | "
+                   f"≤ {e['kl_bound']:.3f} | " + " | ".join("–" for _ in comp) + " | – |")
     out += ["", "\"Above tempered SFT\": the method's gold interval against the SFT curve of gold over KL (its "
             "temperatures, linear between them) at the method's mean KL; the curve is taken as fixed, so this "
             "reading is a little optimistic for the method.", ""]
