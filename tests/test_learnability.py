@@ -92,3 +92,33 @@ def test_report_warns_when_labels_are_mostly_coin_flips():
     assert "| prompts with a right answer among 8 SFT samples | 31% |" in text
     good = dict(card, coin_flip_labels=0.3, **{"sft_coverage@8": 0.8})
     assert "Warning" not in "\n".join(task_lines(good))
+
+
+def test_task_settings_flow_from_the_data_to_every_stage(tmp_path):
+    """Data written with a task override (max_children=2) is scored as that task everywhere: the manifest's task
+    config comes back from task_of_data (used by begin_run, compare's stages and eval), and compare's data stage
+    reads --config-dir's data.yaml under the data.key=value overrides."""
+    from tinyrlhf.study.spec import seed_task
+    from tinyrlhf.study.stages import data_settings
+    from tinyrlhf.tasks.generate import task_of_data
+    from tinyrlhf.train.data import begin_run
+    data = tmp_path / "data"
+    write_task_data("family_tree", str(data), seed=0, max_children=2, n_train_prompts=30, n_eval_prompts=4,
+                    n_pairs=20, n_rankings=0, n_binary=0, n_eval_pairs=2)
+    task = task_of_data(str(data), "family_tree")
+    assert task.config.max_children == 2 and get_task("family_tree").config.max_children == 3
+    assert task_of_data(str(data), "positive_review").name == "positive_review"  # another task's data: defaults
+    cfg = load_config(SFTConfig, None, [f"out_dir={tmp_path / 'run'}", "data.task=family_tree", f"data.dir={data}",
+                                        "model.tokenizer_vocab=400", "train.max_steps=1", "train.progress=false"])
+    start = begin_run(cfg, "sft")
+    assert start.task.config.max_children == 2
+    start.run.close()
+    conf = tmp_path / "configs"
+    conf.mkdir()
+    (conf / "data.yaml").write_text("max_children: 2\nn_train_prompts: 50\n")
+    from tinyrlhf.study.spec import parse_spec
+    spec = parse_spec("family_tree", "sft", 1, str(tmp_path / "cmp"), 8, str(conf), 4, ["data.n_train_prompts=40"])
+    assert data_settings(spec) == {"max_children": 2, "n_train_prompts": 40}
+    os.makedirs(tmp_path / "cmp", exist_ok=True)
+    os.symlink(data, tmp_path / "cmp" / "data-seed0")
+    assert seed_task(spec, 0).config.max_children == 2

@@ -20,10 +20,11 @@ class SFTConfig(RunConfig):
     out_dir: str = "runs/sft"
     """Run directory (config.yaml, metrics.jsonl, summary.json, checkpoints/, final/)."""
     train: TrainConfig = field(default_factory=lambda: _train(
-        lr=2e-3, weight_decay=0.01, warmup_steps=30, max_steps=1500, log_every=20, eval_every=500,
+        lr=2e-3, weight_decay=0.01, warmup_steps=30, max_steps=3000, log_every=20, eval_every=500,
         save_every=500, prompt_loss_weight=1.0))
     """Optimisation, precision, logging and checkpoints. Defaults: the family_tree SFT of the README
-    (gpt2-tiny from random init: lr 2e-3, 1,500 steps x 32, prompt loss on)."""
+    (gpt2-tiny from random init: lr 2e-3, 3,000 steps x 32, prompt loss on; configs/family_tree/data.yaml
+    says why)."""
     learnability_k: int = 8
     """After training (tasks with a gold reward, eval.n_prompts > 0): sample k answers per eval prompt at T=1
     and report the oracle best-of-k gold, coverage@k and the coin-flip rate of pairs (learn/* in summary.json):

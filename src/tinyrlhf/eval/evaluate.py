@@ -101,20 +101,24 @@ def eval_prompts(task, prompts_file: str, fmt: str, s: EvalSettings, tokenizer) 
 
 def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str = "", prompts_format: str = "auto",
                    reward: str = "", reference: str | None = None, judge=None,
-                   settings: EvalSettings = EvalSettings(), device=None) -> dict:
+                   settings: EvalSettings = EvalSettings(), device=None, task=None) -> dict:
     """All metrics of one model (see the module docstring), on `task_name`'s held-out prompts or on the
     prompts of `prompts_file`. `reference=None` uses the run's starting model when there is one, "" none.
     `judge`: a tinyrlhf.eval.judges judge, or "gold" / "reward" (the task's gold reward / the reward
     model of `reward`); default gold on a task, else the reward model when there is one, else no win
-    rate. Per-prompt scores and the samples are returned too, for paired comparisons."""
+    rate. Per-prompt scores and the samples are returned too, for paired comparisons. `task`: a Task object
+    to use instead of get_task(task_name)'s defaults (e.g. the task as a run's data was written)."""
     from ..train.engine import autocast
     from .judges import GoldJudge, ScoreJudge
 
     if bool(task_name) == bool(prompts_file):
         raise ConfigError("evaluate on a built-in task (--task) or on a prompts file (--prompts), one of the two")
-    task = get_task(task_name) if task_name else None
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model_dir, run_cfg = resolve_model(path, task_name)
+    if task is None and task_name:  # the task as the run's data was written (its task overrides included)
+        from ..tasks.generate import task_of_data
+        data_dir = ((run_cfg or {}).get("data") or {}).get("dir") or ""
+        task = task_of_data(data_dir, task_name) if os.path.isdir(data_dir) else get_task(task_name)
     if reference is None:
         reference = default_reference(run_cfg, path)
     if judge == "gold" and task is None:

@@ -21,8 +21,7 @@ import os
 
 import torch
 
-from ..tasks import get_task
-from .spec import CompareSpec, paths, read_json
+from .spec import CompareSpec, paths, read_json, seed_task
 
 TEMPERATURES = (1.0, 0.7, 0.3, 0.0)
 MAX_NEW_TOKENS = 24  # as EvalSettings: the T=1 samples here are the SFT evaluation's own samples
@@ -59,7 +58,7 @@ def run_baselines(spec: CompareSpec, seed: int) -> dict:
     from ..train.engine import autocast
     from ..eval.evaluate import load_eval_model
 
-    task = get_task(spec.task)
+    task = seed_task(spec, seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     split_prompts = {"eval": task.prompts("eval", spec.eval_prompts, seed),
                      "val": task.prompts("val", spec.val_prompts, seed)}

@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from .spec import CompareSpec, paths, read_json
+from .spec import CompareSpec, paths, read_json, seed_task
 
 MAX_NEW_TOKENS = 24  # as EvalSettings and the baselines
 
@@ -36,7 +36,6 @@ def decode_run(spec: CompareSpec, seed: int, run: str) -> dict:
     """RUN/decoding-TASK.json: {"settings", "temperatures": {"T": {"val": [gold], "eval": [gold], "kl": [KL]}}}."""
     from ..eval.evaluate import load_eval_model, resolve_model
     from ..sampling import sample
-    from ..tasks import get_task
     from ..train.engine import autocast
     from ..train.policy_eval import completion_logps
 
@@ -46,7 +45,7 @@ def decode_run(spec: CompareSpec, seed: int, run: str) -> dict:
     settings = decoding_settings(spec, seed)
     if os.path.isfile(out_path) and (cached := read_json(out_path)).get("settings") == settings:
         return cached
-    task = get_task(spec.task)
+    task = seed_task(spec, seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = load_eval_model(resolve_model(run_dir, spec.task)[0], device)
     sft, sft_tok = (model, tok) if run == "sft" else load_eval_model(p["sft_final"], device)

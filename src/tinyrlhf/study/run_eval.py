@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from .spec import CompareSpec, paths, read_json
+from .spec import CompareSpec, paths, read_json, seed_task
 
 
 def rm_accuracy_on_samples(score, prompts, a: list[str], b: list[str], gold_a: list[float],
@@ -25,15 +25,13 @@ def rm_accuracy_on_samples(score, prompts, a: list[str], b: list[str], gold_a: l
     return {"accuracy": agree / n if n else None, "pairs": n}
 
 
-def val_gold(run_dir: str, task_name: str, n: int, seed: int) -> float:
+def val_gold(run_dir: str, task, n: int, seed: int) -> float:
     """Mean gold of one T=1 sample per validation prompt (kept apart from the evaluation prompts)."""
     from ..sampling import sample
-    from ..tasks import get_task
     from ..train.engine import autocast
     from ..eval.evaluate import load_eval_model, resolve_model
-    task = get_task(task_name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_eval_model(resolve_model(run_dir, task_name)[0], device)
+    model, tok = load_eval_model(resolve_model(run_dir, task.name)[0], device)
     prompts = task.prompts("val", n, seed)
     with autocast(device, "auto"):
         texts = sample(model, tok, prompts, max_new_tokens=24, temperature=1.0, seed=seed, device=device)
@@ -58,12 +56,11 @@ def evaluate_run(spec: CompareSpec, seed: int, run: str) -> dict:
             return cached
     reference = "" if run == "sft" else p["sft"]
     result = evaluate_model(run_dir, spec.task, reward=p["reward"] if has_rm else "", reference=reference,
-                            settings=settings)
+                            settings=settings, task=seed_task(spec, seed))
     if "rm_accuracy_own" in need:
-        from ..tasks import get_task
         from ..train.rl import reward_source
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        score, _ = reward_source(p["reward"], get_task(spec.task), device, settings.precision)
+        score, _ = reward_source(p["reward"], seed_task(spec, seed), device, settings.precision)
         with open(os.path.join(p["sft"], f"eval-{spec.task}.samples.jsonl")) as f:
             sft_samples = [json.loads(line)["completion"] for line in f]
         sft_gold = read_json(os.path.join(p["sft"], f"eval-{spec.task}.json"))["per_prompt"]["gold"]
@@ -72,6 +69,6 @@ def evaluate_run(spec: CompareSpec, seed: int, run: str) -> dict:
         result["rm_accuracy_own"] = rm_accuracy_on_samples(score, prompts, mine, sft_samples,
                                                            result["per_prompt"]["gold"], sft_gold)
     if "val_gold" in need:
-        result["val_gold"] = val_gold(run_dir, spec.task, spec.val_prompts, seed)
+        result["val_gold"] = val_gold(run_dir, seed_task(spec, seed), spec.val_prompts, seed)
     write_result(result, out)
     return {k: v for k, v in result.items() if k != "samples"}

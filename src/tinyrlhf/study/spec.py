@@ -184,6 +184,13 @@ def stage_config(spec: CompareSpec, name: str, stage: str, cls, args: list[str])
     return C.load_config(cls, path, args + list(spec.global_overrides) + stage_overrides(spec, stage))
 
 
+def seed_task(spec: CompareSpec, seed: int):
+    """The task of this comparison as seed `seed`'s data was written (its task overrides, e.g. from
+    configs/TASK/data.yaml or `data.max_children=2`, included): every stage scores prompts of that kind."""
+    from ..tasks.generate import task_of_data
+    return task_of_data(paths(spec, seed)["data"], spec.task)
+
+
 def method_of(run: str) -> str:
     return run.split("@", 1)[0]
 

@@ -12,6 +12,20 @@ from .run_eval import evaluate_run
 from .spec import METHODS, POLICY_PAIRS, CompareSpec, method_of, paths, runs_of, stage_config, stage_overrides
 
 
+def data_settings(spec: CompareSpec) -> dict:
+    """The data stage's task and data settings: --config-dir's data.yaml (flat `key: value`, e.g. family_tree's
+    max_children: 2), then the `data.key=value` overrides; write_task_data names any unknown key."""
+    import yaml
+    from ..errors import ConfigError
+    path, out = os.path.join(spec.config_dir, "data.yaml"), {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            out = yaml.safe_load(f) or {}
+        if not isinstance(out, dict):
+            raise ConfigError(f"{path}: expected 'key: value' lines (task and data settings)")
+    return {**out, **dict(C.parse_overrides(stage_overrides(spec, "data")))}
+
+
 def _steps_for_budget(cfg, budget: int) -> int:
     """max_steps so that max_steps x training prompts per step ~= budget."""
     per_step = cfg.rollout.prompts_per_step if hasattr(cfg, "rollout") else cfg.train.batch_size * cfg.train.grad_accum
@@ -27,7 +41,7 @@ def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
         from ..tasks.generate import write_task_data
         if os.path.isfile(os.path.join(p["data"], "manifest.json")):
             return {"reused": True}
-        return write_task_data(spec.task, p["data"], seed=seed, **dict(C.parse_overrides(stage_overrides(spec, "data"))))
+        return write_task_data(spec.task, p["data"], seed=seed, **data_settings(spec))
     if stage == "sft":
         from ..train.sft import run_sft
         # SFT keeps its own before/after gold evaluation (the untrained model's score is only known here)

@@ -90,6 +90,19 @@ def _mean(xs: list[float]) -> float | None:
     return _r(statistics.fmean(xs)) if xs else None
 
 
+def task_of_data(data_dir: str, task_name: str):
+    """The task as `data_dir` was written: get_task(task_name) with the task config in its manifest.json, so a
+    run on data written with task overrides (e.g. max_children=2) is evaluated on prompts of the same kind.
+    A directory without a manifest, or written for another task, gives the task's defaults."""
+    path = os.path.join(data_dir, "manifest.json") if data_dir else ""
+    if path and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+        if manifest.get("task") == task_name:
+            return get_task(task_name, **(manifest.get("config") or {}).get("task", {}))
+    return get_task(task_name)
+
+
 def _best(task, prompts: list[str]) -> tuple[str, float]:
     from .baselines import best_baseline
     name, value = best_baseline(task, prompts)

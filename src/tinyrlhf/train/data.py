@@ -107,7 +107,7 @@ def begin_run(cfg, kind: str) -> RunStart | dict:
     pick the device, and load the task and the records of `kind`."""
     from .. import dist
     from ..errors import TinyRLHFError
-    from ..tasks import get_task
+    from ..tasks.generate import task_of_data
     from .engine import resolve_device, set_seed
     from .rundir import RunDir, RunView
 
@@ -136,6 +136,7 @@ def begin_run(cfg, kind: str) -> RunStart | dict:
     t_start = time.time()
     set_seed(cfg.seed)
     device = resolve_device(cfg.train)
-    task = get_task(cfg.data.task) if cfg.data.task else None
     train, evals, data_metrics = load_records(cfg.data, kind)
+    # the task as its data was written (task overrides in the manifest): evaluation prompts of the same kind
+    task = task_of_data(cfg.data.dir or task_data_dir(cfg.data), cfg.data.task) if cfg.data.task else None
     return RunStart(run, device, task, train, evals, data_metrics, t_start)
