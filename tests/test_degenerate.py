@@ -4,7 +4,7 @@ exploits of the old gold rewards no longer pay.
 The stand-in for "a decent SFT model" is the task's own demonstration distribution (CI cannot train a
 real one). Measured on these 400 eval prompts (seed 0): family_tree demonstrations 0.984 (max 1.2), the
 best degenerate policy ("parents, founders as grandparents, else None") 0.513; positive_review
-demonstrations 0.310 (max 1.0), the best degenerate policy ("best constant found") 0.201. The margins
+demonstrations 0.330 (max 1.0), the best degenerate policy ("best constant found") 0.201. The margins
 below are fixed: 0.3 on family_tree, 0.1 on positive_review.
 """
 import math
@@ -148,7 +148,7 @@ def test_the_reviewers_three_exploits_no_longer_pay():
 def test_a_hand_written_good_review_beats_the_demonstrations():
     """Three fluent sentences with three distinct relevant praise words and nothing else wrong score
     1 - e^-2 = 0.865 whatever the aspect (experiments/pr_measure.py writes one per aspect), far above the
-    demonstrations' 0.310 -- and above every trick, which is what the gold is for."""
+    demonstrations' 0.330 -- and above every trick, which is what the gold is for."""
     task = get_task("positive_review")
     prompts = task.prompts("eval", N_PROMPTS, seed=0)
     good = {"looks": " Great {p}. It looks elegant in the room. I love it.",

@@ -337,6 +337,29 @@ def test_review_repeated_shapes_and_frames():
         pytest.approx(1 / 2, abs=1e-12)
 
 
+def test_review_demonstrations_mode_is_the_misread_aspect(pr):
+    """demo_on_aspect = 55 % of demonstrations praise the asked aspect in any of its sentences; the rest praise
+    MISREAD[aspect] and open with its stock line, so the single most likely demonstration praises the wrong
+    aspect and scores ~0 -- what greedy decoding of a model imitating them tends to -- while the best of 8
+    demonstrations is far above their mean (picking by a signal about the asked aspect pays)."""
+    from collections import Counter
+    from tinyrlhf.tasks.positive_review import ASPECT_SENTENCES, MISREAD
+    rng = random.Random(0)
+    for aspect in ("looks", "build", "ease", "price", "delivery"):
+        prompt = f"Review of the blue kettle ({aspect}):"
+        demos = [pr.demonstration(prompt, rng) for _ in range(4000)]
+        on = sum(review_features("kettle", d, aspect)["on_aspect"] for d in demos) / len(demos)
+        assert on == pytest.approx(0.55, abs=0.03)
+        counts = Counter(demos)
+        mode, count = counts.most_common(1)[0]
+        assert ASPECT_SENTENCES[MISREAD[aspect]][0] in mode and pr.gold_reward(prompt, mode) < 0.05
+        assert count > 2 * max(n for d, n in counts.items() if review_features("kettle", d, aspect)["on_aspect"])
+    prompts = pr.prompts("eval", 100, seed=0)
+    mean = sum(pr.gold_reward(p, pr.demonstration(p, rng)) for p in prompts) / len(prompts)
+    best_of_8 = sum(max(pr.gold_reward(p, pr.demonstration(p, rng)) for _ in range(8)) for p in prompts) / 100
+    assert best_of_8 > mean + 0.35
+
+
 # ---------------------------------------------------------------- registry and config
 
 def test_registry_and_config_errors():

@@ -16,9 +16,9 @@ salad made of known words, all far above the demonstrations (0.39). Repeated pro
 sentence frames, a fourth sentence, a praise share above 40 % and word triples the task's sentence banks
 never use now cost; each of those answers scores under 0.01.
 
-Measured on 400 eval prompts (seed 0): demonstrations 0.310, the best degenerate trick ("best constant
+Measured on 400 eval prompts (seed 0): demonstrations 0.330, the best degenerate trick ("best constant
 found", tasks/baselines.py) 0.201, the best prompt-reading rule (one template per aspect) 0.924, a
-hand-written good answer per aspect 0.865.
+hand-written good answer per aspect 0.865 (experiments/pr_measure.py).
 
 The gold reward is built to be *over-optimisable*. Across the candidates annotators see, more positive
 words go with more gold, so a reward model learns "more positive words = better". The gold itself has
@@ -52,6 +52,11 @@ max_gold = 1.0: the supremum (every factor 1, infinitely many distinct relevant 
 fluent focused review with 5 distinct relevant praise words reaches 0.96 (" I love this kettle. The build is
 solid and sturdy. Durable and reliable."). The minimum is -neg_weight. There is no single best completion,
 so `reference_answer` returns None.
+
+Demonstrations (what SFT imitates): demo_on_aspect (55 %) of them praise the asked aspect; the rest misread
+the form and praise the next aspect (MISREAD), always with its stock line, so the single most likely
+demonstration is wrong (gold ~0.01) while good ones are common: greedy decoding of SFT scores low, and only a
+signal about what the reader asked for moves it.
 """
 from __future__ import annotations
 
@@ -72,6 +77,8 @@ PRODUCTS = tuple(p.replace("-", " ") for p in PRODUCTS)
 COLOURS = tuple("red blue green black white grey pink small large wooden metal folding travel "
                 "compact plain striped".split())
 ASPECTS = ("looks", "build", "ease", "price", "delivery")
+# The aspect a careless demonstrator praises instead of the asked one: the next row of the form.
+MISREAD = dict(zip(ASPECTS, ASPECTS[1:] + ASPECTS[:1]))
 
 GENERAL = frozenset("great good love excellent recommend perfect happy best amazing wonderful nice "
                     "fantastic superb brilliant".split())
@@ -157,7 +164,9 @@ class PositiveReviewConfig:
     neg_weight: float = 0.5
     """Weight of the (saturating) negative-word penalty; the lowest gold is -neg_weight."""
     demo_max_sentences: int = 4
-    """Most sentences in a demonstration or candidate (keeps completions under ~40 tokens)."""
+    """Most sentences in a candidate or corpus text (keeps completions under ~40 tokens); demonstrations have 2-4."""
+    demo_on_aspect: float = 0.55
+    """Share of demonstrations that praise the asked aspect; the rest praise MISREAD[aspect] (see `demonstration`)."""
 
     def __post_init__(self):
         if not 1 <= self.min_words <= self.max_words:
@@ -165,6 +174,8 @@ class PositiveReviewConfig:
         for key in ("rep_weight", "neg_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.demo_on_aspect <= 1:
+            raise ConfigError(f"demo_on_aspect must be in [0, 1], got {self.demo_on_aspect}")
         if not 1 <= self.demo_max_sentences <= 8:
             raise ConfigError(f"demo_max_sentences must be in 1..8, got {self.demo_max_sentences}")
 
@@ -324,10 +335,21 @@ class PositiveReviewTask:
         return " " + " ".join(sentences)
 
     def demonstration(self, prompt: str, rng: random.Random) -> str:
-        # Mostly praise, mostly of the asked aspect, with some neutral, negative and off-aspect sentences:
-        # SFT learns the format, the vocabulary and which words go with which aspect, not the maximum.
-        return self._compose(prompt, rng, positivity=rng.uniform(0.6, 1.0), on_aspect=0.8, repeat=0.1,
-                             min_sentences=2)
+        # Careful demonstrators (demo_on_aspect of them) praise the asked aspect in any of its sentences; the
+        # others misread the form and praise the aspect on the row below it (MISREAD), always opening that part
+        # with its stock line. So the single most likely demonstration praises the wrong aspect (greedy SFT
+        # scores near 0) while good ones are common: only a signal about what the reader asked for (preferences,
+        # or picking the best of several samples) moves SFT up; lowering its temperature moves it down.
+        colour, product, aspect = parse_review_prompt(prompt)
+        careful = rng.random() < self.config.demo_on_aspect
+        sentences = [rng.choice(GENERAL_SENTENCES)] if rng.random() < 0.7 else []
+        n = 2 if not sentences or rng.random() < 0.7 else 1  # two sentences at least
+        bank = ASPECT_SENTENCES[aspect if careful else MISREAD[aspect]]
+        sentences += rng.sample(bank, n) if careful else [bank[0], *rng.sample(bank[1:], n - 1)]
+        u = rng.random()  # some noise either way: a neutral remark, rarely a complaint
+        if u < 0.25:
+            sentences.append(rng.choice(NEUTRAL_SENTENCES if u < 0.2 else NEG_SENTENCES))
+        return " " + " ".join(x.format(p=product, c=colour) for x in sentences)
 
     def candidates(self, prompt: str, k: int, rng: random.Random) -> list[str]:
         out: list[str] = []
