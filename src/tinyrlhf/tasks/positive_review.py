@@ -56,7 +56,10 @@ so `reference_answer` returns None.
 Demonstrations (what SFT imitates): demo_on_aspect (55 %) of them praise the asked aspect; the rest misread
 the form and praise the next aspect (MISREAD), always with its stock line, so the single most likely
 demonstration is wrong (gold ~0.01) while good ones are common: greedy decoding of SFT scores low, and only a
-signal about what the reader asked for moves it.
+signal about what the reader asked for moves it. Measured (experiments/pr_measure.py) with the SFT model of
+configs/positive_review/sft.yaml (800 steps, data seed 0) on 200 eval prompts, 40 new tokens: T=1 0.234,
+T=0.7 0.221, T=0.3 0.035, greedy 0.010 (it praises the misread aspect); the oracle best of 8 samples at T=1
+0.742. Sharpening SFT loses gold; choosing by what the reader asked for gains 0.73 over greedy.
 """
 from __future__ import annotations
 
