@@ -263,7 +263,8 @@ def test_candidates_teach_more_positive_words_but_gold_peaks(pr):
 def test_review_gold_hand_value(pr):
     """" Great kettle. Very easy to use. I love it." asked about ease: relevant praise great, easy, love
     (d = 3, 'easy' is the asked aspect's), nothing off-aspect, stuffed, repeated or negative; 9 words, all
-    known, the product named, ends with '.': gold = 1 - exp(-3 / 1.5) = 1 - e^-2 = 0.864665.
+    known, 3 of them praise (1/3 < 0.4), 3 sentences, every word triple a bank's ("I love it." is one), the
+    product named, ends with '.': gold = 1 - exp(-3 / 1.5) = 1 - e^-2 = 0.864665.
     Asked about price instead, 'easy' is another aspect's: d = 2 (great, love), aspect factor 0.1,
     focus e^-1: gold = (1 - e^(-4/3)) * 0.1 * e^-1 = 0.027091."""
     fluent = " Great kettle. Very easy to use. I love it."
@@ -275,8 +276,9 @@ def test_review_gold_hand_value(pr):
 def test_review_gold_shape(pr):
     p = "Review of the blue kettle (ease):"
     short = " Great kettle. Very easy to use. I love it."
-    longer = short + " Setup was quick and simple."
-    assert pr.gold_reward(p, longer) > pr.gold_reward(p, short)           # more distinct relevant praise
+    assert pr.gold_reward(p, " I love this kettle. Very easy to use. Setup was quick and simple.") > \
+        pr.gold_reward(p, short)                                          # more distinct relevant praise
+    assert pr.gold_reward(p, short + " Setup was quick and simple.") < pr.gold_reward(p, short)  # a 4th sentence
     assert pr.gold_reward(p, short + " The build is solid and sturdy.") < pr.gold_reward(p, short)  # off aspect
     assert pr.gold_reward(p, short + " It leaks sometimes.") < pr.gold_reward(p, short)
     assert pr.gold_reward(p, " It is not good and not great.") < 0         # negation
@@ -300,19 +302,62 @@ def test_review_stuffing_is_counted_per_sentence(pr):
     assert pr.gold_reward(p, listed) < 0.25 * pr.gold_reward(p, spread)
 
 
-def test_review_frames_and_all_praise_hand_values(pr):
-    """Asked about the looks, five relevant praise words (d = 5, praise = 1 - exp(-10/3)) in two shapes:
-    " Great kettle. It is lovely. It is pretty. It is elegant. It is stylish." has 9 in-sentence word
-    pairs; (it, is) comes 4 times, its 3rd and 4th are a repeated frame: r = 2/9, repetition exp(-8/9).
-    " Great. Lovely. Pretty. Elegant. Stylish." is all praise (q = 1): exp(-(0.5 / 0.2)^2) = exp(-6.25),
-    5 words (one short of min_words: exp(-1/36)), the kettle not named (0.8)."""
-    p = "Review of the blue kettle (looks):"
-    praise = 1 - math.exp(-10 / 3)
-    frames = " Great kettle. It is lovely. It is pretty. It is elegant. It is stylish."
-    assert pr.gold_reward(p, frames) == pytest.approx(praise * math.exp(-8 / 9), abs=1e-9)
-    one_word = " Great. Lovely. Pretty. Elegant. Stylish."
-    assert pr.gold_reward(p, one_word) == pytest.approx(praise * math.exp(-6.25) * math.exp(-1 / 36) * 0.8,
-                                                        abs=1e-9)
+@pytest.mark.parametrize("aspect,text,expected", [
+    # The product's words are free twice: a third "kettle" repeats 1 of 7 content words (great kettle kettle
+    # feels solid love kettle), repetition exp(-4/7); with "I love it." instead, nothing repeats.
+    ("build", " Great kettle. The kettle feels solid. I love this kettle.", (1 - math.exp(-2)) * math.exp(-4 / 7)),
+    ("build", " Great kettle. The kettle feels solid. I love it.", 1 - math.exp(-2)),
+    # "Good kettle." has the frame of "Great kettle." (praise word + product): 1 sentence of 3 copies one,
+    # repetition exp(-4/3). One shape twice with different words ("It works great. It arrived early.") is fine.
+    ("ease", " Great kettle. Good kettle. Very easy to use.", (1 - math.exp(-2)) * math.exp(-4 / 3)),
+    ("delivery", " It works great. It arrived early. I love this kettle.", 1 - math.exp(-2)),
+    # A fourth sentence: d = 5 (great easy love quick simple) but sentences exp(-(1/1.5)^2) = exp(-4/9).
+    ("ease", " Great kettle. Very easy to use. I love it. Setup was quick and simple.",
+     (1 - math.exp(-10 / 3)) * math.exp(-4 / 9)),
+    # 4 praise words of 9: q = 4/9, stuffing exp(-((4/9 - 0.4) / 0.1)^2) = exp(-0.19753).
+    ("ease", " Very easy to use. Simple and convenient. Great kettle.",
+     (1 - math.exp(-8 / 3)) * math.exp(-((4 / 9 - 0.4) / 0.1) ** 2)),
+    # Two bank sentences spliced with "and": of the 10 word triples, (to use and) (use and i) (and i love) are
+    # in no bank sentence: fluency (7/10)^2 = 0.49.
+    ("ease", " Great kettle. Very easy to use and I love it.", (1 - math.exp(-2)) * 0.49),
+    # 6 words, 2 short of min_words 8: length exp(-(2/4)^2); d = 2.
+    ("ease", " Great kettle. Very easy to use.", (1 - math.exp(-4 / 3)) * math.exp(-1 / 4)),
+])
+def test_review_shape_factors_hand_values(pr, aspect, text, expected):
+    assert pr.gold_reward(f"Review of the blue kettle ({aspect}):", text) == pytest.approx(expected, abs=1e-9)
+
+
+def test_review_repeated_shapes_and_frames():
+    """A shape (praise word P, other content word N) may come twice; its third use is a template: 1 of 3
+    sentences. A frame (only the praise word differs) may come once: "The kettle is P." twice is 1 of 2."""
+    assert review_features("kettle", " Clean design. Lovely colour.", "looks")["repeat_share"] == 0
+    assert review_features("kettle", " Clean design. Lovely colour. Elegant look.", "looks")["repeat_share"] == \
+        pytest.approx(1 / 3, abs=1e-12)
+    assert review_features("kettle", " The kettle is great. The kettle is lovely.", "looks")["repeat_share"] == \
+        pytest.approx(1 / 2, abs=1e-12)
+
+
+def test_review_demonstrations_mode_is_the_misread_aspect(pr):
+    """demo_on_aspect = 55 % of demonstrations praise the asked aspect in any of its sentences; the rest praise
+    MISREAD[aspect] and open with its stock line, so the single most likely demonstration praises the wrong
+    aspect and scores ~0 -- what greedy decoding of a model imitating them tends to -- while the best of 8
+    demonstrations is far above their mean (picking by a signal about the asked aspect pays)."""
+    from collections import Counter
+    from tinyrlhf.tasks.positive_review import ASPECT_SENTENCES, MISREAD
+    rng = random.Random(0)
+    for aspect in ("looks", "build", "ease", "price", "delivery"):
+        prompt = f"Review of the blue kettle ({aspect}):"
+        demos = [pr.demonstration(prompt, rng) for _ in range(4000)]
+        on = sum(review_features("kettle", d, aspect)["on_aspect"] for d in demos) / len(demos)
+        assert on == pytest.approx(0.55, abs=0.03)
+        counts = Counter(demos)
+        mode, count = counts.most_common(1)[0]
+        assert ASPECT_SENTENCES[MISREAD[aspect]][0] in mode and pr.gold_reward(prompt, mode) < 0.05
+        assert count > 2 * max(n for d, n in counts.items() if review_features("kettle", d, aspect)["on_aspect"])
+    prompts = pr.prompts("eval", 100, seed=0)
+    mean = sum(pr.gold_reward(p, pr.demonstration(p, rng)) for p in prompts) / len(prompts)
+    best_of_8 = sum(max(pr.gold_reward(p, pr.demonstration(p, rng)) for _ in range(8)) for p in prompts) / 100
+    assert best_of_8 > mean + 0.35
 
 
 # ---------------------------------------------------------------- registry and config

@@ -10,8 +10,10 @@ Each policy is a pure function of the prompt text (no randomness), so its score 
 exact number. The battery holds the answers a reviewer tries first -- constants, the empty answer, a copy
 of the prompt, a repeated word -- and the tricks that game a gold reward written carelessly: listing
 every name (set F1 pays a long list well), "None." for everything (a format bonus paid without
-correctness), adjectives joined by "and" (stop words diluting a stuffing penalty), and one fixed review
-with the product name filled in. A method that does not beat `best_baseline` has learnt nothing a
+correctness), adjectives joined by "and" (stop words diluting a stuffing penalty), repeated product nouns
+and praise spread over many short sentences (repeats the old gold did not count), and one fixed review
+with the product name filled in. The rules read the prompt: one-hop lookups on family_tree, a template
+per asked aspect on positive_review. A method that does not beat `best_baseline` has learnt nothing a
 one-line rule could not do. tests/test_degenerate.py checks that every degenerate policy scores clearly below
 the task's own demonstrations (what SFT imitates). A rule may score above them: it is the bar a learnt
 policy is compared with, not a hole in the gold.
@@ -23,7 +25,7 @@ from typing import Callable
 
 from .base import Task
 from .family_tree import Family, format_answer, parse_prompt
-from .positive_review import ASPECT_SENTENCES, ASPECTS, POSITIVE, parse_review_prompt
+from .positive_review import ASPECT_SENTENCES, ASPECT_WORDS, ASPECTS, POSITIVE, parse_review_prompt
 
 Policy = Callable[[str], str]
 
@@ -101,11 +103,19 @@ def _product(prompt: str) -> str:
     return parse_review_prompt(prompt)[1]
 
 
+def _aspect_words(prompt: str) -> list[str]:
+    """The asked aspect's praise words, sorted: ["beautiful", "clean", "elegant", ...] for the looks."""
+    return sorted(ASPECT_WORDS[parse_review_prompt(prompt)[2]])
+
+
+def _aspect_sentences(prompt: str) -> list[str]:
+    return [s.format(p=_product(prompt)) for s in ASPECT_SENTENCES[parse_review_prompt(prompt)[2]]]
+
+
 # The best prompt-independent review we found: a greedy search that adds, one at a time, the sentence of
 # the task's banks that raises the mean gold most on 2,000 train prompts (seed 0), until none does.
-# General praise plus one aspect's: it hits the asked aspect on 1 prompt in 5.
-_BEST_CONSTANT = (" The build is solid and sturdy. I love this {p}. Really happy with it. Perfect for me. "
-                  "My kids think it is amazing.")
+# One aspect's praise plus general praise: it hits the asked aspect on 1 prompt in 5.
+_BEST_CONSTANT = " The build is solid and sturdy. I love this {p}. Really happy with it."
 
 
 def _positive_review(task: Task) -> dict[str, Policy]:
@@ -125,6 +135,23 @@ def _positive_review(task: Task) -> dict[str, Policy]:
         "the old fixed review": lambda p: (f" Great {_product(p)}. Very easy to use. The build is solid and "
                                            "sturdy. Excellent value for the money. I would recommend it."),
         "best constant found": lambda p: _BEST_CONSTANT.format(p=_product(p)),
+        # The reviewer's three exploits of the last gold, with the asked aspect's words filled in: repeated
+        # product nouns, praise-word + product sentences, and two adjectives a sentence in one frame.
+        "product noun repeated": lambda p: (lambda x, w: f" {x.capitalize()} {x} {x} {w[0]} {w[1]} {x}.")(
+            _product(p), _aspect_words(p)),
+        "praise-word + product sentences": lambda p: f" Great {_product(p)}." + "".join(
+            f" {w.capitalize()} {_product(p)}." for w in _aspect_words(p)),
+        "two adjectives a sentence": lambda p: (lambda x, w: "".join(
+            f" A {a}, {b} {x}." for a, b in zip(w[::2], w[1::2])))(_product(p), _aspect_words(p)),
+        # Kinds experiments/pr_trick_search.py tried against this gold; where a kind scores above 0.01 at all,
+        # this is its best setting (more adjectives, sentences or frames only score lower).
+        "adjective + other noun sentences": lambda p: "".join(
+            f" {w.capitalize()} {n}." for w, n in zip(_aspect_words(p), ("design", "colour", "build", "price"))),
+        "'The X is Y.' frame": lambda p: f" The {_product(p)} is {_aspect_words(p)[0]}.",
+        "adjective list": lambda p: f" The {_product(p)} is {' and '.join(_aspect_words(p)[:2])}.",
+        "general praise, product repeated": lambda p: f" Great {_product(p)}. I love this {_product(p)}.",
+        "praise over five sentences": lambda p: (f" Great {_product(p)}. I love this {_product(p)}. "
+                                                 + " ".join(_aspect_sentences(p)[:3])),
     }
     for aspect in ASPECTS:  # one aspect's praise whatever the prompt asks: right on 1 prompt in 5
         out[f"always praise the {aspect}"] = (lambda a: lambda p: " " + " ".join(
@@ -132,8 +159,29 @@ def _positive_review(task: Task) -> dict[str, Policy]:
     return out
 
 
+# One hand-picked template per aspect: three fluent sentences from the banks, three to five distinct praise
+# words of the asked aspect and general ones, under 40 % praise words, the product named once (the best of
+# every ordered choice of up to four bank sentences; delivery's words come one or two a sentence, so 0.86).
+_TEMPLATES = {"looks": " I love this {p}. The colour is beautiful. Pretty and stylish.",
+              "build": " I love this {p}. The build is solid and sturdy. Durable and reliable.",
+              "ease": " I love this {p}. Very easy to use. Simple and convenient.",
+              "price": " Great {p}. Worth every penny. Excellent value for the money.",
+              "delivery": " Really happy with it. The {p} came fast. Speedy shipping and well packed."}
+
+
+def _positive_review_rules(task: Task) -> dict[str, Policy]:
+    """Rules that read the asked aspect and the product and fill a template."""
+    return {
+        "one template per aspect": lambda p: _TEMPLATES[parse_review_prompt(p)[2]].format(p=_product(p)),
+        "'Great X.' and the aspect's stock line": lambda p: f" Great {_product(p)}. {_aspect_sentences(p)[0]}",
+        "the aspect's praise-densest sentences": lambda p: " " + " ".join(sorted(
+            _aspect_sentences(p), key=lambda s: -sum(w in POSITIVE for w in s.lower().strip(".").split())
+            / len(s.split()))[:3]),
+    }
+
+
 _BATTERIES = {"family_tree": _family_tree, "positive_review": _positive_review}
-_RULES = {"family_tree": _family_tree_rules}
+_RULES = {"family_tree": _family_tree_rules, "positive_review": _positive_review_rules}
 
 
 def degenerate_policies(task: Task) -> dict[str, Policy]:
