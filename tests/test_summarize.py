@@ -17,7 +17,7 @@ from tinyrlhf.tasks import Task, get_task
 from tinyrlhf.tasks.base import SPLITS, split_of
 from tinyrlhf.tasks.generate import write_task_data
 from tinyrlhf.tasks.summarize import LONGEST_REFERENCE, summary_features
-from tinyrlhf.tasks.summarize_posts import ASKS, COMPLICATIONS, EVENTS, parse_post, post_parts
+from tinyrlhf.tasks.summarize_posts import parse_post, post_parts
 
 POST = ("We both like chess. Last week my boyfriend Jim forgot my birthday.\n\n"
         "Now he did not say sorry. He has a dog named Ben. Should I move out?")
@@ -105,9 +105,7 @@ def test_foreign_text_is_a_data_error(task):
 def test_longest_reference_fits_the_budget(task):
     """3 words of who ('My coworker Ezra') + the longest event, complication and question: 18 words, the
     default budget, so every reference reaches max_gold."""
-    longest = 3 + max(len(e.split()) for e, _ in EVENTS) + max(len(c.split()) for c, _ in COMPLICATIONS) \
-        + max(len(a.split()) for a, _ in ASKS)
-    assert longest == LONGEST_REFERENCE == task.config.max_words
+    assert LONGEST_REFERENCE == 18 == task.config.max_words
     prompts = task.prompts("eval", 300, 0)
     assert all(task.gold_reward(p, task.reference_answer(p)) == 1.0 for p in prompts)
     assert max(len(task.reference_answer(p).split()) for p in prompts) == LONGEST_REFERENCE

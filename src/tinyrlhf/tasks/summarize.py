@@ -49,13 +49,14 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .base import check_split, split_of
-from .summarize_posts import (BIGRAMS, CONTENT, DISTRACTORS, EVENTS, NAMES, capitalise, clauses,
+from .summarize_posts import (ASKS, BIGRAMS, COMPLICATIONS, CONTENT, DISTRACTORS, EVENTS, NAMES, capitalise, clauses,
                               draw_distractor, draw_prompt, parse_post, sentences, words)
 
 KEYS = ("event", "complication", "ask")
-LONGEST_REFERENCE = 18
-"""Words of the longest reference: 'My coworker Ezra told everyone my secret.' (7) + a 5-word complication +
-a 6-word question (tests/test_summarize.py checks it over every template)."""
+LONGEST_REFERENCE = 3 + max(len(e.split()) for e, _ in EVENTS) + max(len(c.split()) for c, _ in COMPLICATIONS) \
+    + max(len(a.split()) for a, _ in ASKS)
+"""Words of the longest reference (18): 'My coworker Ezra told everyone my secret.' (3 words of who + a 4-word
+event) + a 5-word complication + a 6-word question."""
 
 
 @dataclass(frozen=True)
