@@ -255,3 +255,29 @@ def test_literal_choices_match_the_code_that_uses_them():
     hints = typing.get_type_hints(C.ModelConfig)
     assert list(typing.get_args(hints["preset"])) == list(PRESETS)
     assert list(typing.get_args(hints["attention"])) == list(CHOICES)
+
+
+# ---------------------------------------------------------------- every task's config directory
+
+def test_every_task_has_every_method_config_and_each_loads():
+    """configs/TASK/ holds one YAML per stage that compare and loop read, for every built-in task, and each loads
+    with its stage's class and names its own task: a task added without configs, or a bad key, fails here."""
+    from tinyrlhf.study.loop_spec import LoopConfig
+    from tinyrlhf.study.spec import METHODS
+    from tinyrlhf.tasks import task_names
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    stages = {"sft": (C.SFTConfig, []), "reward": (C.RewardConfig, []), "loop": (LoopConfig, []),
+              **{file: (cls, extra) for file, cls, _, extra, _ in METHODS.values()}}
+    for task in task_names():
+        files = sorted(f[:-5] for f in os.listdir(os.path.join(root, task)) if f.endswith(".yaml"))
+        # data.yaml (optional): the task and data settings of compare's data stage, checked by write_task_data
+        assert [f for f in files if f != "data"] == sorted(stages), task
+        for name, (cls, extra) in stages.items():
+            cfg = load_config(cls, os.path.join(root, task, f"{name}.yaml"), extra)
+            assert name == "loop" or cfg.data.task == task, (task, name)
+        if "data" in files:
+            from tinyrlhf.tasks import task_config_keys
+            from tinyrlhf.tasks.generate import TaskDataConfig
+            with open(os.path.join(root, task, "data.yaml")) as f:
+                keys = set(yaml.safe_load(f))
+            assert keys <= set(task_config_keys(task)) | {f.name for f in dataclasses.fields(TaskDataConfig)}

@@ -363,7 +363,7 @@ def test_review_demonstrations_mode_is_the_misread_aspect(pr):
 # ---------------------------------------------------------------- registry and config
 
 def test_registry_and_config_errors():
-    assert task_names() == ["family_tree", "positive_review"]
+    assert task_names() == ["family_tree", "positive_review", "summarize"]
     with pytest.raises(ConfigError, match="family_tree, positive_review"):
         get_task("chess")
     with pytest.raises(ConfigError, match="generations"):

@@ -1,9 +1,10 @@
 """Built-in tasks with a known gold reward, and the registry that names them.
 
     get_task("family_tree", generations=4)   -> a FamilyTreeTask with that config
-    task_names()                              -> ["family_tree", "positive_review"]
+    task_names()                              -> ["family_tree", "positive_review", "summarize"]
 
     base.py  family_tree.py  positive_review.py   prompts, gold reward, demonstrations, splits
+    summarize.py  summarize_posts.py             TL;DR of synthetic posts (summarize-from-feedback shape)
     annotators.py                                simulated annotators with calibrated agreement
     generate.py                                  `tinyrlhf data TASK`: the task's data files
     baselines.py                                 degenerate and rule-based policies (the gold's sanity battery)
@@ -18,8 +19,10 @@ from ..errors import ConfigError
 from .base import Task
 from .family_tree import FamilyTreeConfig, FamilyTreeTask
 from .positive_review import PositiveReviewConfig, PositiveReviewTask
+from .summarize import SummarizeConfig, SummarizeTask
 
-TASKS = {FamilyTreeTask.name: FamilyTreeTask, PositiveReviewTask.name: PositiveReviewTask}
+TASKS = {FamilyTreeTask.name: FamilyTreeTask, PositiveReviewTask.name: PositiveReviewTask,
+         SummarizeTask.name: SummarizeTask}
 """Registry name -> task class. Each class has `config_class` (a frozen dataclass) and takes it as its only argument."""
 
 
@@ -52,4 +55,4 @@ def get_task(name: str, **config_overrides) -> Task:
 
 
 __all__ = ["TASKS", "Task", "get_task", "task_names", "task_config_keys", "FamilyTreeTask",
-           "FamilyTreeConfig", "PositiveReviewTask", "PositiveReviewConfig"]
+           "FamilyTreeConfig", "PositiveReviewTask", "PositiveReviewConfig", "SummarizeTask", "SummarizeConfig"]

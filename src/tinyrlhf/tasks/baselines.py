@@ -13,7 +13,8 @@ every name (set F1 pays a long list well), "None." for everything (a format bonu
 correctness), adjectives joined by "and" (stop words diluting a stuffing penalty), repeated product nouns
 and praise spread over many short sentences (repeats the old gold did not count), and one fixed review
 with the product name filled in. The rules read the prompt: one-hop lookups on family_tree, a template
-per asked aspect on positive_review. A method that does not beat `best_baseline` has learnt nothing a
+per asked aspect on positive_review, and, for summarize,
+copying the post, its first sentences (lead-N) and a keyword list of its fact words. A method that does not beat `best_baseline` has learnt nothing a
 one-line rule could not do. tests/test_degenerate.py checks that every degenerate policy scores clearly below
 the task's own demonstrations (what SFT imitates). A rule may score above them: it is the bar a learnt
 policy is compared with, not a hole in the gold.
@@ -26,6 +27,7 @@ from typing import Callable
 from .base import Task
 from .family_tree import Family, format_answer, parse_prompt
 from .positive_review import ASPECT_SENTENCES, ASPECT_WORDS, ASPECTS, POSITIVE, parse_review_prompt
+from .summarize_posts import CONTENT, NAMES, RELS, post_parts, post_sentences, words
 
 Policy = Callable[[str], str]
 
@@ -180,8 +182,61 @@ def _positive_review_rules(task: Task) -> dict[str, Policy]:
     }
 
 
-_BATTERIES = {"family_tree": _family_tree, "positive_review": _positive_review}
-_RULES = {"family_tree": _family_tree_rules, "positive_review": _positive_review_rules}
+
+# ---------------------------------------------------------------- summarize
+
+def _lead(n: int) -> Policy:
+    """The first n sentences of the post (the classic summarisation baseline)."""
+    return lambda p: " " + " ".join([s for para in post_sentences(p) for s in para][:n])
+
+
+def _keywords(prompt: str) -> list[str]:
+    """The post's fact words (names, relations, event and question words, details) in order, once each."""
+    return list(dict.fromkeys(w for w in words(post_parts(prompt)[2]) if w in CONTENT))
+
+
+def _names_the_relation(sentence: str) -> bool:
+    return bool(set(words(sentence)) & set(RELS))
+
+
+def _first_event_sentence(prompt: str) -> str:
+    """The first sentence of the post that names a relation ('my boyfriend'), else the first one."""
+    sents = [s for para in post_sentences(prompt) for s in para]
+    return next((s for s in sents if _names_the_relation(s)), sents[0])
+
+
+def _summarize(task: Task) -> dict[str, Policy]:
+    return {
+        "copy the post": lambda p: " " + post_parts(p)[2],
+        "lead-1": _lead(1), "lead-2": _lead(2), "lead-3": _lead(3),
+        "the title": lambda p: " " + post_parts(p)[1],
+        "keyword list": lambda p: " " + ", ".join(_keywords(p)).capitalize() + ".",
+        "keywords without commas": lambda p: " " + " ".join(_keywords(p)).capitalize() + ".",
+        "repeat the event": lambda p: " " + " ".join([_first_event_sentence(p)] * 3),
+        "every entity": lambda p: " " + ", ".join(list(RELS) + list(NAMES)).capitalize() + ".",
+        "a fixed summary": lambda p: " My boyfriend forgot my birthday. He did not say sorry. Should I move out?",
+    }
+
+
+def _summarize_rules(task: Task) -> dict[str, Policy]:
+    """Rules that pick whole sentences of the post by where they are or what they look like."""
+    def pick(test: Callable[[int, int, str], bool]) -> Policy:
+        return lambda p: " " + " ".join(s for i, para in enumerate(post_sentences(p)) for j, s in enumerate(para)
+                                        if test(i, j, s))
+    return {
+        "first sentence of each paragraph": pick(lambda i, j, s: j == 0),
+        "the question": pick(lambda i, j, s: s.endswith("?")),
+        "first sentence of each paragraph and the question": pick(lambda i, j, s: j == 0 or s.endswith("?")),
+        "the sentence naming the relation, and the question": lambda p: " " + " ".join(
+            [_first_event_sentence(p)] + [s for para in post_sentences(p) for s in para if s.endswith("?")]),
+        "sentences about him or her, and the question": pick(lambda i, j, s: s.endswith("?") or _names_the_relation(s)
+                                                             or bool(set(words(s)) & {"he", "she", "him", "her"})),
+    }
+
+
+_BATTERIES = {"family_tree": _family_tree, "positive_review": _positive_review, "summarize": _summarize}
+_RULES = {"family_tree": _family_tree_rules, "positive_review": _positive_review_rules,
+          "summarize": _summarize_rules}
 
 
 def degenerate_policies(task: Task) -> dict[str, Policy]:
