@@ -16,7 +16,7 @@ import statistics
 from tinyrlhf.tasks import get_task
 from tinyrlhf.tasks.baselines import score_policies
 
-MAX_NEW_TOKENS = {"family_tree": 24, "positive_review": 40}
+MAX_NEW_TOKENS = {"family_tree": 24, "positive_review": 40, "summarize": 32}
 
 
 def model_scores(task, prompts: list[str], path: str, seed: int) -> tuple[float, float]:
@@ -41,10 +41,14 @@ def main():
     ap.add_argument("--n", type=int, default=400, help="eval prompts (data seed 0)")
     ap.add_argument("--model", action="append", default=[], help="LABEL=PATH of a final/ model directory")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ap.add_argument("--set", action="append", default=[], help="task setting KEY=VALUE (e.g. max_children=2)")
     args = ap.parse_args()
-    task = get_task(args.task)
+    from tinyrlhf.config import parse_overrides
+    task = get_task(args.task, **dict(parse_overrides(args.set)))
     prompts = task.prompts("eval", args.n, 0)
-    rows = [(f"degenerate: {k}", v) for k, v in score_policies(task, prompts).items()]
+    from tinyrlhf.tasks.baselines import heuristic_rules
+    rules = heuristic_rules(task)
+    rows = [(f"{'rule' if k in rules else 'degenerate'}: {k}", v) for k, v in score_policies(task, prompts).items()]
     rng = random.Random(0)
     rows.append(("demonstrations (what SFT imitates)",
                  statistics.fmean(task.gold_reward(p, task.demonstration(p, rng)) for p in prompts)))
