@@ -138,5 +138,7 @@ def begin_run(cfg, kind: str) -> RunStart | dict:
     device = resolve_device(cfg.train)
     train, evals, data_metrics = load_records(cfg.data, kind)
     # the task as its data was written (task overrides in the manifest): evaluation prompts of the same kind
-    task = task_of_data(cfg.data.dir or task_data_dir(cfg.data), cfg.data.task) if cfg.data.task else None
+    # (never generates data: with data.train_file and no data.dir, the default dir is read only if it exists)
+    data_dir = cfg.data.dir or os.path.join("runs", "data", f"{cfg.data.task}-seed{cfg.data.seed}")
+    task = task_of_data(data_dir, cfg.data.task) if cfg.data.task else None
     return RunStart(run, device, task, train, evals, data_metrics, t_start)
