@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from ..diskio import write_text
 from ..eval.evaluate import EvalSettings, evaluate_model, write_result
 from ..eval.metrics import cluster_bootstrap_ci
 from ..eval.ratings import elo_ratings
@@ -149,8 +150,7 @@ def write_report(spec) -> dict:
     base = os.path.join(spec.out, f"report-{spec.cond}")
     report["plot"] = _plot(report, base + ".png") if per_round else None
     write_json(base + ".json", report)
-    with open(base + ".md", "w", encoding="utf-8") as f:
-        f.write(format_report(report))
+    write_text(base + ".md", format_report(report))
     return {**report, "files": [base + ".md", base + ".json", base + ".png"]}
 
 
