@@ -28,7 +28,7 @@ import yaml
 from ..config import config_to_dict
 from ..diskio import disk_errors
 from ..loading import STAGING
-from ..errors import ConfigError, DataError, TinyRLHFError
+from ..errors import ConfigError, DataError
 from . import checkpoint as ckpt
 from .runlock import RunInUse, acquire, release  # noqa: F401 (RunInUse: re-exported)
 
