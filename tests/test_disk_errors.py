@@ -265,3 +265,23 @@ def test_loop_state_is_atomic_and_a_corrupt_one_is_named(tmp_path, monkeypatch, 
     spec_file.write_text("[1, 2]")
     assert main(argv) == 2
     assert "not a loop spec" in one_line_error(capsys)
+
+
+def test_model_export_on_a_full_disk_restores_the_previous_export(env, tmp_path, monkeypatch, capsys):
+    """tinyrlhf export: the model files hit ENOSPC half way (a stub for export._write that writes one file,
+    then raises). One line, exit 2; no .tmp-PID directory; a --force over an earlier export puts it back."""
+    from tinyrlhf import export as export_mod
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "keep.txt").write_text("the earlier export")
+    real = export_mod._write
+
+    def half(model_dir, tmp, final_out, merge):
+        real(model_dir, tmp, final_out, merge)
+        os.remove(os.path.join(tmp, "model.safetensors"))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(export_mod, "_write", half)
+    assert main(["export", env[2], "--out", str(out), "--force"]) == 2
+    err = one_line_error(capsys)
+    assert f"could not export to {out}" in err and "no space left" in err and "nothing was changed there" in err
+    assert sorted(os.listdir(tmp_path)) == ["exported"] and os.listdir(out) == ["keep.txt"]

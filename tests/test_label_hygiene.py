@@ -226,3 +226,31 @@ def test_unknown_route_and_method_are_the_apps_own_errors(pair_app):
                                      ("GET", "/api/%ED%A0%80", 404), ("POST", "/api/nothing", 404)):
             r = c.request(method, path)
             assert r.status_code == status and r.json()["error"]["status"] == status, (path, r.text)
+
+
+def test_a_full_disk_during_a_submit_is_a_507_and_loses_nothing(tmp_path):
+    """Store._write: SQLite's 'database or disk is full' (forced with PRAGMA max_page_count, SQLite's own
+    size cap, so no real disk has to fill) answers 507 with the app's error body, stores nothing and keeps
+    the labels already stored; once there is room again the same submit goes through. (Each label copies
+    its item's 20,000-character prompt, so it needs pages of its own.)"""
+    store = Store(str(tmp_path / "fb.db"))
+    tokens = store.add_labellers(["alice"])
+    store.add_items([{"prompt": f"{i}" + "p" * 20000, "kind": "pair", "outputs": [{"model": "m1", "text": " a"},
+                                                                                  {"model": "m2", "text": " b"}]}
+                     for i in range(2)], "b")
+    app = create_label_app(store, "pair")
+    with running(app) as url, httpx.Client(base_url=url, headers=auth(tokens["alice"]), timeout=30) as c:
+        first = c.get("/api/next").json()["item"]
+        assert c.post("/api/submit", json={"item_id": first["item_id"], "submit_id": "first-0001",
+                                           "choice": "A"}).status_code == 200
+        item = c.get("/api/next").json()["item"]
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")
+        body = {"item_id": item["item_id"], "submit_id": "second-0001", "choice": "B"}
+        r = c.post("/api/submit", json=body)
+        assert r.status_code == 507 and "the disk is full" in r.json()["error"]["message"], r.text
+        assert [lab["submit_id"] for lab in store.labels()] == ["first-0001"]
+        store._db.execute("PRAGMA max_page_count = 1073741823")
+        assert c.post("/api/submit", json=body).status_code == 200
+        assert [lab["submit_id"] for lab in store.labels()] == ["first-0001", "second-0001"]
+    store.close()

@@ -24,6 +24,7 @@ may instead name its labellers ("labellers": [names]): it goes to exactly those 
 from __future__ import annotations
 
 import json
+import os
 import random
 import secrets
 import sqlite3
@@ -33,6 +34,19 @@ import time
 from .checks import (INT64, MAX_COMMENT, StoreError, shown, check_answer, check_items, check_label_row, check_names,
                      doubled, valid_text)
 from .dbfile import SCHEMA, NotAFeedbackDB, check_file, connect_readonly
+
+_UNWRITABLE = {"full": ("the disk is full: free some space", 507), "readonly": ("the database is read-only", 503),
+               "disk I/O": ("the disk failed to write", 503), "locked": ("the database stayed locked for 30 s", 503)}
+
+
+def _unwritable(path: str, e: sqlite3.OperationalError) -> Exception:
+    """A write SQLite refused for want of a disk (full, read-only, I/O error, locked): a StoreError (the
+    app answers its status; the CLI prints one line) saying nothing was stored; anything else as it was."""
+    for key, (what, status) in _UNWRITABLE.items():
+        if key in str(e):
+            return StoreError(f"{path}: {what} (SQLite: {e}); nothing was stored", status)
+    return e
+
 
 class Store:
     """One SQLite feedback database. Thread-safe: one connection, each transaction under a lock (the app
@@ -44,6 +58,7 @@ class Store:
         and hold the whole schema; it is opened read-only and never written (what `feedback export` does)."""
         self.path, self.lease_s = path, lease_s
         check_file(path, must_exist=readonly, allow_empty=not readonly)
+        new = not os.path.exists(path)
         try:
             if readonly:
                 self._db = connect_readonly(path)
@@ -54,6 +69,8 @@ class Store:
                 self._db.execute("PRAGMA foreign_keys=ON")
                 self._db.executescript(SCHEMA)
         except sqlite3.Error as e:
+            if new or isinstance(_unwritable(path, e), StoreError):  # a read-only or full directory
+                raise StoreError(f"{path}: cannot create or open the feedback database there ({e})") from None
             raise NotAFeedbackDB(f"{path}: not a usable feedback database ({e})") from None
         self._lock = threading.RLock()
 
@@ -69,10 +86,13 @@ class Store:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     out = fn(self._db)
+                    self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                        self._db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                raise _unwritable(self.path, e) from None
             finally:
                 if durable:
                     self._db.execute("PRAGMA synchronous=NORMAL")
