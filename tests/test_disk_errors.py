@@ -23,7 +23,8 @@ from tinyrlhf.cli import main
 from tinyrlhf.train import checkpoint, rundir, sft
 
 args, snapshot, one_line_error, same_as_reference = H.args, H.snapshot, H.one_line_error, H.same_as_reference
-TORCH_FAILED = "[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/2: file write failed"
+TORCH_FAILED = ("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/2: "
+                "file write failed")
 
 
 @pytest.fixture(scope="module")

@@ -208,7 +208,8 @@ def write_result(result: dict, out: str):
     """eval JSON (samples in a sibling .samples.jsonl), each written atomically; an --out that is a
     directory, or a disk that refuses the bytes, is a one-line error (diskio.DiskError), nothing left half."""
     if os.path.isdir(out):
-        raise DiskError(f"--out {out}: is a directory; give the result file's name (e.g. {os.path.join(out, 'eval.json')})")
+        raise DiskError(f"--out {out}: is a directory; give the result file's name "
+                        f"(e.g. {os.path.join(out, 'eval.json')})")
     make_dirs(os.path.dirname(os.path.abspath(out)), "cannot create the directory of --out")
     samples = result.get("samples", [])
     body = {k: v for k, v in result.items() if k != "samples"}

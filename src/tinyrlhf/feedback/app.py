@@ -32,7 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .checks import MAX_TEXT, StoreError, valid_text
+from .checks import ARENA, MAX_TEXT, StoreError, valid_text
 from .store import Store
 
 log = logging.getLogger("tinyrlhf.label")
@@ -40,7 +40,6 @@ STATIC = os.path.join(os.path.dirname(__file__), "static")
 MAX_BODY = 64 * 1024  # bytes per request body: a label with the longest comment fits many times over
 MAX_DEPTH = 8  # nesting of a body: ours are 2 deep ({"ranking": [...]})
 ADMIN_COOKIE = "tinyrlhf_admin"
-ARENA = "arena"  # the batch of arena items
 
 
 class APIError(Exception):

@@ -11,6 +11,7 @@ PAIR_CHOICES = ("A", "B", "tie", "both_bad")  # InstructGPT / Anthropic HH: a pr
 BINARY_CHOICES = ("up", "down")
 MAX_COMMENT = 2000  # characters
 MAX_TEXT = 100_000  # characters per prompt or output
+ARENA = "arena"  # the batch of arena items (each a labeller's own prompt and vote)
 
 
 class StoreError(TinyRLHFError):

@@ -14,10 +14,8 @@ import os
 import socket
 
 from ..errors import TinyRLHFError
-from .checks import check_items, check_names, valid_text
+from .checks import ARENA, check_items, check_names, valid_text
 from .sources import MODES
-
-ARENA = "arena"  # the batch of arena votes (app.ARENA; the app module loads FastAPI, so it is imported late)
 
 
 def add_parsers(sub) -> None:
@@ -149,28 +147,33 @@ def prepare_label(args):
     except BaseException:
         sock.close()
         raise
-    if args.double_share is not None:
-        store.set_meta("double_share", repr(args.double_share))
-    if items is not None:
-        held = store.count_items(args.batch)
-        if held:  # a restarted session must not queue its items twice
-            print(f"batch '{args.batch}' already holds {held} items: not adding more (name a new one with --batch)")
-        else:
-            store.add_items(items, args.batch)
-            print(f"queued {len(items)} {args.mode} items in batch '{args.batch}'")
-    tokens = store.add_labellers(names) if names else store.add_labellers(store.labellers())
-    host, port = sock.getsockname()[:2]
-    shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
-    print(f"{store.count_items()} items, {store.count_labels()} labels so far in {args.db}")
-    print("labeller links (send each person their own):")
-    for name, token in tokens.items():
-        print(f"  {name:12s} http://{shown}:{port}/?token={token}")
-    print(f"admin token: {store.admin_token()}  (GET /api/admin/progress with 'Authorization: Bearer TOKEN'; "
-          "never in a URL)")
-    print(f"export: tinyrlhf feedback export {args.db} --out DIR", flush=True)
-    app = create_label_app(store, args.mode, models=models, max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, seed=args.seed,
-                           arena_prompts=args.arena_prompts or None, arena_votes=args.arena_votes or None)
+    try:  # a failure from here on (a full disk) closes what is open; the CLI prints one line
+        if args.double_share is not None:
+            store.set_meta("double_share", repr(args.double_share))
+        if items is not None:
+            held = store.count_items(args.batch)
+            if held:  # a restarted session must not queue its items twice
+                print(f"batch '{args.batch}' already holds {held} items: not adding more (name a new one with --batch)")
+            else:
+                store.add_items(items, args.batch)
+                print(f"queued {len(items)} {args.mode} items in batch '{args.batch}'")
+        tokens = store.add_labellers(names) if names else store.add_labellers(store.labellers())
+        host, port = sock.getsockname()[:2]
+        shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+        print(f"{store.count_items()} items, {store.count_labels()} labels so far in {args.db}")
+        print("labeller links (send each person their own):")
+        for name, token in tokens.items():
+            print(f"  {name:12s} http://{shown}:{port}/?token={token}")
+        print(f"admin token: {store.admin_token()}  (GET /api/admin/progress with 'Authorization: Bearer TOKEN'; "
+              "never in a URL)")
+        print(f"export: tinyrlhf feedback export {args.db} --out DIR", flush=True)
+        app = create_label_app(store, args.mode, models=models, max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, seed=args.seed,
+                               arena_prompts=args.arena_prompts or None, arena_votes=args.arena_votes or None)
+    except BaseException:
+        sock.close()
+        store.close()
+        raise
     return app, sock, store
 
 
