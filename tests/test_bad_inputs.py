@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import tiny_sft
+from feedback_files import feedback_files
 from tinyrlhf.cli import main
 
 # keys of the tiny family_tree setup every training case starts from
@@ -83,6 +84,7 @@ def env(tmp_path_factory):
     for name, content in files.items():
         (bad / name).write_bytes(content)
         paths[name] = str(bad / name)
+    paths.update(feedback_files(bad))
     return paths
 
 
@@ -224,6 +226,44 @@ CASES = [
     ("eval-unknown-setting", lambda e, t: ["eval", e["model"], "--task", "family_tree", "nprompts=3"], ["nprompts"]),
     ("eval-reward-judge-without-reward", lambda e, t: ["eval", e["model"], "--task", "family_tree", "--judge", "reward"],
      ["--reward"]),
+    ("eval-out-is-a-directory", lambda e, t: ["eval", e["model"], "--task", "family_tree", "n_prompts=2", "--out",
+                                              e["root"]], ["--out", "is a directory"]),
+    # -- feedback export: the database is refused or read unchanged (byte for byte: the check below)
+    ("export-zero-byte-db", lambda e, t: ["feedback", "export", e["fb_zero"], "--out", str(t / "o")],
+     ["fb_zero.db", "empty file (0 bytes)", "nothing was changed"]),
+    ("export-foreign-sqlite", lambda e, t: ["feedback", "export", e["fb_foreign"], "--out", str(t / "o")],
+     ["fb_foreign.db", "other tables (users)"]),
+    ("export-not-sqlite", lambda e, t: ["feedback", "export", e["fb_text"], "--out", str(t / "o")],
+     ["fb_text.db", "not a usable feedback database"]),
+    ("export-db-missing", lambda e, t: ["feedback", "export", str(t / "none.db"), "--out", str(t / "o")],
+     ["none.db", "no such feedback database"]),
+    ("export-db-is-a-directory", lambda e, t: ["feedback", "export", e["root"], "--out", str(t / "o")],
+     ["not a file"]),
+    ("export-batch-typo", lambda e, t: ["feedback", "export", e["fb_good"], "--out", str(t / "o"), "--batch",
+                                        "round-l"], ["--batch 'round-l'", "batches: 'round-1'"]),
+    ("export-malformed-row", lambda e, t: ["feedback", "export", e["fb_badrow"], "--out", str(t / "o")],
+     ["fb_badrow.db: labels row 3", "field 'answer' is not valid JSON"]),
+    ("export-choice-z", lambda e, t: ["feedback", "export", e["fb_choice_z"], "--out", str(t / "o")],
+     ["fb_choice_z.db: labels row 3", "field 'choice'", '"Z"']),
+    ("export-out-is-a-file", lambda e, t: ["feedback", "export", e["fb_good"], "--out", e["a_file"]], ["is a file"]),
+    ("export-overrides", lambda e, t: ["feedback", "export", e["fb_good"], "--out", str(t / "o"), "x=1"],
+     ["takes no key=value"]),
+    # -- label: refused before the database exists (test_label_refused_leaves_nothing checks that too)
+    ("label-foreign-db", lambda e, t: ["label", e["fb_foreign"], "--labellers", "a", "--port", "0"],
+     ["fb_foreign.db", "other tables (users)"]),
+    ("label-text-db", lambda e, t: ["label", e["fb_text"], "--labellers", "a", "--port", "0"],
+     ["fb_text.db", "not a usable feedback database"]),
+    ("label-db-is-a-directory", lambda e, t: ["label", e["root"], "--labellers", "a", "--port", "0"], ["not a file"]),
+    ("label-model-context", lambda e, t: ["label", str(t / "fb.db"), "--task", "family_tree", "--model", e["model"],
+                                          "--max-new-tokens", "100000", "--labellers", "a", "--port", "0"],
+     ["--max-new-tokens 100000", "positions"]),
+    ("label-model-broken", lambda e, t: ["label", str(t / "fb.db"), "--task", "family_tree", "--model",
+                                         e["truncated_weights"], "--labellers", "a", "--port", "0"], ["truncated"]),
+    # -- loop: a --db that is not a feedback database, refused before the data and SFT stages
+    ("loop-garbage-db", lambda e, t: ["loop", "--task", "family_tree", "--rounds", "1", "--labels", "human", "--db",
+                                      e["fb_text"], "--out", str(t / "loop")], ["--db", "fb_text.db", "not a usable"]),
+    ("loop-foreign-db", lambda e, t: ["loop", "--task", "family_tree", "--rounds", "1", "--labels", "human", "--db",
+                                      e["fb_foreign"], "--out", str(t / "loop")], ["--db", "other tables (users)"]),
 ]
 
 
@@ -247,6 +287,59 @@ def test_bad_input_is_one_clear_line(case_id, argv, expected, env, tmp_path, cap
 
 def test_corpus_size():
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(LABEL_CASES) >= 15 and len({c[0] for c in LABEL_CASES}) == len(LABEL_CASES)
+
+
+# `tinyrlhf label` options refused before anything is created: (id, argv after the db, words)
+LABEL_CASES = [
+    ("temperature-nan", ["--outputs", "{out}", "--temperature", "nan"], "--temperature must be a finite number"),
+    ("temperature-inf", ["--outputs", "{out}", "--temperature", "inf"], "--temperature"),
+    ("temperature-negative", ["--outputs", "{out}", "--temperature", "-1"], "--temperature"),
+    ("lease-nan", ["--outputs", "{out}", "--lease", "nan"], "--lease"),
+    ("lease-zero", ["--outputs", "{out}", "--lease", "0"], "--lease"),
+    ("max-new-tokens-0", ["--outputs", "{out}", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    ("n-prompts-0", ["--outputs", "{out}", "--n-prompts", "0"], "--n-prompts"),
+    ("double-share-nan", ["--outputs", "{out}", "--double-share", "nan"], "--double-share"),
+    ("arena-prompts-negative", ["--outputs", "{out}", "--arena-prompts", "-1"], "--arena-prompts must be >= 0"),
+    ("arena-votes-negative", ["--outputs", "{out}", "--arena-votes", "-3"], "--arena-votes"),
+    ("batch-empty", ["--outputs", "{out}", "--batch", ""], "--batch ''"),
+    ("batch-arena", ["--outputs", "{out}", "--batch", "arena"], "arena votes"),
+    ("port-out-of-range", ["--outputs", "{out}", "--port", "70000"], "--port"),
+    ("no-labellers", ["--outputs", "{out}", "--labellers", ""], "no labellers"),
+    ("bad-labeller-name", ["--outputs", "{out}", "--labellers", "ok,a b"], "labeller name 'a b'"),
+    ("labeller-name-too-long", ["--outputs", "{out}", "--labellers", "x" * 65], "labeller name"),
+    ("outputs-bad-line", ["--outputs", "{bad_out}"], ":2: field 'outputs'"),
+    ("outputs-missing", ["--outputs", "{gone}"], "gone.jsonl"),
+    ("prompts-missing", ["--prompts", "{gone}", "--model", "{model}"], "gone.jsonl"),
+    ("task-unknown", ["--task", "nope", "--model", "{model}"], "nope"),
+    ("model-missing", ["--task", "family_tree", "--model", "{gone}"], "no such directory"),
+    ("arena-one-model", ["--mode", "arena", "--model", "{model}"], "two or more --model"),
+]
+
+
+@pytest.mark.parametrize("case_id, args, words", LABEL_CASES, ids=[c[0] for c in LABEL_CASES])
+def test_label_refused_leaves_nothing(case_id, args, words, env, tmp_path, capsys):
+    """A refused `tinyrlhf label`: exit 2, one line, and no database file (nor -wal / -shm) and no queued
+    item left behind: every option, the labellers, the models and the items are checked before the
+    database is created."""
+    out, bad_out = tmp_path / "outputs.jsonl", tmp_path / "bad.jsonl"
+    item = {"prompt": "p", "outputs": [{"model": "m", "text": "x"}, {"model": "n", "text": "y"}]}
+    out.write_text(json.dumps(item) + "\n")
+    bad_out.write_text(json.dumps(item) + "\n" + json.dumps({"prompt": "p", "outputs": "nope"}) + "\n")
+    fill = {"{out}": str(out), "{bad_out}": str(bad_out), "{gone}": str(tmp_path / "gone.jsonl"),
+            "{model}": env["model"]}
+    argv = [fill.get(a, a) for a in args]
+    if "--labellers" not in argv:
+        argv += ["--labellers", "alice"]
+    if "--port" not in argv:
+        argv += ["--port", "0"]
+    db = tmp_path / "fb.db"
+    rc = main(["label", str(db), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "outputs.jsonl"]
 
 
 def test_data_out_force_overwrites_and_reproduces(env, tmp_path, capsys):

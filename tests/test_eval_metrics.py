@@ -235,3 +235,23 @@ def test_cluster_draws_give_the_interval_and_p_agrees_with_it():
     centred = [[x - 0.2 for x in g] for g in groups]  # mean 0.0: the interval holds 0, p is large
     _, draws0 = cluster_bootstrap_draws(centred, seed=3)
     assert bootstrap_p_value(draws0) > 0.05
+
+
+def test_ratings_cluster_bootstrap_resamples_judges():
+    """Two judges who disagree completely (alice: A always wins, bob: B always wins, 100 votes each). Over
+    matches the data are a 50:50 split and the bootstrap interval of the gap is narrow; resampling the judges
+    (clusters) draws alice twice or bob twice in half the replicas, a unanimous verdict either way, so the
+    interval must span most of the way to the all-wins ratings. With one judge the two-stage cluster
+    bootstrap is the plain bootstrap of that judge's matches: same width to within the resampling noise."""
+    matches = [("A", "B", 1.0)] * 100 + [("A", "B", 0.0)] * 100
+    judges = ["alice"] * 100 + ["bob"] * 100
+    for fn in (elo_ratings, bradley_terry_ratings):
+        plain, clustered = fn(matches), fn(matches, clusters=judges)
+        assert plain["A"]["rating"] == pytest.approx(clustered["A"]["rating"], abs=10)  # same point estimate
+        width = lambda r: r["A"]["high"] - r["A"]["low"]  # noqa: E731
+        assert width(clustered) > 5 * width(plain), (fn.__name__, width(plain), width(clustered))
+        mixed = [("A", "B", float(i % 3 != 0)) for i in range(150)]
+        one = fn(mixed, clusters=["solo"] * 150, seed=3)
+        assert width(one) == pytest.approx(width(fn(mixed, seed=3)), rel=0.35)
+        with pytest.raises(ValueError, match="cluster labels"):
+            fn(matches, clusters=judges[:-1])

@@ -175,6 +175,51 @@ def test_export_formats_agreement_and_ratings(tmp_path):
     assert elo["good"]["rating"] > elo["bad"]["rating"] and bt["good"]["low"] > bt["bad"]["high"]
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["labels"] == 90
     assert summary["latency"]["all"]["n"] == 90
+    assert summary["ratings"]["interval"] == "cluster bootstrap over labellers" and summary["ratings"]["labellers"] == 2
+
+
+def test_export_reads_the_database_read_only_and_an_unwritable_out_changes_nothing(tmp_path, monkeypatch, capsys):
+    """export_labels opens the store with mode=ro: the database file is byte for byte the same after. An
+    --out whose files cannot be written (a read-only directory, a full disk) is one line, exit 2, with the
+    files already in --out unchanged and no temporary file left. Tests run as root, where chmod does not stop
+    a write, so the read-only directory is an `open` stub in feedback/export.py raising EROFS (and ENOSPC
+    after the first file, for the full disk)."""
+    import errno
+    import hashlib
+    import os
+
+    from tinyrlhf.cli import main
+    from tinyrlhf.feedback import export as export_mod
+
+    db = str(tmp_path / "fb.db")
+    with Store(db) as store:
+        store.add_items([pair_item(i) for i in range(4)], "round-1")
+        store.add_labellers(["alice"])
+        drain(store, "alice", lambda it: {"choice": "A"})
+    digest = hashlib.sha256(open(db, "rb").read()).hexdigest()
+    out = tmp_path / "out"
+    assert main(["feedback", "export", db, "--out", str(out)]) == 0
+    assert hashlib.sha256(open(db, "rb").read()).hexdigest() == digest
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_open = open
+    for code, after_files in ((errno.EROFS, 0), (errno.ENOSPC, 1)):
+        opened = []
+
+        def fake_open(path, mode="r", *a, **k):
+            if "w" in mode:
+                opened.append(path)
+                if len(opened) > after_files:
+                    raise OSError(code, os.strerror(code), path)
+            return real_open(path, mode, *a, **k)
+        monkeypatch.setattr(export_mod, "open", fake_open, raising=False)
+        capsys.readouterr()
+        assert main(["feedback", "export", db, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: could not write the export to") and \
+            "the files already there are unchanged" in err, err
+        assert ("read-only" if code == errno.EROFS else "no space left") in err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file either
+        monkeypatch.undo()
 
 
 def test_agreement_counts_only_different_people():

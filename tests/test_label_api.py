@@ -109,14 +109,24 @@ def test_malformed_submits_are_4xx_and_store_nothing(tmp_path):
             (auth(tokens["alice"]), b"[1, 2]", 400, "JSON object"),
             (auth(tokens["alice"]), b"\xff\xfe", 400, "not valid JSON"),
             (auth(tokens["alice"]), {**good, "comment": "y" * 70000}, 413, "request body over"),
+            # what a hand-written client sends (more in test_label_hygiene.py): never a 500
+            (auth(tokens["alice"]), {**good, "item_id": 2**63}, 400, "field 'item_id'"),
+            (auth(tokens["alice"]), b'{"item_id": 1, "submit_id": "abcdefgh\\ud800", "choice": "A"}', 400,
+             "field 'submit_id': invalid Unicode"),
+            (auth(tokens["alice"]), b'{"comment": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "nested deeper"),
+            (auth(tokens["alice"]), {**good, "choice": "Z"}, 400, "field 'choice'"),
         ]
         for headers, body, status, words in cases:
-            kw = {"content": body} if isinstance(body, bytes) else {"json": body}
-            r = c.post("/api/submit", headers=headers, **kw)
+            kw = ({"content": body, "headers": {**headers, "Content-Type": "application/json"}}
+                  if isinstance(body, bytes) else {"json": body, "headers": headers})
+            r = c.post("/api/submit", **kw)
             assert r.status_code == status, (body if isinstance(body, bytes) else list(body), r.text)
             assert words in r.json()["error"]["message"], r.text
         assert store.count_labels() == 0
+        r = c.post("/api/submit", headers=auth(tokens["alice"]), content=b'{"item_id": 1}')  # no Content-Type
+        assert r.status_code == 415 and "application/json" in r.json()["error"]["message"]
         assert c.get("/api/admin/progress", headers=auth(tokens["alice"])).status_code == 403
+        assert c.get(f"/api/admin/progress?token={admin}").status_code == 403  # the admin token never in a URL
         assert c.get("/api/admin/progress").status_code == 403
         assert c.get("/api/nothing", headers=auth(admin)).json()["error"]["message"] == "no route GET /api/nothing"
         r = c.post("/api/arena", headers=auth(tokens["alice"]), json={"prompt": "hi"})

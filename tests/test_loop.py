@@ -143,6 +143,28 @@ def test_loop_bad_input_is_one_clear_error(tmp_path, capsys, args, message):
     assert not (tmp_path / "o").exists()  # nothing written
 
 
+@pytest.mark.parametrize("content", [b"not sqlite at all\n" * 50, "foreign"], ids=["garbage", "foreign-sqlite"])
+def test_loop_refuses_a_db_that_is_no_feedback_database_before_any_stage(tmp_path, capsys, content):
+    """parse_loop checks --db through a read-only look (feedback/dbfile.py): one line naming it, nothing
+    written under --out (no data, no SFT), and the file byte for byte as it was."""
+    import sqlite3
+    db = tmp_path / "fb.db"
+    if content == "foreign":
+        con = sqlite3.connect(str(db))
+        con.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        con.commit()
+        con.close()
+    else:
+        db.write_bytes(content)
+    before = db.read_bytes()
+    assert main(["loop", "--task", "positive_review", "--rounds", "1", "--labels", "human", "--db", str(db),
+                 "--out", str(tmp_path / "o"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --db ") and str(db) in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists() and db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fb.db"]
+
+
 def test_loop_refuses_other_settings_in_a_finished_directory(tmp_path, capsys):
     out = tmp_path / "o"
     assert L.write_spec(L.parse_loop("positive_review", 1, "simulated", "ppo", 1, str(out), TINY)) is None

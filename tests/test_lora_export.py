@@ -251,3 +251,37 @@ def test_reward_normalisation_policy_data_and_ppo_take_an_unmerged_lora_final(pr
                                                 "train.max_steps=1", "rollout.prompts_per_step=4",
                                                 "ppo.minibatch_size=4", "eval.n_prompts=0", *base]))
     assert ppo["finished"]
+
+
+def test_sft_honours_lora_merge(project, tmp_path, monkeypatch, capsys):
+    """sft with LoRA: lora.merge=false (the default) makes final/ an adapter directory, as DPO's, that
+    tinyrlhf.loading.load_causal_lm and peft load from anywhere and that `tinyrlhf export --merge` turns into
+    plain weights with the same logits; lora.merge=true makes final/ plain merged weights, as before."""
+    from peft import AutoPeftModelForCausalLM
+    from tinyrlhf.config import SFTConfig
+    from tinyrlhf.train.sft import run_sft
+
+    monkeypatch.chdir(project)
+    common = ["model.path=sft/final", "lora.enabled=true", "lora.r=4", "train.max_steps=3", "train.batch_size=4",
+              "train.lr=1e-2", "train.progress=false", "train.threads=1", "eval.n_prompts=0", "data.task=family_tree",
+              "data.dir=data", "learnability_k=0"]
+    for merge in ("false", "true"):
+        assert run_sft(load_config(SFTConfig, None, [f"out_dir={tmp_path / merge}", f"lora.merge={merge}",
+                                                     *common]))["finished"]
+    adapter, merged = str(tmp_path / "false" / "final"), str(tmp_path / "true" / "final")
+    assert os.path.isfile(os.path.join(adapter, "adapter_config.json"))
+    assert not os.path.exists(os.path.join(adapter, "config.json"))
+    assert adapter_base(adapter) == str(project / "sft" / "final")
+    assert os.path.isfile(os.path.join(merged, "model.safetensors"))
+    assert not os.path.exists(os.path.join(merged, "adapter_config.json"))
+    monkeypatch.chdir(tmp_path)
+    t = tok(adapter)
+    ours = logits(load_causal_lm(adapter), t)
+    assert torch.allclose(ours, logits(AutoPeftModelForCausalLM.from_pretrained(adapter), t), atol=1e-5, rtol=0)
+    assert torch.allclose(ours, logits(load_causal_lm(merged), t), atol=1e-4, rtol=0)  # the same training
+    assert (ours - logits(load_causal_lm(str(project / "sft" / "final")), t)).abs().max() > 1e-3
+    out = str(tmp_path / "exported")
+    assert main(["export", str(tmp_path / "false"), "--out", out, "--merge"]) == 0
+    assert "a plain model (LoRA adapters merged)" in capsys.readouterr().out
+    from transformers import AutoModelForCausalLM
+    assert torch.allclose(logits(AutoModelForCausalLM.from_pretrained(out), t), ours, atol=1e-5, rtol=0)

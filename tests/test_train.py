@@ -92,8 +92,10 @@ def test_finished_run_is_reused_not_overwritten(sft_run, data_dir):
 
 
 def test_lora_sft_trains_adapters_only_and_merges(tmp_path, data_dir):
+    """lora.merge=true: final/ is a plain HF directory (lora.merge=false, the default, leaves an adapter:
+    test_lora_export.py::test_sft_honours_lora_merge)."""
     out = str(tmp_path / "lora")
-    summary = run_sft(sft_cfg(out, data_dir, "lora.enabled=true", "lora.r=4", "train.lr=1e-2"))
+    summary = run_sft(sft_cfg(out, data_dir, "lora.enabled=true", "lora.r=4", "train.lr=1e-2", "lora.merge=true"))
     assert summary["finished"]
     model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"))  # merged: a plain HF dir
     assert not any("lora" in n for n, _ in model.named_parameters())

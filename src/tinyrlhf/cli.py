@@ -154,6 +154,9 @@ def _cmd_eval(args) -> int:
         raise TinyRLHFError("eval needs --task (a built-in task) or --prompts FILE (your own prompts)")
     if args.task and args.prompts:
         raise TinyRLHFError("give --task or --prompts, not both")
+    if args.out and os.path.isdir(args.out):  # before the evaluation, not after it
+        raise TinyRLHFError(f"--out {args.out}: is a directory; give the result file's name "
+                            f"(e.g. {os.path.join(args.out, 'eval.json')})")
     judge = args.judge
     if judge == "chat":
         from .eval.judges import ChatJudge

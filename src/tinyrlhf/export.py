@@ -25,6 +25,7 @@ import shutil
 
 import yaml
 
+from .diskio import disk_errors
 from .errors import ConfigError
 from .loading import (ADAPTER_CONFIG, BASE_FILE, adapter_base, check_model_dir, find_relative, is_adapter_dir,
                       load_causal_lm, weights_sha256)
@@ -230,6 +231,15 @@ def export_model(source: str, out: str, *, merge: bool = False, force: bool = Fa
     out = os.path.abspath(out)
     tmp, old = f"{out}.tmp-{os.getpid()}", f"{out}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    with disk_errors("could not export to", out, after="nothing was changed there"):
+        kind = _publish(model_dir, tmp, old, out, merge, reward, run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return {"out": out, "kind": kind, "reward_model": reward, "files": sorted(os.listdir(out))}
+
+
+def _publish(model_dir: str, tmp: str, old: str, out: str, merge: bool, reward: bool, run_dir) -> str:
+    """Write the export into `tmp`, then rename it to `out` (the previous `out` aside to `old`, put back
+    when anything fails); returns what was written."""
     try:
         kind = _write(model_dir, tmp, out, merge)
         if reward:
@@ -245,6 +255,5 @@ def export_model(source: str, out: str, *, merge: bool = False, force: bool = Fa
         if os.path.isdir(old) and not os.path.exists(out):  # put the previous export back
             os.replace(old, out)
         raise
-    shutil.rmtree(old, ignore_errors=True)
-    return {"out": out, "kind": kind, "reward_model": reward, "files": sorted(os.listdir(out))}
+    return kind
 

@@ -27,6 +27,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator
 
+from ..diskio import atomic_write
 from ..errors import DataError
 
 
@@ -343,14 +344,16 @@ def read_records(path: str, kind: str, *, skip_bad: bool = False,
 
 
 def write_records(path: str, records: Iterable) -> int:
-    """Write records as JSONL atomically (temp file + rename), so a crash never leaves half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    """Write records as JSONL atomically (temp file, fsync, rename), so a crash never leaves half a file;
+    a full or read-only disk is a DiskError naming the file, with the temporary file removed."""
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+
+    def write(f):
+        nonlocal n
         for r in records:
             f.write(json.dumps(record_to_dict(r), ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, path)
+    atomic_write(path, write)
     return n
 
 

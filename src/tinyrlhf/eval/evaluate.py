@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 import yaml
 
+from ..diskio import DiskError, atomic_write, make_dirs
 from ..errors import ConfigError
 from ..loading import check_model_dir, find_relative, load_causal_lm
 from ..models import load_tokenizer
@@ -208,14 +209,14 @@ def format_report(result: dict) -> str:
 
 
 def write_result(result: dict, out: str):
-    """eval JSON (samples in a sibling .samples.jsonl), written atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    """eval JSON (samples in a sibling .samples.jsonl), each written atomically; an --out that is a
+    directory, or a disk that refuses the bytes, is a one-line error (diskio.DiskError), nothing left half."""
+    if os.path.isdir(out):
+        raise DiskError(f"--out {out}: is a directory; give the result file's name "
+                        f"(e.g. {os.path.join(out, 'eval.json')})")
+    make_dirs(os.path.dirname(os.path.abspath(out)), "cannot create the directory of --out")
     samples = result.get("samples", [])
     body = {k: v for k, v in result.items() if k != "samples"}
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(body, f, indent=2)
-    os.replace(tmp, out)
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(x) + "\n" for x in samples)
-    os.replace(tmp, out.removesuffix(".json") + ".samples.jsonl")
+    atomic_write(out, lambda f: json.dump(body, f, indent=2), tmp=out + ".tmp")
+    atomic_write(out.removesuffix(".json") + ".samples.jsonl",
+                 lambda f: f.writelines(json.dumps(x) + "\n" for x in samples), tmp=out + ".tmp")

@@ -30,6 +30,30 @@ def _encode(matches: Sequence[Match]) -> tuple[list[str], np.ndarray, np.ndarray
     return models, a, b, s
 
 
+def _cluster_resamples(clusters: Sequence, n_bootstrap: int, rng: np.random.Generator,
+                       min_len: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two-stage cluster bootstrap of match indices (Davison & Hinkley 1997, sec. 3.8, as
+    metrics.cluster_bootstrap_draws): each replica draws G clusters with replacement and, inside each drawn
+    cluster, its matches with replacement, in a random order. Replicas differ in length, so they come as
+    index and weight arrays (R, L), the weight 0 on padding. With one cluster it is the plain bootstrap."""
+    _, codes = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)
+    groups = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
+    rows = []
+    for pick in rng.integers(0, len(groups), size=(n_bootstrap, len(groups))):  # (R, G)
+        row = np.concatenate([rng.choice(groups[g], size=groups[g].size) for g in pick])
+        rows.append(rng.permutation(row))
+    width = max(min_len, max(r.size for r in rows))
+    idx, weight = np.zeros((n_bootstrap, width), dtype=int), np.zeros((n_bootstrap, width))
+    for r, row in enumerate(rows):
+        idx[r, :row.size], weight[r, :row.size] = row, 1.0
+    return idx, weight
+
+
+def _check_clusters(clusters, n: int) -> None:
+    if clusters is not None and len(clusters) != n:
+        raise ValueError(f"ratings: {len(clusters)} cluster labels for {n} matches")
+
+
 def _summary(models: list[str], point: np.ndarray, boot: np.ndarray, alpha: float) -> dict:
     """point (M,), boot (R, M) -> {model: {"rating", "low", "high"}} with percentile bounds."""
     low, high = np.nanquantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
@@ -38,33 +62,42 @@ def _summary(models: list[str], point: np.ndarray, boot: np.ndarray, alpha: floa
 
 
 def elo_ratings(matches: Sequence[Match], *, k: float = 4.0, base: float = 1000.0, n_bootstrap: int = 200,
-                alpha: float = 0.05, seed: int = 0) -> dict[str, dict[str, float]]:
+                alpha: float = 0.05, seed: int = 0, clusters: Sequence | None = None) -> dict[str, dict[str, float]]:
     """Online Elo (every model starts at `base`, update k * (score - expected) after each match).
 
     Elo depends on the order of the matches, and the order of our judgments means nothing, so we run
     it on `n_bootstrap` resamples of the matches (drawn with replacement, in random order) and report
     the median as the rating and the alpha/2, 1 - alpha/2 quantiles as the interval (as Chatbot Arena
-    does). The small default k suits hundreds of matches or more."""
+    does). The small default k suits hundreds of matches or more. `clusters` (one label per match, e.g.
+    who judged it): resample the clusters, not the matches (_cluster_resamples), so that one judge's many
+    votes, which share that judge's taste, widen the interval as they should."""
     models, a, b, s = _encode(matches)
+    _check_clusters(clusters, len(s))
     rng = np.random.default_rng(seed)
-    order = rng.integers(0, len(s), size=(n_bootstrap, len(s)))  # (R, N): resample = random order too
+    if clusters is None:
+        order = rng.integers(0, len(s), size=(n_bootstrap, len(s)))  # (R, N): resample = random order too
+        weight = np.ones(order.shape)
+    else:
+        order, weight = _cluster_resamples(clusters, n_bootstrap, rng)  # (R, L), 0 on padding
     ratings = np.full((n_bootstrap, len(models)), base)  # (R, M): all replicas advance in lockstep
     rows = np.arange(n_bootstrap)
-    for t in range(len(s)):
+    for t in range(order.shape[1]):
         ia, ib, sa = a[order[:, t]], b[order[:, t]], s[order[:, t]]
         expected_a = 1.0 / (1.0 + 10.0 ** ((ratings[rows, ib] - ratings[rows, ia]) / _SCALE))
-        delta = k * (sa - expected_a)
+        delta = k * (sa - expected_a) * weight[:, t]
         ratings[rows, ia] += delta
         ratings[rows, ib] -= delta
     return _summary(models, np.median(ratings, axis=0), ratings, alpha)
 
 
-def _win_matrix(n_models: int, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """(R, M, M) wins[r, i, j] of i over j from index arrays (R, N); a tie is half a win each way."""
+def _win_matrix(n_models: int, a: np.ndarray, b: np.ndarray, s: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """(R, M, M) wins[r, i, j] of i over j from index arrays (R, N), each match weighted by w (R, N)
+    (default 1); a tie is half a win each way."""
     reps = np.broadcast_to(np.arange(a.shape[0])[:, None], a.shape)
+    w = np.ones(a.shape) if w is None else w
     wins = np.zeros((a.shape[0], n_models, n_models))
-    np.add.at(wins, (reps, a, b), s)
-    np.add.at(wins, (reps, b, a), 1.0 - s)
+    np.add.at(wins, (reps, a, b), s * w)
+    np.add.at(wins, (reps, b, a), (1.0 - s) * w)
     return wins
 
 
@@ -111,7 +144,7 @@ def _bt_fit(wins: np.ndarray, tol: float = 1e-9, max_iter: int = 200) -> np.ndar
 
 def bradley_terry_ratings(matches: Sequence[Match], *, base: float = 1000.0, anchor: str | None = None,
                           prior: float = 0.1, n_bootstrap: int = 200, alpha: float = 0.05,
-                          seed: int = 0) -> dict[str, dict[str, float]]:
+                          seed: int = 0, clusters: Sequence | None = None) -> dict[str, dict[str, float]]:
     """Bradley-Terry ratings by maximum likelihood, P(i beats j) = p_i / (p_i + p_j), reported as
     base + 400 * log10(p_i), shifted so that the `anchor` model (or, without one, the mean over
     models) sits at `base`. Ties count as half a win for each side.
@@ -120,14 +153,24 @@ def bradley_terry_ratings(matches: Sequence[Match], *, base: float = 1000.0, anc
     finite when a model wins (or loses) every game and ties together models that never met, at the
     cost of a slight pull towards equal ratings. prior=0 is the plain MLE (a ValueError when it does
     not exist). The interval is the percentile bootstrap over resampled matches (bootstrap replicas
-    without an MLE are dropped)."""
+    without an MLE are dropped); with `clusters` (one label per match) the clusters are resampled
+    instead (elo_ratings)."""
     models, a, b, s = _encode(matches)
+    _check_clusters(clusters, len(s))
     if anchor is not None and anchor not in models:
         raise ValueError(f"bradley_terry_ratings: anchor {anchor!r} is not among the models {models}")
     m = len(models)
     rng = np.random.default_rng(seed)
-    idx = np.concatenate([np.arange(len(s))[None], rng.integers(0, len(s), size=(n_bootstrap, len(s)))])
-    wins = _win_matrix(m, a[idx], b[idx], s[idx])  # (1 + R, M, M): row 0 is the data itself
+    if clusters is None:
+        idx = np.concatenate([np.arange(len(s))[None], rng.integers(0, len(s), size=(n_bootstrap, len(s)))])
+        weight = np.ones(idx.shape)
+    else:
+        boot, boot_w = _cluster_resamples(clusters, n_bootstrap, rng, min_len=len(s))
+        data = np.zeros((1, boot.shape[1]), dtype=int)
+        data[0, :len(s)] = np.arange(len(s))
+        idx = np.concatenate([data, boot])
+        weight = np.concatenate([(np.arange(boot.shape[1]) < len(s))[None].astype(float), boot_w])
+    wins = _win_matrix(m, a[idx], b[idx], s[idx], weight)  # (1 + R, M, M): row 0 is the data itself
     wins += (prior / 2) * (1.0 - np.eye(m))
     log10_p = _bt_fit(wins)
     if np.isnan(log10_p[0]).any():

@@ -9,10 +9,12 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 
 from ..errors import TinyRLHFError
+from .checks import ARENA, check_items, check_names, valid_text
 from .sources import MODES
 
 
@@ -38,6 +40,10 @@ def add_parsers(sub) -> None:
                    help="share of new items labelled by two people, for agreement (default 0.2, kept in the DB)")
     p.add_argument("--lease", type=float, default=600.0,
                    help="seconds an unanswered item stays in one labeller's queue only (default 600)")
+    p.add_argument("--arena-prompts", type=int, default=200,
+                   help="arena: prompts each labeller may ask in this database (default 200; 0 = no limit)")
+    p.add_argument("--arena-votes", type=int, default=200,
+                   help="arena: votes each labeller may cast in this database (default 200; 0 = no limit)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: other machines on the LAN)")
     p.add_argument("--port", type=int, default=8100, help="TCP port (default 8100)")
     p.set_defaults(func=cmd_label, overrides=[])
@@ -72,6 +78,7 @@ def _items(args, models) -> list[dict] | None:
 
 
 def _check_label_args(args):
+    """Every option on its own, before anything is loaded, bound or created."""
     if args.outputs and (args.task or args.prompts or args.model):
         raise TinyRLHFError("--outputs already holds the outputs: drop --task / --prompts / --model")
     if args.task and args.prompts:
@@ -87,57 +94,86 @@ def _check_label_args(args):
     for key in ("n_prompts", "max_new_tokens"):
         if getattr(args, key) < 1:
             raise TinyRLHFError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
-    if args.temperature < 0 or not args.lease > 0:
-        raise TinyRLHFError("--temperature must be >= 0 and --lease > 0")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise TinyRLHFError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if not (math.isfinite(args.lease) and args.lease > 0):
+        raise TinyRLHFError(f"--lease must be a finite number of seconds > 0, got {args.lease}")
+    for key in ("arena_prompts", "arena_votes"):
+        if getattr(args, key) < 0:
+            raise TinyRLHFError(f"--{key.replace('_', '-')} must be >= 0 (0 = no limit), got {getattr(args, key)}")
     if not 0 <= args.port <= 65535:
         raise TinyRLHFError(f"--port must be in 0..65535, got {args.port}")
+    if not args.batch or not valid_text(args.batch) or len(args.batch) > 200:
+        raise TinyRLHFError(f"--batch {args.batch!r}: expected a name of 1 to 200 characters")
+    if args.batch == ARENA:
+        raise TinyRLHFError(f"--batch {ARENA!r} is where arena votes go: name the queued items' batch otherwise")
+
+
+def _check_context(models, args) -> None:
+    """Each model must leave room for --max-new-tokens after a prompt token."""
+    for name, m in models.models.items():
+        if args.max_new_tokens >= m.context:
+            raise TinyRLHFError(f"--max-new-tokens {args.max_new_tokens}: model '{name}' attends over {m.context} "
+                                "positions, prompt included; ask for fewer")
 
 
 def prepare_label(args):
-    """Everything `tinyrlhf label` does before serving: check the arguments, bind the port, load the models,
-    queue the items, print the links. Returns (app, listening socket, store)."""
+    """Everything `tinyrlhf label` does before serving: check the arguments, the database (read-only), the
+    labellers, bind the port, load the models, sample and check the items; only then create or open the
+    database, queue the items and print the links. A refused command leaves no database and queues nothing.
+    Returns (app, listening socket, store)."""
     from ..serve.server import bind
     from .app import create_label_app
+    from .dbfile import check_file, existing_labellers
     from .sources import Models
     from .store import Store
 
     _no_overrides(args, "label")
     _check_label_args(args)
     names = [n.strip() for n in args.labellers.split(",") if n.strip()]
+    check_names(names)
+    check_file(args.db, must_exist=False, allow_empty=True)  # another program's file: refused, untouched
+    if not names and not existing_labellers(args.db):
+        raise TinyRLHFError("no labellers: pass --labellers alice,bob")
     sock = bind(args.host, args.port)  # a taken port is an error before any model loads
     try:
         models = Models(args.model) if args.model else None
+        if models is not None:
+            _check_context(models, args)
         items = _items(args, models)
-        store = Store(args.db, lease_s=args.lease)
+        if items is not None:
+            check_items(items)
+        store = Store(args.db, lease_s=args.lease)  # the first write to the database
     except BaseException:
         sock.close()
         raise
-    if args.double_share is not None:
-        store.set_meta("double_share", repr(args.double_share))
-    if items is not None:
-        held = store.count_items(args.batch)
-        if held:  # a restarted session must not queue its items twice
-            print(f"batch '{args.batch}' already holds {held} items: not adding more (name a new one with --batch)")
-        else:
-            store.add_items(items, args.batch)
-            print(f"queued {len(items)} {args.mode} items in batch '{args.batch}'")
-    tokens = store.add_labellers(names) if names else {}
-    if not store.labellers():
+    try:  # a failure from here on (a full disk) closes what is open; the CLI prints one line
+        if args.double_share is not None:
+            store.set_meta("double_share", repr(args.double_share))
+        if items is not None:
+            held = store.count_items(args.batch)
+            if held:  # a restarted session must not queue its items twice
+                print(f"batch '{args.batch}' already holds {held} items: not adding more (name a new one with --batch)")
+            else:
+                store.add_items(items, args.batch)
+                print(f"queued {len(items)} {args.mode} items in batch '{args.batch}'")
+        tokens = store.add_labellers(names) if names else store.add_labellers(store.labellers())
+        host, port = sock.getsockname()[:2]
+        shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+        print(f"{store.count_items()} items, {store.count_labels()} labels so far in {args.db}")
+        print("labeller links (send each person their own):")
+        for name, token in tokens.items():
+            print(f"  {name:12s} http://{shown}:{port}/?token={token}")
+        print(f"admin token: {store.admin_token()}  (GET /api/admin/progress with 'Authorization: Bearer TOKEN'; "
+              "never in a URL)")
+        print(f"export: tinyrlhf feedback export {args.db} --out DIR", flush=True)
+        app = create_label_app(store, args.mode, models=models, max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, seed=args.seed,
+                               arena_prompts=args.arena_prompts or None, arena_votes=args.arena_votes or None)
+    except BaseException:
         sock.close()
         store.close()
-        raise TinyRLHFError("no labellers: pass --labellers alice,bob")
-    if not tokens:
-        tokens = store.add_labellers(store.labellers())
-    host, port = sock.getsockname()[:2]
-    shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
-    print(f"{store.count_items()} items, {store.count_labels()} labels so far in {args.db}")
-    print("labeller links (send each person their own):")
-    for name, token in tokens.items():
-        print(f"  {name:12s} http://{shown}:{port}/?token={token}")
-    print(f"admin token: {store.admin_token()}  (GET /api/admin/progress with 'Authorization: Bearer TOKEN')")
-    print(f"export: tinyrlhf feedback export {args.db} --out DIR", flush=True)
-    app = create_label_app(store, args.mode, models=models, max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, seed=args.seed)
+        raise
     return app, sock, store
 
 

@@ -22,7 +22,8 @@ from itertools import combinations
 
 import numpy as np
 
-from ..data.records import record_from_dict, write_records
+from ..data.records import record_from_dict, record_to_dict
+from ..diskio import disk_errors, fsync_dir, make_dirs
 from ..errors import DataError, TinyRLHFError
 from .store import Store
 
@@ -63,15 +64,20 @@ def _records(label: dict) -> list[tuple[str, dict]]:
                         "meta": {**meta, "model": outs[0]["model"]}})]
 
 
-def _matches(labels: list[dict]) -> tuple[list[tuple[str, str, float]], int]:
-    """Pairwise model comparisons (model_a, model_b, score_a) the labels imply, and how many were skipped
-    because both sides came from the same model. A tie and "both bad" count as a draw (Chatbot Arena)."""
-    out, same = [], 0
+_DRAWS = ("tie", "both_bad")
+
+
+def _matches(labels: list[dict]) -> tuple[list[tuple[str, str, float]], list[str], int]:
+    """Pairwise model comparisons (model_a, model_b, score_a) the labels imply, who judged each (the
+    clusters of the ratings' bootstrap), and how many were skipped because both sides came from the same
+    model. A tie and "both bad" count as a draw (Chatbot Arena); nothing else does (store.labels checked
+    every answer: an unknown choice never reaches here)."""
+    out, who, same = [], [], 0
     for lab in labels:
         models = [o["model"] for o in lab["outputs"]]
         res = _outcome(lab)
         if lab["kind"] == "pair":
-            games = [(models[0], models[1], {0: 1.0, 1: 0.0}.get(res, 0.5))]
+            games = [(models[0], models[1], 0.5 if res in _DRAWS else 1.0 - res)]
         elif lab["kind"] == "ranking":
             games = [(models[a], models[b], 1.0) for a, b in combinations(res, 2)]
         else:
@@ -81,7 +87,8 @@ def _matches(labels: list[dict]) -> tuple[list[tuple[str, str, float]], int]:
                 same += 1
             else:
                 out.append(g)
-    return out, same
+                who.append(lab["labeller"])
+    return out, who, same
 
 
 def _kappa(a: list, b: list) -> float | None:
@@ -131,22 +138,26 @@ def _latency(values: list[float]) -> dict:
             "p90_s": float(np.quantile(v, 0.9))}
 
 
-def ratings(matches: list[tuple[str, str, float]], seed: int = 0) -> dict:
-    """Elo and Bradley-Terry ratings with 95% bootstrap CIs (eval/ratings.py), or a note why there are none."""
+def ratings(matches: list[tuple[str, str, float]], labellers: list[str] | None = None, seed: int = 0) -> dict:
+    """Elo and Bradley-Terry ratings with 95% bootstrap CIs (eval/ratings.py), or a note why there are none.
+    `labellers` (who judged each match): the bootstrap resamples labellers as clusters, since one person's
+    votes share that person's taste; one prolific labeller then cannot make an interval look narrow."""
     from ..eval.ratings import bradley_terry_ratings, elo_ratings
 
     if len({m for a, b, _ in matches for m in (a, b)}) < 2:
         return {"note": "fewer than two models compared"}
+    kw = {"seed": seed, "clusters": labellers}
     try:
-        return {"matches": len(matches), "elo": elo_ratings(matches, seed=seed),
-                "bradley_terry": bradley_terry_ratings(matches, seed=seed)}
+        return {"matches": len(matches), "labellers": len(set(labellers)) if labellers else None,
+                "interval": "cluster bootstrap over labellers" if labellers else "bootstrap over matches",
+                "elo": elo_ratings(matches, **kw), "bradley_terry": bradley_terry_ratings(matches, **kw)}
     except ValueError as e:
         return {"matches": len(matches), "note": str(e)}
 
 
 def summarize(labels: list[dict], written: dict, skipped: int) -> dict:
     per_labeller = Counter(lab["labeller"] for lab in labels)
-    matches, same = _matches(labels)
+    matches, who, same = _matches(labels)
     thumbs = defaultdict(list)
     for lab in labels:
         if lab["kind"] == "binary":
@@ -165,7 +176,7 @@ def summarize(labels: list[dict], written: dict, skipped: int) -> dict:
         "latency": ({"all": _latency([lab["latency_s"] for lab in labels]),
                      "per_labeller": {k: _latency(v) for k, v in sorted(lat_by.items())}} if labels else {}),
         "thumbs_up_rate": {m: {"n": len(v), "up": float(np.mean(v))} for m, v in sorted(thumbs.items())},
-        "ratings": ratings(matches) if matches else {"note": "no pairwise comparisons between different models"},
+        "ratings": ratings(matches, who) if matches else {"note": "no pairwise comparisons between different models"},
         "same_model_comparisons": same,
     }
 
@@ -173,12 +184,19 @@ def summarize(labels: list[dict], written: dict, skipped: int) -> dict:
 def export_labels(db_path: str, out_dir: str, batch: str | None = None) -> dict:
     """Write pairs.jsonl / rankings.jsonl / binary.jsonl (the trainers' formats) and summary.json for the
     labels of `batch` (or all) in the store at db_path; return the summary. A record the trainers would
-    refuse (an empty output, chosen identical to rejected) is skipped and counted in `skipped_invalid`."""
-    if not os.path.isfile(db_path):
-        raise TinyRLHFError(f"{db_path}: no such feedback database")
+    refuse (an empty output, chosen identical to rejected) is skipped and counted in `skipped_invalid`.
+
+    The database is opened read-only after its schema is checked (a file that is not a feedback database
+    is refused unchanged); an unknown --batch, a labels row the store never wrote, or an --out that cannot
+    be written is one line (TinyRLHFError). The four files are written to temporary names and renamed only
+    when all of them are complete: a failed export leaves the files already in --out as they were."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise TinyRLHFError(f"--out '{out_dir}' is a file, not a directory")
-    with Store(db_path) as store:
+    with Store(db_path, readonly=True) as store:
+        if batch is not None and batch not in (known := store.batches()):
+            raise TinyRLHFError(f"--batch {batch!r}: no such batch in {db_path} (batches: "
+                                + (", ".join(repr(b) for b in known[:20]) + (", ..." if len(known) > 20 else "")
+                                   if known else "none yet") + ")")
         labels = store.labels(batch)
     files = {"pair": [], "ranking": [], "binary": []}
     skipped = 0
@@ -188,15 +206,31 @@ def export_labels(db_path: str, out_dir: str, batch: str | None = None) -> dict:
                 files[kind].append(record_from_dict(kind, rec))
             except DataError:
                 skipped += 1
-    os.makedirs(out_dir, exist_ok=True)
     names = {"pair": "pairs.jsonl", "ranking": "rankings.jsonl", "binary": "binary.jsonl"}
-    written = {names[k]: write_records(os.path.join(out_dir, names[k]), recs) for k, recs in files.items()}
+    written = {names[k]: len(recs) for k, recs in files.items()}
     summary = {"db": os.path.abspath(db_path), "batch": batch, **summarize(labels, written, skipped)}
-    tmp = os.path.join(out_dir, f"summary.json.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, os.path.join(out_dir, "summary.json"))
+    texts = {names[k]: "".join(json.dumps(record_to_dict(r), ensure_ascii=False) + "\n" for r in recs)
+             for k, recs in files.items()}
+    texts["summary.json"] = json.dumps(summary, indent=2, ensure_ascii=False)
+    _write_all(out_dir, texts)
     return summary
+
+
+def _write_all(out_dir: str, texts: dict[str, str]) -> None:
+    """Every file to a temporary name (fsync'ed), then all renamed; on a full or read-only disk the
+    temporary files go and one line (DiskError) says so."""
+    make_dirs(out_dir, "--out: cannot create")
+    tmps = {name: os.path.join(out_dir, f".{name}.tmp{os.getpid()}") for name in texts}
+    with disk_errors("could not write the export to", out_dir, cleanup=list(tmps.values()),
+                     after="the files already there are unchanged"):
+        for name, text in texts.items():
+            with open(tmps[name], "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        for name in texts:
+            os.replace(tmps[name], os.path.join(out_dir, name))
+        fsync_dir(out_dir)
 
 
 def format_summary(s: dict) -> str:
@@ -215,7 +249,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"latency: median {lat['median_s']:.1f} s, mean {lat['mean_s']:.1f} s, p90 {lat['p90_s']:.1f} s")
     r = s["ratings"]
     if "elo" in r:
-        lines.append(f"ratings from {r['matches']} comparisons (95% bootstrap CI):")
+        lines.append(f"ratings from {r['matches']} comparisons (95% CI, {r.get('interval', 'bootstrap')}"
+                     + (f", {r['labellers']} labellers" if r.get("labellers") else "") + "):")
         lines.append(f"  {'model':20s} {'Elo':>24s} {'Bradley-Terry':>24s}")
         for m in sorted(r["elo"], key=lambda m: -r["bradley_terry"][m]["rating"]):
             e, b = r["elo"][m], r["bradley_terry"][m]

@@ -24,55 +24,54 @@ may instead name its labellers ("labellers": [names]): it goes to exactly those 
 from __future__ import annotations
 
 import json
+import os
 import random
 import secrets
 import sqlite3
 import threading
 import time
 
-from ..errors import TinyRLHFError
-from .checks import MAX_COMMENT, StoreError, check_answer, check_items, doubled
+from .checks import (INT64, MAX_COMMENT, StoreError, shown, check_answer, check_items, check_label_row, check_names,
+                     doubled, valid_text)
+from .dbfile import SCHEMA, NotAFeedbackDB, check_file, connect_readonly
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
-  id INTEGER PRIMARY KEY, batch TEXT NOT NULL, kind TEXT NOT NULL, prompt TEXT NOT NULL,
-  outputs TEXT NOT NULL, needed INTEGER NOT NULL, created REAL NOT NULL, closed INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS items_batch ON items(batch);
-CREATE INDEX IF NOT EXISTS items_open ON items(closed, id);
-CREATE TABLE IF NOT EXISTS labellers (name TEXT PRIMARY KEY, token TEXT NOT NULL UNIQUE, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS assignments (
-  item_id INTEGER NOT NULL REFERENCES items(id), labeller TEXT NOT NULL REFERENCES labellers(name),
-  shown_order TEXT NOT NULL, assigned_at REAL NOT NULL, shown_at REAL NOT NULL, pinned INTEGER NOT NULL,
-  PRIMARY KEY (item_id, labeller));
-CREATE TABLE IF NOT EXISTS labels (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, submit_id TEXT NOT NULL UNIQUE,
-  item_id INTEGER NOT NULL REFERENCES items(id), labeller TEXT NOT NULL, batch TEXT NOT NULL, kind TEXT NOT NULL,
-  prompt TEXT NOT NULL, outputs TEXT NOT NULL, shown_order TEXT NOT NULL, answer TEXT NOT NULL,
-  comment TEXT NOT NULL, latency_s REAL NOT NULL, created REAL NOT NULL,
-  UNIQUE (item_id, labeller));
-CREATE INDEX IF NOT EXISTS labels_batch ON labels(batch);
-CREATE TRIGGER IF NOT EXISTS labels_no_update BEFORE UPDATE ON labels
-  BEGIN SELECT RAISE(ABORT, 'labels are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS labels_no_delete BEFORE DELETE ON labels
-  BEGIN SELECT RAISE(ABORT, 'labels are append-only'); END;
-"""
+_UNWRITABLE = {"full": ("the disk is full: free some space", 507), "readonly": ("the database is read-only", 503),
+               "disk I/O": ("the disk failed to write", 503), "locked": ("the database stayed locked for 30 s", 503)}
+
+
+def _unwritable(path: str, e: sqlite3.OperationalError) -> Exception:
+    """A write SQLite refused for want of a disk (full, read-only, I/O error, locked): a StoreError (the
+    app answers its status; the CLI prints one line) saying nothing was stored; anything else as it was."""
+    for key, (what, status) in _UNWRITABLE.items():
+        if key in str(e):
+            return StoreError(f"{path}: {what} (SQLite: {e}); nothing was stored", status)
+    return e
 
 
 class Store:
     """One SQLite feedback database. Thread-safe: one connection, each transaction under a lock (the app
     serves requests from a thread pool); other processes (the loop) may open the same file at the same time."""
 
-    def __init__(self, path: str, *, lease_s: float = 600.0):
+    def __init__(self, path: str, *, lease_s: float = 600.0, readonly: bool = False):
+        """Open (or create) the database at `path`. A file that is not a feedback database is refused first,
+        through a read-only look, and stays as it was (dbfile.check_file). `readonly`: the file must exist
+        and hold the whole schema; it is opened read-only and never written (what `feedback export` does)."""
         self.path, self.lease_s = path, lease_s
+        check_file(path, must_exist=readonly, allow_empty=not readonly)
+        new = not os.path.exists(path)
         try:
-            self._db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise TinyRLHFError(f"{path}: not a usable feedback database ({e})") from None
+            if readonly:
+                self._db = connect_readonly(path)
+            else:
+                self._db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._db.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            if new or isinstance(_unwritable(path, e), StoreError):  # a read-only or full directory
+                raise StoreError(f"{path}: cannot create or open the feedback database there ({e})") from None
+            raise NotAFeedbackDB(f"{path}: not a usable feedback database ({e})") from None
         self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- plumbing
@@ -87,10 +86,13 @@ class Store:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     out = fn(self._db)
+                    self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                        self._db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                raise _unwritable(self.path, e) from None
             finally:
                 if durable:
                     self._db.execute("PRAGMA synchronous=NORMAL")
@@ -174,9 +176,7 @@ class Store:
 
     def add_labellers(self, names: list[str]) -> dict[str, str]:
         """{name: token} for each name; a known name keeps its token (its link stays valid)."""
-        for n in names:
-            if not n or not all(c.isalnum() or c in "-_." for c in n) or len(n) > 64:
-                raise StoreError(f"labeller name {n!r}: use 1-64 letters, digits, '-', '_' or '.'")
+        check_names(names)
 
         def add(db):
             out = {}
@@ -247,15 +247,38 @@ class Store:
         return {"item_id": item["id"], "kind": item["kind"], "prompt": item["prompt"],
                 "outputs": [item["outputs"][i]["text"] for i in order]}
 
-    def add_own_item(self, labeller: str, item: dict, batch: str, rng: random.Random | None = None) -> dict:
+    _OWN = ("SELECT COUNT(*), COUNT(*) - COUNT(l.id) FROM assignments a JOIN items i ON i.id = a.item_id LEFT JOIN "
+            "labels l ON l.item_id = a.item_id AND l.labeller = a.labeller WHERE a.labeller = ? AND a.pinned "
+            "AND i.batch = ?")
+
+    def own_items(self, labeller: str, batch: str) -> tuple[int, int]:
+        """(items of `batch` queued for the labeller alone, those not yet answered): their arena prompts."""
+        return tuple(self._read(self._OWN, (labeller, batch))[0])
+
+    def check_own_quota(self, labeller: str, batch: str, max_items: int | None, db=None) -> None:
+        """StoreError unless the labeller may add an item of their own to `batch`: fewer than `max_items` exist
+        (429; None: no limit) and none of theirs is still unanswered (409). `db`: inside a transaction."""
+        made, unanswered = (self.own_items(labeller, batch) if db is None
+                            else db.execute(self._OWN, (labeller, batch)).fetchone())
+        if max_items is not None and made >= max_items:
+            raise StoreError(f"arena quota reached: {max_items} prompts per labeller in this session "
+                             "(tinyrlhf label --arena-prompts)", 429)
+        if unanswered:
+            raise StoreError("answer the arena item on your screen first (reload the page to see it)", 409)
+
+    def add_own_item(self, labeller: str, item: dict, batch: str, rng: random.Random | None = None,
+                     max_items: int | None = None) -> dict:
         """Arena: an item on the labeller's own prompt, queued for them alone (in the same transaction, so
-        nobody else can draw it) with its outputs shuffled; returns it as `next_item` does."""
+        nobody else can draw it) with its outputs shuffled; returns it as `next_item` does. Refused while
+        one of theirs is unanswered, or when they have `max_items` already (check_own_quota, checked again
+        inside the transaction: two requests at once cannot both pass)."""
         check_items([item], "item")
         order = list(range(len(item["outputs"])))
         (rng or random.Random()).shuffle(order)
         outs = [{"model": o["model"], "text": o["text"]} for o in item["outputs"]]
 
         def add(db):
+            self.check_own_quota(labeller, batch, max_items, db)
             now = time.time()
             cur = db.execute("INSERT INTO items (batch, kind, prompt, outputs, needed, created) VALUES "
                              "(?, ?, ?, ?, 1, ?)", (batch, item["kind"], item["prompt"],
@@ -267,16 +290,19 @@ class Store:
         return {"item_id": item_id, "kind": item["kind"], "prompt": item["prompt"],
                 "outputs": [outs[i]["text"] for i in order]}
 
-    def submit(self, labeller: str, item_id, submit_id, answer: dict, comment="") -> dict:
+    def submit(self, labeller: str, item_id, submit_id, answer: dict, comment="",
+               quota: tuple[str, int] | None = None) -> dict:
         """Store one label; returns {"label_id", "duplicate"}. The same submit_id again returns the label it
         stored (a double click counts once). StoreError (with an HTTP status) on anything wrong; then
-        nothing is stored."""
+        nothing is stored. quota=(batch, n): a labeller stores at most n labels in that batch (arena votes)."""
         if type(item_id) is not int:
-            raise StoreError(f"field 'item_id': expected an integer, got {json.dumps(item_id)}")
-        if not isinstance(submit_id, str) or not 8 <= len(submit_id) <= 100:
+            raise StoreError(f"field 'item_id': expected an integer, got {shown(item_id)}")
+        if not INT64[0] <= item_id <= INT64[1]:
+            raise StoreError(f"field 'item_id': {shown(item_id)} is out of range (an item id fits in 64 bits)")
+        if not isinstance(submit_id, str) or not 8 <= len(submit_id) <= 100 or not valid_text(submit_id):
             raise StoreError("field 'submit_id': expected a string of 8 to 100 characters (a fresh one per item)")
-        if not isinstance(comment, str):
-            raise StoreError("field 'comment': expected a string")
+        if not isinstance(comment, str) or not valid_text(comment):
+            raise StoreError("field 'comment': expected a string of valid Unicode")
         if len(comment) > MAX_COMMENT:
             raise StoreError(f"field 'comment': {len(comment)} characters, at most {MAX_COMMENT}", 413)
         if not isinstance(answer, dict):
@@ -299,6 +325,11 @@ class Store:
                 raise StoreError(f"you already labelled item {item_id}", 409)
             batch, kind, prompt, outputs = item
             canon = check_answer(kind, answer, len(json.loads(outputs)))
+            if quota is not None and batch == quota[0] and db.execute(
+                    "SELECT COUNT(*) FROM labels WHERE labeller = ? AND batch = ?", (labeller, batch)).fetchone()[0] \
+                    >= quota[1]:
+                raise StoreError(f"vote quota reached: {quota[1]} {batch} votes per labeller in this session "
+                                 "(tinyrlhf label --arena-votes)", 429)
             now = time.time()
             cur = db.execute(
                 "INSERT INTO labels (submit_id, item_id, labeller, batch, kind, prompt, outputs, shown_order, "
@@ -328,13 +359,13 @@ class Store:
                           f"answer, comment, latency_s, created FROM labels {where} ORDER BY id", args)
         keys = ("id", "submit_id", "item_id", "labeller", "batch", "kind", "prompt", "outputs", "shown_order",
                 "answer", "comment", "latency_s", "created")
-        out = []
-        for r in rows:
-            d = dict(zip(keys, r))
-            for k in ("outputs", "shown_order", "answer"):
-                d[k] = json.loads(d[k])
-            out.append(d)
-        return out
+        # every row is checked as the store wrote it: a row edited by hand (bad JSON, an answer that is none)
+        # is a StoreError naming it, never a traceback nor a label scored as something it is not
+        return [check_label_row(dict(zip(keys, r)), self.path) for r in rows]
+
+    def batches(self) -> list[str]:
+        """The batches that hold items or labels, sorted."""
+        return [r[0] for r in self._read("SELECT batch FROM items UNION SELECT batch FROM labels ORDER BY 1")]
 
     def progress(self) -> dict:
         """{labeller: {"labelled", "open"}} and the items still short of labels."""

@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from ..diskio import write_text
+from ..errors import DataError
 from ..eval.evaluate import EvalSettings, evaluate_model, write_result
 from ..eval.metrics import cluster_bootstrap_ci
 from ..eval.ratings import elo_ratings
@@ -45,8 +47,13 @@ def evaluate_round(spec, seed: int, r: int) -> dict:
         from ..tasks import get_task
         from ..train.rl import reward_source
         base = read_json(os.path.join(sft, EVAL_FILE))
-        with open(os.path.join(sft, EVAL_FILE.removesuffix(".json") + ".samples.jsonl")) as f:
-            sft_samples = [json.loads(line)["completion"] for line in f]
+        samples = os.path.join(sft, EVAL_FILE.removesuffix(".json") + ".samples.jsonl")
+        try:
+            with open(samples, encoding="utf-8") as f:
+                sft_samples = [json.loads(line)["completion"] for line in f]
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"not the samples of an evaluation (truncated or corrupt): delete it and "
+                            f"{os.path.join(sft, EVAL_FILE)}, then run the same command again", path=samples) from None
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         score, _ = reward_source(rm, get_task(spec.task), device, settings.precision, check_scale=False)
         result["rm_accuracy_fresh"] = rm_accuracy_on_samples(
@@ -149,8 +156,7 @@ def write_report(spec) -> dict:
     base = os.path.join(spec.out, f"report-{spec.cond}")
     report["plot"] = _plot(report, base + ".png") if per_round else None
     write_json(base + ".json", report)
-    with open(base + ".md", "w", encoding="utf-8") as f:
-        f.write(format_report(report))
+    write_text(base + ".md", format_report(report))
     return {**report, "files": [base + ".md", base + ".json", base + ".png"]}
 
 

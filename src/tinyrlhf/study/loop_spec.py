@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from .. import config as C
 from ..config import check_range
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError, TinyRLHFError
 from .spec import METHODS, CompareSpec, parse_spec, read_json, stage_config, write_json
 
 
@@ -111,6 +111,11 @@ def parse_loop(task: str, rounds: int, labels: str, method: str, seeds: int, out
         db = db or os.path.join(out, "feedback.db")
         if os.path.exists(db) and not os.path.isfile(db):
             raise ConfigError(f"--db '{db}' is not a file")
+        from ..feedback.dbfile import check_file
+        try:  # garbage or another program's database: refused now, untouched, before the data and SFT stages
+            check_file(db, must_exist=False, allow_empty=True)
+        except TinyRLHFError as e:
+            raise ConfigError(f"--db {e}") from None
     compare = parse_spec(task, method, seeds, out, cfg.labels_per_round, config_dir, cfg.eval_prompts,
                          [o for o in overrides if not o.startswith("loop.")], best_of="")
     spec = LoopSpec(task, rounds, labels, method, seeds, out, cfg, compare, db)
@@ -132,8 +137,13 @@ def write_spec(spec: LoopSpec) -> None:
                       **{f"compare.{k}": v for k, v in d["compare"].items()
                          if k in ("config_dir", "overrides", "global_overrides")}}
     if os.path.isfile(path):
+        hint = (f"it records the settings of the loop in {spec.out}; if those are the ones you run now, delete it "
+                "and run the same command again (finished rounds are reused), else use another --out")
+        old = read_json(path, hint)
+        if not (isinstance(old, dict) and isinstance(old.get("loop"), dict) and isinstance(old.get("compare"), dict)):
+            raise DataError(f"not a loop spec (no 'loop' and 'compare' objects): {hint}", path=path)
         # a loop setting added to tinyrlhf since the loop started counts as its default
-        before = {**{f"loop.{k}": v for k, v in asdict(LoopConfig()).items()}, **flat(read_json(path))}
+        before = {**{f"loop.{k}": v for k, v in asdict(LoopConfig()).items()}, **flat(old)}
         after = flat(now)
         diff = sorted(k for k in after if k.split(".")[-1] not in free and before.get(k) != after[k])
         if diff:

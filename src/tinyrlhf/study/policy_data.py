@@ -26,6 +26,7 @@ import statistics
 
 import torch
 
+from ..diskio import write_text
 from ..data.records import BinaryRecord, PairRecord, iter_jsonl, write_records
 from ..errors import ConfigError
 from ..tasks import get_task
@@ -112,9 +113,6 @@ def write_policy_data(model_dir: str, base_dir: str, out_dir: str, *, seed: int 
         "inter_annotator_measured": inter,
         "inter_annotator_expected": pool.expected_inter_agreement([c - r for c, r in nonzero]) if nonzero else None,
         "sample_gold_mean": statistics.fmean(g for *_, g in singles), "binary_threshold": threshold}}
-    tmp = os.path.join(out_dir, f"manifest.json.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, os.path.join(out_dir, "manifest.json"))
+    write_text(os.path.join(out_dir, "manifest.json"), json.dumps(info, indent=2, sort_keys=True) + "\n")
     return {**counts, "identical_samples": identical, "agreement": info["policy_data"]["agreement_measured"],
             "inter_annotator": inter, "coin_flips": (len(gaps) - len(nonzero)) / len(gaps)}

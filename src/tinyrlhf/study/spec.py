@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass
 
 from .. import config as C
-from ..errors import ConfigError
+from ..diskio import atomic_write
+from ..errors import ConfigError, DataError
 
 # method -> (config file name in --config-dir, config class, loop "module:function", extra overrides, needs an RM)
 METHODS = {
@@ -195,13 +196,21 @@ def method_of(run: str) -> str:
     return run.split("@", 1)[0]
 
 
-def read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+RECOVER = "delete it and run the same command again (the stage that wrote it redoes its work), or use another --out"
+
+
+def read_json(path: str, hint: str = RECOVER) -> dict:
+    """A JSON state file of a comparison or loop; a truncated or corrupt one is a DataError naming it and
+    saying how to recover (`hint`)."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"not valid JSON ({str(e).splitlines()[0][:80]}; truncated or corrupt): {hint}",
+                        path=path) from None
 
 
 def write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    """Written atomically (temp file, fsync, rename): a crash leaves the old file or the new one; a full
+    or read-only disk is a DiskError naming it."""
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2))

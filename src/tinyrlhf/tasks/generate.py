@@ -30,6 +30,7 @@ import os
 import random
 import statistics
 
+from ..diskio import DiskError, make_dirs, remove_quietly, write_text
 from ..data.records import BinaryRecord, PairRecord, RankingRecord, SFTRecord, write_records
 from ..errors import ConfigError
 from . import get_task, task_config_keys
@@ -126,7 +127,7 @@ def write_task_data(task_name: str, out_dir: str, seed: int = 0, **overrides) ->
 
     train = task.prompts("train", cfg.n_train_prompts, seed)
     evals = task.prompts("eval", cfg.n_eval_prompts, seed)
-    os.makedirs(out_dir, exist_ok=True)
+    make_dirs(out_dir)
     path = lambda name: os.path.join(out_dir, name)  # noqa: E731
 
     # 1. SFT: one imperfect demonstration per train prompt.
@@ -212,12 +213,23 @@ def write_task_data(task_name: str, out_dir: str, seed: int = 0, **overrides) ->
         eval_pairs.append(PairRecord(p, a, b, None, {"annotator": ann.id, "gold_chosen": ga,
                                                      "gold_rejected": gb}))
 
-    counts = {"sft": write_records(path("sft.jsonl"), sft),
-              "pairs": write_records(path("pairs.jsonl"), pairs),
-              "rankings": write_records(path("rankings.jsonl"), rankings),
-              "binary": write_records(path("binary.jsonl"), binary),
-              "eval_prompts": write_records(path("eval_prompts.jsonl"), eval_prompts),
-              "eval_pairs": write_records(path("eval_pairs.jsonl"), eval_pairs)}
+    # manifest.json is written last and marks complete data: an old one goes first (--force), and a failed
+    # write (a full disk) removes what this call wrote, so no directory ever mixes old and new files
+    remove_quietly(path("manifest.json"))
+    written = []
+
+    def put(name: str, write):
+        written.append(path(name))
+        try:
+            return write(path(name))
+        except DiskError as e:
+            for p in written:
+                remove_quietly(p)
+            raise DiskError(f"{e}; the data files written so far were removed") from None
+    counts = {key: put(name, lambda p, recs=recs: write_records(p, recs)) for key, name, recs in (
+        ("sft", "sft.jsonl", sft), ("pairs", "pairs.jsonl", pairs), ("rankings", "rankings.jsonl", rankings),
+        ("binary", "binary.jsonl", binary), ("eval_prompts", "eval_prompts.jsonl", eval_prompts),
+        ("eval_pairs", "eval_pairs.jsonl", eval_pairs))}
     cand_golds = [g for *_, ga, gb in drawn for g in (ga, gb)]
     gaps = [ga - gb for *_, ga, gb in drawn]
     manifest = {
@@ -241,10 +253,7 @@ def write_task_data(task_name: str, out_dir: str, seed: int = 0, **overrides) ->
                  "eval_reference_mean": _mean([gold(r.prompt, r.completion)
                                                for r in eval_prompts if r.completion])},
     }
-    tmp = path(f"manifest.json.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path("manifest.json"))
+    put("manifest.json", lambda p: write_text(p, json.dumps(manifest, indent=2, sort_keys=True) + "\n"))
     return {**counts, "agreement": agreement, "inter_annotator": inter,
             "coin_flips": manifest["annotators"]["zero_gap_share"], "demonstrations_gold": manifest["gold"]["sft_mean"],
             "heuristic": manifest["gold"]["heuristic"]}

@@ -25,21 +25,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..diskio import atomic_write, fsync_dir
 from ..errors import TinyRLHFError
 
 STATE, MANIFEST = "state.pt", "manifest.json"
 
 
 # ------------------------------------------------------------------ atomic files
-
-def fsync_dir(path: str):
-    """Make the directory entries (renames, new files) in `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def fsync_file(path: str):
     fd = os.open(path, os.O_RDONLY)
@@ -58,15 +50,10 @@ def fsync_tree(path: str):
 
 
 def write_atomic(path: str, text: str):
-    """Replace `path` with `text` so that a crash leaves either the old or the new file, never a mix."""
+    """Replace `path` with `text` so that a crash leaves either the old or the new file, never a mix; a
+    full or read-only disk is a DiskError naming the file (diskio.atomic_write), its temporary file removed."""
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(folder or ".")
+    atomic_write(path, lambda f: f.write(text), tmp=os.path.join(folder, f".{name}.tmp"))
 
 
 def sha256(path: str) -> str:
@@ -125,6 +112,16 @@ def save(root: str, state: dict, step: int, keep_written: bool = False):
     last, tmp, prev = (os.path.join(root, n) for n in ("last", "last.tmp", "prev"))
     if not keep_written:
         shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(root, tmp, state, step, keep_written)
+    except BaseException:  # a full disk (OSError, or torch's RuntimeError), a signal: last/ and prev/ stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _rotate(root, last, tmp, prev)
+
+
+def _write(root: str, tmp: str, state: dict, step: int, keep_written: bool):
+    """last.tmp/ complete: state.pt (and the shards already there), then the manifest, all fsync'ed."""
     os.makedirs(tmp, exist_ok=True)
     path = os.path.join(tmp, STATE)
     with open(path, "wb") as f:
@@ -146,7 +143,6 @@ def save(root: str, state: dict, step: int, keep_written: bool = False):
     manifest = {"format": 1, "step": step, "files": files}
     write_atomic(os.path.join(tmp, MANIFEST), json.dumps(manifest, indent=1))  # complete from here on
     fsync_dir(root)
-    _rotate(root, last, tmp, prev)
 
 
 def _rotate(root: str, last: str, tmp: str, prev: str):

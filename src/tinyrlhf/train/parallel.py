@@ -133,8 +133,10 @@ def save_final(run, model, tokenizer, merge_lora: bool, save_hf):
             base = unwrap(model)
             plain = type(base)(base.config)
             plain.load_state_dict(full)
-            save_hf(plain, tokenizer, run.final, merge_lora=merge_lora)
+            with run.disk_errors("could not write the final model in", run.final, cleanup=[run.final]):
+                save_hf(plain, tokenizer, run.final, merge_lora=merge_lora)
         dist.barrier()
         return
-    if run.writes:
-        save_hf(model, tokenizer, run.final, merge_lora=merge_lora)
+    if run.writes:  # a full disk: one line, the half-written staging directory removed, the checkpoint kept
+        with run.disk_errors("could not write the final model in", run.final, cleanup=[run.final]):
+            save_hf(model, tokenizer, run.final, merge_lora=merge_lora)

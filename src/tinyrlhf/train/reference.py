@@ -15,6 +15,7 @@ import torch
 
 from .. import dist
 from ..data.collate import pad_groups
+from ..diskio import disk_errors
 from ..logprobs import grouped_token_logps, scored_tokens
 from ..loading import unwrap
 from .engine import autocast
@@ -116,8 +117,9 @@ def reference_logps(model, groups, pad_id: int, device, precision: str, cache_di
         sums, counts = torch.cat([s for s, _ in shares], 1), torch.cat([c for _, c in shares], 1)
         if not dist.is_main():
             return sums, counts
-    os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save({"sums": sums, "counts": counts}, tmp)
-    os.replace(tmp, path)
+    with disk_errors("could not write the reference cache", path, cleanup=[tmp]):
+        os.makedirs(cache_dir, exist_ok=True)
+        torch.save({"sums": sums, "counts": counts}, tmp)
+        os.replace(tmp, path)
     return sums, counts

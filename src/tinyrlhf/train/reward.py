@@ -126,7 +126,8 @@ def run_reward(cfg: RewardConfig) -> dict:
     if summary["finished"] and run.writes:  # rank 0 of a torchrun job normalises and saves
         summary.update(normalise(rm, tokenizer, cfg, pairs, device))
         summary.update(evaluate())  # accuracy is unchanged by a positive gain; reported after it anyway
-        save_reward_model(rm, tokenizer, run.final)
+        with run.disk_errors("could not write the final model in", run.final, cleanup=[run.final]):
+            save_reward_model(rm, tokenizer, run.final)
     summary.update(**data_metrics, **stats.as_metrics(), wall_seconds=time.time() - t_start,
                    device=str(device))
     run.write_summary(summary)

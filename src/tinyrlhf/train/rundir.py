@@ -26,14 +26,11 @@ import torch
 import yaml
 
 from ..config import config_to_dict
+from ..diskio import disk_errors
 from ..loading import STAGING
-from ..errors import ConfigError, DataError, TinyRLHFError
+from ..errors import ConfigError, DataError
 from . import checkpoint as ckpt
-
-try:  # POSIX; elsewhere runs are not locked
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
+from .runlock import RunInUse, acquire, release  # noqa: F401 (RunInUse: re-exported)
 
 HARMLESS = ("out_dir", "train.threads", "train.progress", "train.stop_after", "train.resume", "train.force_new",
             "train.device", "train.save_every", "train.save_minutes", "train.log_every", "train.eval_every",
@@ -57,48 +54,6 @@ def stage_name(cfg) -> str:
     if name == "GroupConfig":
         return cfg.algo
     return STAGES.get(name, name)
-
-
-class RunInUse(TinyRLHFError):
-    """Another live process holds the run directory's lock."""
-
-
-_HELD: dict[str, list] = {}  # realpath -> [fd, users]: one lock per directory per process
-
-
-def _acquire(path: str) -> str:
-    """flock `path/.lock` (the kernel drops it when the holder dies: never a stale lock) and write our pid.
-    Within one process a second RunDir on the same directory shares the lock (one user action)."""
-    key = os.path.realpath(path)
-    if key in _HELD:
-        _HELD[key][1] += 1
-        return key
-    if fcntl is None:  # pragma: no cover
-        _HELD[key] = [None, 1]
-        return key
-    fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise RunInUse(f"run directory '{path}' is in use by pid {pid} (another tinyrlhf process): wait for "
-                       "it to finish, stop it, or choose another out_dir") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _HELD[key] = [fd, 1]
-    return key
-
-
-def _release(key: str):
-    held = _HELD.get(key)
-    if held is None:
-        return
-    held[1] -= 1
-    if held[1] == 0:
-        del _HELD[key]
-        if held[0] is not None:
-            os.close(held[0])  # closing the descriptor drops the flock
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -183,8 +138,8 @@ class RunDir:
             os.makedirs(path, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"out_dir '{path}': cannot create it ({e.strerror})") from None
-        self._key = _acquire(path)
-        self._finalizer = weakref.finalize(self, _release, self._key)
+        self._key = acquire(path)
+        self._finalizer = weakref.finalize(self, release, self._key)
         try:
             if force_new and self._has_run_files():
                 self._move_aside()
@@ -218,8 +173,8 @@ class RunDir:
             raise ConfigError(f"--force-new: cannot move '{self.path}' to '{old}' ({e.strerror})") from None
         os.makedirs(self.path)
         self._finalizer()
-        self._key = _acquire(self.path)
-        self._finalizer = weakref.finalize(self, _release, self._key)
+        self._key = acquire(self.path)
+        self._finalizer = weakref.finalize(self, release, self._key)
         print(f"--force-new: moved the existing run '{self.path}' to '{old}'")
 
     def _check_identity(self, resume: bool):
@@ -286,8 +241,9 @@ class RunDir:
     # ------------------------------------------------------------ metrics
 
     def log(self, metrics: dict):
-        with open(self.metrics_file, "a", encoding="utf-8") as f:
-            f.write(json.dumps({k: _plain(v) for k, v in metrics.items()}) + "\n")
+        with self.disk_errors("could not append a row to", self.metrics_file):
+            with open(self.metrics_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps({k: _plain(v) for k, v in metrics.items()}) + "\n")
 
     def read_metrics(self) -> list[dict]:
         """The rows of metrics.jsonl. A last line without its newline (a kill during the append) is
@@ -329,15 +285,17 @@ class RunDir:
         """Write summary.json. With finished=true, first publish the final model the loop wrote to
         `self.final` as final/ (fsync'ed, one rename), so finished=true never points at a partial model."""
         if summary.get("finished") and os.path.isdir(self.final):
-            ckpt.fsync_tree(self.final)
-            old = self.final_dir + ".old"
-            if os.path.isdir(self.final_dir):
+            with self.disk_errors("could not publish the final model", self.final_dir):
+                ckpt.fsync_tree(self.final)
+                old = self.final_dir + ".old"
+                if os.path.isdir(self.final_dir):
+                    shutil.rmtree(old, ignore_errors=True)
+                    os.replace(self.final_dir, old)
+                os.replace(self.final, self.final_dir)
+                ckpt.fsync_dir(self.path)
                 shutil.rmtree(old, ignore_errors=True)
-                os.replace(self.final_dir, old)
-            os.replace(self.final, self.final_dir)
-            ckpt.fsync_dir(self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        ckpt.write_atomic(self.summary_file, json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2))
+        with self.disk_errors("could not write", self.summary_file):
+            ckpt.write_atomic(self.summary_file, json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2))
         if summary.get("finished"):
             _ACTIVE[:] = [r for r in _ACTIVE if r() is not None and r() is not self]
 
@@ -345,15 +303,18 @@ class RunDir:
 
     def save_checkpoint(self, modules: dict, optimizer, scheduler, step: int, extra: dict | None = None):
         """Model(s) + optimizer + scheduler + RNG states + `extra` loop state (checkpoint.save)."""
-        if os.path.isfile(self.metrics_file):  # the rows up to this step survive a crash with it
-            ckpt.fsync_file(self.metrics_file)
-        try:
+        with self.disk_errors(f"could not write the checkpoint of step {step} in", self.checkpoints):
+            if os.path.isfile(self.metrics_file):  # the rows up to this step survive a crash with it
+                ckpt.fsync_file(self.metrics_file)
             ckpt.save(self.checkpoints, ckpt.collect_state(modules, optimizer, scheduler, step, extra), step)
-        except OSError as e:
-            kept = f"the checkpoint of step {self.checkpoint_step} is kept" if self.checkpoint_step is not None \
-                else "no earlier checkpoint exists"
-            raise TinyRLHFError(f"could not write a checkpoint in {self.checkpoints} ({e.strerror}); {kept}") from None
         self.checkpoint_step = step
+
+    def disk_errors(self, what: str, path: str, cleanup=()):
+        """diskio.disk_errors with what a re-run resumes from: a full disk during a checkpoint, the final
+        save or a metrics row is one line (DiskError), its temporary files removed, the last checkpoint kept."""
+        kept = (f"the checkpoint of step {self.checkpoint_step} is kept: the same command resumes from it"
+                if self.checkpoint_step is not None else "no checkpoint was written yet: the same command starts over")
+        return disk_errors(what, path, cleanup=cleanup, after=kept)
 
     def load_checkpoint(self, modules: dict, optimizer, scheduler) -> tuple[int, dict] | None:
         """Restore the newest intact checkpoint (falling back to the previous one, with a message)."""
@@ -407,6 +368,7 @@ class RunView:
         pass
 
     diverged_message = RunDir.diverged_message
+    disk_errors = RunDir.disk_errors
 
 
 def _plain(v):

@@ -137,7 +137,8 @@ def run_sft(cfg: SFTConfig) -> dict:
     if summary["finished"] and task is not None and cfg.eval.n_prompts > 0 and cfg.learnability_k:
         summary.update(learnability_report(model, tokenizer, task, cfg, device))
     if summary["finished"]:
-        # SFT's final/ is the base of every later stage
-        save_final(run, model, tokenizer, merge_lora=True, save_hf=save_hf)
+        # SFT's final/ is the base of every later stage: plain weights, or with LoRA and lora.merge=false an
+        # adapter directory naming its base (every stage's model.path, eval, serve and export load it)
+        save_final(run, model, tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled, save_hf=save_hf)
     run.write_summary(summary)
     return summary
