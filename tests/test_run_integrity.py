@@ -17,6 +17,17 @@ from tinyrlhf.train.rundir import RunInUse
 from tinyrlhf.train.sft import run_sft
 
 
+@pytest.fixture(autouse=True)
+def sigint_deliverable():
+    """A suite started in the background by a non-interactive shell (`cmd &`) inherits SIGINT *ignored*, and the
+    guard rightly leaves an ignored signal ignored (train/guard.py); these tests send SIGINT themselves, so
+    Python's default handler is restored for each test's duration, however pytest was started."""
+    old = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     return H.integrity_env(tmp_path_factory)
