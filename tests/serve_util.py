@@ -76,9 +76,9 @@ def running(app, timeout: float = 30.0):
     """Serve `app` with uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL."""
     import uvicorn
 
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    from tinyrlhf.serve.server import bind
+
+    sock = bind("127.0.0.1", 0)  # as `tinyrlhf serve` binds (TCP_NODELAY included)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -12,6 +12,10 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted connections inherit TCP_NODELAY, which asyncio does not set on them: without it a response's
+    # body segment waits for the ACK of its header segment, which the client delays ~40 ms (Nagle + delayed
+    # ACK): measured on loopback, /health took 44 ms instead of 0.2 ms, and stream chunks were held as long
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
