@@ -96,14 +96,15 @@ def running(app, timeout: float = 30.0):
         sock.close()
 
 
-def make_app(paths: dict, **engine):
-    """The real app over models loaded from `paths` (name -> dir), with EngineConfig overrides."""
+def make_app(paths: dict, http=None, **engine):
+    """The real app over models loaded from `paths` (name -> dir), with EngineConfig overrides and an optional
+    HTTPConfig (default: 1 MiB bodies)."""
     from tinyrlhf.serve.app import create_app
     from tinyrlhf.serve.config import EngineConfig
     from tinyrlhf.serve.loader import load_served_model
 
     models = [load_served_model(name, path, engine.get("quantize", "none")) for name, path in paths.items()]
-    return create_app(models, EngineConfig(**engine))
+    return create_app(models, EngineConfig(**engine), http)
 
 
 def wait_until(cond, timeout: float = 20.0, every: float = 0.02):

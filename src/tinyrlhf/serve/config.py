@@ -37,6 +37,12 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class HTTPConfig:
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted (bytes); a larger one is answered 413 without being read."""
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     models: tuple[ModelSpec, ...]
     """What to serve; the first one is the chat page's default."""
@@ -46,6 +52,8 @@ class ServeConfig:
     """TCP port (0 = any free port)."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Batching, queue, timeout and quantisation, the same for every model."""
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    """Limits on what a request may send."""
 
 
 def parse_model_specs(args: list[str]) -> tuple[ModelSpec, ...]:

@@ -47,7 +47,7 @@ def build(cfg: ServeConfig, log=print):
         log(f"model {m.name}: {spec.path} ({m.quantize}, {m.weight_bytes / 2**20:.1f} MiB of weights, "
             f"context {m.context})")
         models.append(m)
-    return create_app(models, cfg.engine), models
+    return create_app(models, cfg.engine, cfg.http), models
 
 
 def serve(cfg: ServeConfig, log=print) -> int:
