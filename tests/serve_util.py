@@ -98,7 +98,7 @@ def running(app, timeout: float = 30.0):
 
 def make_app(paths: dict, http=None, **engine):
     """The real app over models loaded from `paths` (name -> dir), with EngineConfig overrides and an optional
-    HTTPConfig (default: 1 MiB bodies)."""
+    HTTPConfig (default: 1 MiB bodies, no key, no CORS, Host check on, as `tinyrlhf serve` on 127.0.0.1)."""
     from tinyrlhf.serve.app import create_app
     from tinyrlhf.serve.config import EngineConfig
     from tinyrlhf.serve.loader import load_served_model

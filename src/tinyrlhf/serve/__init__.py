@@ -12,6 +12,7 @@
     body.py       request body -> JSON document: content type, size limit, strict JSON, depth, surrogates
     validate.py   JSON document -> tokenised request for the engine: types, ranges and bounds (worker thread)
     metrics.py    Prometheus metrics
+    access.py     Host check (DNS rebinding), API key, CORS, Content-Security-Policy and nosniff
     app.py        FastAPI routes, SSE streaming, the chat page (static/)
     server.py     load everything and run uvicorn
 

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import body as B
 from . import protocol as P
+from .access import protect
 from . import validate as V
 from .config import EngineConfig, HTTPConfig
 from .engine import Engine, QueueFull
@@ -67,6 +68,7 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig, http: HTTPConfig | 
     app = FastAPI(title="tinyrlhf serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engines, app.state.metrics, app.state.models = engines, metrics, served
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    protect(app, http.api_key, http.cors_origins, http.check_host)  # access.py: Host, CORS, key, page headers
 
     endpoints = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
