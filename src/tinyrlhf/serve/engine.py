@@ -7,12 +7,12 @@ new text, and drops rows that finished (EOS, stop string, max_tokens), were canc
 away) or ran out of time, (4) runs one forward pass for the rows left. A request therefore starts at the
 next step instead of waiting for a whole batch to finish, and leaves the moment it is done.
 
-Sampling (sampling.py) reuses the rollout engine's inverse-CDF sampler (`rollout.sample_token`) with one uniform
-per row per step drawn from that sequence's own generator, seeded from (request seed, choice index): the same seed gives
-the same text whatever else shares the batch (fp32 and bf16, up to float rounding of different batch
-shapes; not int8, whose activation scale is taken over the batch: see quantize.py). Forwards run in this thread
-(torch releases the GIL), so the asyncio event loop keeps serving HTTP; results go back with
-`loop.call_soon_threadsafe`.
+Sampling (sampling.py) reuses the rollout engine's inverse-CDF sampler (`rollout.sample_token`) with one
+uniform per row per step drawn from that sequence's own generator, seeded from (request seed, choice index):
+the same seed gives the same text whatever else shares the batch (fp32 and bf16, up to float rounding of
+different batch shapes; not int8, whose activation scale is taken over the batch: see quantize.py). Forwards
+run in this thread (torch releases the GIL), so the asyncio event loop keeps serving HTTP; results go back
+with `loop.call_soon_threadsafe`.
 
 One request's failure is its own (batch isolation): a row that cannot be sampled (non-finite logits, see
 sampling.py) or whose text processing raises fails its request with a 500 and leaves the batch at once;
