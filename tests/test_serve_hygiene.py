@@ -3,6 +3,7 @@ is accepted (415), a body over --max-body-bytes is refused (413) whether it anno
 and a 1 MB prompt is read and tokenised off the event loop, so /health answers within 100 ms meanwhile."""
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -85,6 +86,19 @@ def test_body_at_the_limit_is_served_one_byte_more_is_413(small):
             yield body[i:i + 1000]
     _error(httpx.post(small + X, content=chunks(), headers=json_ct, timeout=60), 413, "body_too_large")
     assert httpx.post(small + C, content=OK, headers=json_ct, timeout=60).status_code == 200
+
+
+def test_client_gone_mid_body_is_not_an_internal_error(small):
+    """A client that sends half its announced body and closes: counted as a 400 (incomplete body), not a 500."""
+    host, port = small.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000\r\n\r\n" + OK[:20])
+    deadline = time.monotonic() + 20
+    while 'status="400"' not in (metrics := httpx.get(small + "/metrics").text) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 'endpoint="completions",model="(unknown)",status="400"' in metrics
+    assert 'status="500"' not in metrics
 
 
 def test_health_answers_within_100ms_while_a_1mb_prompt_is_tokenised(model_dir):

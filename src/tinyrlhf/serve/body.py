@@ -22,6 +22,7 @@ import math
 import re
 
 import numpy as np
+from starlette.requests import ClientDisconnect
 
 from .protocol import APIError
 
@@ -46,11 +47,15 @@ async def read(request, max_bytes: int) -> bytes:
     if length is not None and (not length.isdigit() or int(length) > max_bytes):
         raise _too_large(max_bytes)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(max_bytes)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_large(max_bytes)
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone mid-body: nobody reads the answer, but it is a 4xx, not an internal error
+        raise APIError(400, "the client closed the connection before the whole body arrived",
+                       code="incomplete_body") from None
     return b"".join(chunks)
 
 
