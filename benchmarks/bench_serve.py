@@ -1,7 +1,7 @@
 """`tinyrlhf serve` against the naive server most HF-based demos run, in one run, on loopback only.
 
     .venv/bin/python benchmarks/bench_serve.py [--quick] [--clients 32] [--requests 10] [--max-tokens 32]
-                                               [--sft RUN_OR_MODEL] [--threads N]
+                                               [--sft RUN_OR_MODEL] [--threads N] [--malformed 0.1]
 
 1. Throughput and latency. A random-init gpt2-small (the 124M shape; its BPE tokenizer trained on the
    family_tree text) behind (a) BASELINE: a small FastAPI app in this file that runs one `model.generate`
@@ -11,6 +11,12 @@
    max_tokens, T=1, a seed per request, EOS ignored so that every request generates exactly max_tokens.
    Reported: generated tokens/s over the whole load, p50/p95 latency and time to first token, errors,
    the server's peak RSS, and ours / baseline ratios (target: >= 4x tokens/s, p50 latency no worse).
+   `--malformed F`: that share of OUR load's requests (evenly spread) is malformed instead, one kind after
+   another (text/plain, lone surrogates, JSON nested 100k deep, a 5,000-digit seed, NaN, a body over 1 MiB,
+   a wrong type, an unknown model); the table's errors then count the well-formed requests only, and a
+   line says how the malformed ones were answered (target: 4xx, never 5xx, no well-formed error). The
+   baseline gets none: it checks nothing, and a NaN temperature kills its generate() thread while it
+   holds the lock, so it hangs every request after it (seen in a run).
 2. Quantisation. `tinyrlhf serve --quantize none|int8|bf16`, each serving the gpt2-small above (tokens/s,
    p50 latency under a lighter load, peak RSS, weight MiB) and a TRAINED family_tree SFT model (`--sft`;
    trained here with configs/family_tree/sft.yaml if not given, ~3 min): its gold reward on 200
@@ -175,12 +181,43 @@ async def _one(client, url, body) -> dict:
     return {"latency": time.perf_counter() - t0, "ttft": ttft, "tokens": tokens}
 
 
-async def _load(url: str, model: str, prompts: list[str], clients: int, requests: int, max_tokens: int) -> dict:
+def malformed_requests(model: str) -> list[tuple[bytes, dict]]:
+    """(raw body, headers) of malformed /v1/completions requests, one of each kind."""
+    j, m = {"content-type": "application/json"}, json.dumps(model).encode()
+    return [(b'{"model": %s, "prompt": "hi", "max_tokens": 4}' % m, {"content-type": "text/plain"}),
+            (b'{"model": %s, "prompt": "\\ud800", "max_tokens": 4}' % m, j),
+            (b'{"model": %s, "prompt": ' % m + b"[" * 100_000 + b"]" * 100_000 + b"}", j),
+            (b'{"model": %s, "prompt": "hi", "seed": %s}' % (m, b"7" * 5000), j),
+            (b'{"model": %s, "prompt": "hi", "temperature": NaN}' % m, j),
+            (b'{"model": %s, "prompt": "%s"}' % (m, b"x" * (1 << 20)), j),
+            (b'{"model": %s, "prompt": "hi", "max_tokens": "4"}' % m, j),
+            (b'{"model": "no-such-model", "prompt": "hi"}', j)]
+
+
+def is_malformed(k: int, frac: float) -> bool:
+    """Request k of a run is malformed: exactly floor(N * frac) of N requests, evenly spread."""
+    return int((k + 1) * frac) > int(k * frac)
+
+
+async def _bad(client, url, body: bytes, headers: dict) -> dict:
+    try:
+        r = await client.post(url + "/v1/completions", content=body, headers=headers)
+        return {"malformed": r.status_code}
+    except Exception as e:  # a dropped connection is neither a 4xx nor a 5xx
+        return {"malformed": f"{e.__class__.__name__}"}
+
+
+async def _load(url: str, model: str, prompts: list[str], clients: int, requests: int, max_tokens: int,
+                malformed: float = 0.0) -> dict:
     import httpx
-    results = []
+    results, bad = [], malformed_requests(model)
 
     async def client_loop(c, client):
         for r in range(requests):
+            k = c * requests + r
+            if malformed and is_malformed(k, malformed):
+                results.append(await _bad(client, url, *bad[int(k * malformed) % len(bad)]))
+                continue
             # logprobs=0: ours then sends a chunk for every token, even one whose text is held back (a random
             # model's byte tokens are often incomplete UTF-8), so time-to-first-token means the same for both
             body = {"model": model, "prompt": prompts[(c + r) % len(prompts)], "max_tokens": max_tokens,
@@ -193,6 +230,8 @@ async def _load(url: str, model: str, prompts: list[str], clients: int, requests
         t0 = time.perf_counter()
         await asyncio.gather(*(client_loop(c, client) for c in range(clients)))
         wall = time.perf_counter() - t0
+    answers = [r["malformed"] for r in results if "malformed" in r]
+    results = [r for r in results if "malformed" not in r]
     ok = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]
     lat, ttft = sorted(r["latency"] for r in ok), sorted(r["ttft"] for r in ok if r["ttft"] is not None)
@@ -202,7 +241,10 @@ async def _load(url: str, model: str, prompts: list[str], clients: int, requests
     return {"requests": len(results), "errors": len(errors), "first_error": errors[0] if errors else "",
             "tokens": sum(r["tokens"] for r in ok), "wall_s": wall,
             "tokens_per_s": sum(r["tokens"] for r in ok) / wall,
-            "p50": pct(lat, 0.5), "p95": pct(lat, 0.95), "ttft_p50": pct(ttft, 0.5), "ttft_p95": pct(ttft, 0.95)}
+            "p50": pct(lat, 0.5), "p95": pct(lat, 0.95), "ttft_p50": pct(ttft, 0.5), "ttft_p95": pct(ttft, 0.95),
+            "malformed": len(answers), "malformed_4xx": sum(isinstance(a, int) and 400 <= a < 500 for a in answers),
+            "malformed_5xx": sum(isinstance(a, int) and a >= 500 for a in answers),
+            "malformed_statuses": sorted({str(a) for a in answers})}
 
 
 async def _gold(url: str, model: str, task, prompts: list[str], temperature: float, max_tokens: int) -> list[float]:
@@ -259,6 +301,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each server (0 = torch default)")
     ap.add_argument("--modes", default="none,int8,bf16", help="--quantize modes to compare (none is always run)")
     ap.add_argument("--workdir", default="")
+    ap.add_argument("--malformed", type=float, default=0.0, help="share of the load's requests sent malformed "
+                    "(e.g. 0.1); they are answered apart from the well-formed ones")
     ap.add_argument("--baseline-server", default="", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -309,8 +353,8 @@ def main(argv=None) -> int:
             srv.wait()
             idle = srv.rss_mib("VmRSS")
             if mode == "none":
-                results["ours"] = (asyncio.run(_load(srv.url, "small", prompts, clients, requests, max_tokens)),
-                                   (idle, srv.rss_mib()))
+                results["ours"] = (asyncio.run(_load(srv.url, "small", prompts, clients, requests, max_tokens,
+                                                     a.malformed)), (idle, srv.rss_mib()))
             speed = asyncio.run(_load(srv.url, "small", prompts, clients, light, max_tokens))
             gold = {t: asyncio.run(_gold(srv.url, "sft", task, gold_prompts, t, 24)) for t in (1.0, 0.0)}
             quant[mode] = (speed, (idle, srv.rss_mib()), srv.weight_mib("small"), gold)
@@ -328,6 +372,10 @@ def main(argv=None) -> int:
     for name, (r, _) in results.items():
         if r["errors"]:
             print(f"  {name}: first error: {r['first_error']}")
+        if r["malformed"]:
+            print(f"  {name}: {r['malformed']} malformed requests: {r['malformed_4xx']} answered 4xx, "
+                  f"{r['malformed_5xx']} 5xx (statuses {', '.join(r['malformed_statuses'])}); well-formed: "
+                  f"{r['errors']} errors in {r['requests']}")
 
     from tinyrlhf.eval.metrics import paired_bootstrap_ci
     print(f"\n2. quantisation: {preset} speed ({clients} clients x {light} requests), family_tree SFT gold on "
@@ -345,7 +393,8 @@ def main(argv=None) -> int:
               f"{cells[0]} {cells[1]}")
     print("(* = the CI excludes 0; RSS in MiB of the whole server process, which also serves the SFT model: idle = "
           "after loading, peak = the most it held, loading included; weights = MiB of gpt2-small's tensors)")
-    ok = o["errors"] == 0 and b["errors"] == 0 and all(q[0]["errors"] == 0 for q in quant.values())
+    ok = o["errors"] == 0 and b["errors"] == 0 and all(q[0]["errors"] == 0 for q in quant.values()) \
+        and o["malformed_5xx"] == 0  # the baseline answers some malformed requests 500: that is its own row
     return 0 if ok else 1
 
 

@@ -76,9 +76,9 @@ def running(app, timeout: float = 30.0):
     """Serve `app` with uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL."""
     import uvicorn
 
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    from tinyrlhf.serve.server import bind
+
+    sock = bind("127.0.0.1", 0)  # as `tinyrlhf serve` binds (TCP_NODELAY included)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -96,14 +96,15 @@ def running(app, timeout: float = 30.0):
         sock.close()
 
 
-def make_app(paths: dict, **engine):
-    """The real app over models loaded from `paths` (name -> dir), with EngineConfig overrides."""
+def make_app(paths: dict, http=None, **engine):
+    """The real app over models loaded from `paths` (name -> dir), with EngineConfig overrides and an optional
+    HTTPConfig (default: 1 MiB bodies, no key, no CORS, Host check on, as `tinyrlhf serve` on 127.0.0.1)."""
     from tinyrlhf.serve.app import create_app
     from tinyrlhf.serve.config import EngineConfig
     from tinyrlhf.serve.loader import load_served_model
 
     models = [load_served_model(name, path, engine.get("quantize", "none")) for name, path in paths.items()]
-    return create_app(models, EngineConfig(**engine))
+    return create_app(models, EngineConfig(**engine), http)
 
 
 def wait_until(cond, timeout: float = 20.0, every: float = 0.02):

@@ -210,7 +210,9 @@ def _add_loop_parser(sub):
 
 
 def _cmd_serve(args) -> int:
-    from .serve.config import EngineConfig, ServeConfig, parse_model_specs
+    import os
+
+    from .serve.config import EngineConfig, HTTPConfig, ServeConfig, parse_model_specs
     from .serve.server import serve
 
     if args.overrides:
@@ -218,8 +220,10 @@ def _cmd_serve(args) -> int:
                             "with --name NAME=PATH)")
     engine = EngineConfig(max_batch=args.max_batch, queue_size=args.queue_size, timeout_s=args.timeout,
                           quantize=args.quantize, threads=args.threads)
+    http = HTTPConfig(max_body_bytes=args.max_body_bytes, cors_origins=tuple(args.cors_origin),
+                      api_key=args.api_key or os.environ.get("TINYRLHF_API_KEY") or None)
     cfg = ServeConfig(models=parse_model_specs(args.models + args.name), host=args.host, port=args.port,
-                      engine=engine)
+                      engine=engine, http=http, no_auth=args.no_auth)
     return serve(cfg)
 
 
@@ -306,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=64, help="requests that may wait; more get 429 (default 64)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queue included (default 300)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: one per core)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes "
+                   "(default: $TINYRLHF_API_KEY; none)")
+    p.add_argument("--no-auth", action="store_true", help="allow a non-loopback --host without an API key")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN call the API (repeatable; default: no other origin)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body; larger ones get "
+                   "413 (default 1048576)")
     p.set_defaults(func=_cmd_serve, overrides=[])
     _add_feedback_parsers(sub)
     for name, what in (("sft", "supervised fine-tuning"), ("reward", "reward model (Bradley-Terry)"),

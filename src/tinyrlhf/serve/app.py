@@ -1,6 +1,8 @@
 """The ASGI app (FastAPI): OpenAI-compatible routes, Server-Sent Events, /health, /metrics and the chat page.
 
-Routes validate and tokenise on the event loop, hand the request to the model's `Engine`, and either
+Routes read the body on the event loop (body.py: content type, size), then check and tokenise it in a worker
+thread (body.decode, validate.py), so that a long prompt never stops /health or a stream; they hand the
+request to the model's `Engine`, and either
 collect its results (plain JSON) or forward them as they come (`stream: true`: SSE in OpenAI's chunk
 format, ended by `data: [DONE]`). A client that goes away cancels its request in the engine: for a
 stream, sse-starlette cancels the generator (its `finally` runs); for plain JSON, a task waits for
@@ -16,18 +18,21 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import body as B
 from . import protocol as P
-from .config import EngineConfig
+from .access import protect
+from . import validate as V
+from .config import EngineConfig, HTTPConfig
 from .engine import Engine, QueueFull
 from .engine import Request as EngineRequest
 from .loader import LoadedModel
 from .metrics import ServeMetrics
-from .templates import completion_prompts, encode, render_chat, template_name
+from .templates import template_name
 
 log = logging.getLogger("tinyrlhf.serve")
 STATIC = os.path.join(os.path.dirname(__file__), "static")
@@ -37,7 +42,15 @@ class ClientGone(Exception):
     """The client closed the connection before its answer was ready."""
 
 
-def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
+def error_response(e: P.APIError) -> Response:
+    """OpenAI's error object. ASCII-escaped JSON: a message quoting what the client sent can never fail to
+    encode (a lone surrogate made Starlette's UTF-8 JSONResponse raise: a 500 in place of a 4xx)."""
+    return Response(json.dumps(e.body(), ensure_ascii=True), status_code=e.status, headers=e.headers,
+                    media_type="application/json")
+
+
+def create_app(models: list[LoadedModel], cfg: EngineConfig, http: HTTPConfig | None = None) -> FastAPI:
+    http = http or HTTPConfig()
     metrics = ServeMetrics()
     served = {m.name: m for m in models}
     engines = {m.name: Engine(m.name, m.model, m.tokenizer, cfg, metrics) for m in models}
@@ -55,6 +68,7 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
     app = FastAPI(title="tinyrlhf serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engines, app.state.metrics, app.state.models = engines, metrics, served
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    protect(app, http.api_key, http.cors_origins, http.check_host)  # access.py: Host, CORS, key, page headers
 
     endpoints = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
@@ -63,18 +77,18 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
         if request.url.path in endpoints:  # rejected requests count too; an unknown model's name is not a label
             model = getattr(request.state, "model", "(unknown)")
             metrics.requests.labels(model, endpoints[request.url.path], str(e.status)).inc()
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+        return error_response(e)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
-        message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
-        return JSONResponse(P.APIError(e.status_code, message).body(), status_code=e.status_code)
+        message = f"no route {request.method} {request.url.path[:200]}" if e.status_code in (404, 405) \
+            else str(e.detail)
+        return error_response(P.APIError(e.status_code, message))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, e: Exception):
         log.exception("internal error on %s", request.url.path)
-        body = P.APIError(500, f"internal error: {e.__class__.__name__}", type_="server_error").body()
-        return JSONResponse(body, status_code=500)
+        return error_response(P.APIError(500, f"internal error: {e.__class__.__name__}", type_="server_error"))
 
     def model_card(m: LoadedModel) -> dict:
         return {"id": m.name, "object": "model", "created": created, "owned_by": "tinyrlhf",
@@ -82,18 +96,20 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
 
     def lookup(name: str, request: Request | None = None) -> LoadedModel:
         if name not in served:
-            raise P.APIError(404, f"the model '{name}' does not exist; served: {', '.join(served)}", param="model",
+            shown = name if len(name) <= 100 else name[:100] + "..."
+            raise P.APIError(404, f"the model '{shown}' does not exist; served: {', '.join(served)}", param="model",
                              code="model_not_found")
         if request is not None:
             request.state.model = name
         return served[name]
 
-    async def body_of(request: Request):
-        raw = await request.body()
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise P.APIError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+    async def prepare(request: Request, check) -> V.Prepared:
+        """Read the body here; decode, check and tokenise it in a worker thread (seconds for a long prompt)."""
+        raw = await B.read(request, http.max_body_bytes)
+
+        def work():
+            return check(B.decode(raw), lambda name: lookup(name, request), cfg.max_batch)
+        return await asyncio.to_thread(work)
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -117,11 +133,11 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
     async def get_model(name: str):
         return model_card(lookup(name))
 
-    async def run(request: Request, endpoint: str, m: LoadedModel, prompts, params, n, stream, include_usage,
-                  build):
+    async def run(request: Request, endpoint: str, prep: V.Prepared, build):
         """Submit to the engine, then answer as JSON or as an SSE stream; counts the request in /metrics."""
+        m = prep.model
         engine = engines[m.name]
-        ereq = EngineRequest(prompts, params, n, cfg.timeout_s, asyncio.get_running_loop())
+        ereq = EngineRequest(prep.prompts, prep.params, prep.n, cfg.timeout_s, asyncio.get_running_loop())
         try:
             engine.submit(ereq)
         except QueueFull as e:
@@ -138,8 +154,8 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
                 if ereq.first_token_at is not None:
                     metrics.ttft.labels(m.name).observe(ereq.first_token_at - ereq.arrival)
 
-        if stream:
-            events = build.stream(rid, m.name, created_at, ereq, include_usage)
+        if prep.stream:
+            events = build.stream(rid, m.name, created_at, ereq, prep.include_usage)
             return EventSourceResponse(_guarded(events, engine, ereq, done), ping=15)
         try:
             choices = await _collect(request, engine, ereq)
@@ -151,43 +167,13 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        req = P.parse(P.CompletionRequest, await body_of(request))
-        m = lookup(req.model, request)
-        if req.echo:
-            raise P.APIError(400, "'echo': not supported by this server", param="echo", code="unsupported")
-        if req.suffix:
-            raise P.APIError(400, "'suffix': not supported by this server", param="suffix", code="unsupported")
-        if req.logprobs is not None and not 0 <= req.logprobs <= 5:
-            P.bad_value("logprobs", f"must be between 0 and 5, got {req.logprobs}")
-        prompts = completion_prompts(m.tokenizer, req.prompt, len(m.tokenizer))
-        max_tokens = 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default for completions
-        P.check_lengths(prompts, max_tokens, m.context, "prompt")
-        params = P.sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs)
-        n = P.check_n(req, len(prompts), cfg.max_batch)
-        if req.best_of not in (None, n):
-            P.bad_value("best_of", "only best_of = n is supported")
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return await run(request, "completions", m, prompts, params, n, bool(req.stream), include_usage,
-                         _CompletionBuild(req.logprobs is not None, req.return_tokens_as_token_ids))
+        prep = await prepare(request, V.completion)
+        return await run(request, "completions", prep, _CompletionBuild(prep.logprobs, prep.as_ids))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        req = P.parse(P.ChatRequest, await body_of(request))
-        m = lookup(req.model, request)
-        prompts = [encode(m.tokenizer, render_chat(m.tokenizer, req.messages))]
-        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        P.check_lengths(prompts, max_tokens, m.context, "messages")
-        if max_tokens is None:  # OpenAI's default: as many as the context leaves
-            max_tokens = m.context - len(prompts[0])
-        if req.top_logprobs is not None and not 0 <= req.top_logprobs <= 20:
-            P.bad_value("top_logprobs", f"must be between 0 and 20, got {req.top_logprobs}")
-        if req.top_logprobs and not req.logprobs:
-            P.bad_value("top_logprobs", "needs logprobs: true")
-        params = P.sampling_params(req, max_tokens=max_tokens, logprobs=(req.top_logprobs or 0) if req.logprobs else None)
-        n = P.check_n(req, 1, cfg.max_batch)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return await run(request, "chat", m, prompts, params, n, bool(req.stream), include_usage,
-                         _ChatBuild(bool(req.logprobs), req.return_tokens_as_token_ids))
+        prep = await prepare(request, V.chat)
+        return await run(request, "chat", prep, _ChatBuild(prep.logprobs, prep.as_ids))
 
     return app
 

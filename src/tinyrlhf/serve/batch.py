@@ -92,11 +92,11 @@ class RunningBatch:
             idx = torch.tensor(expand, dtype=torch.long)
             cache.batch_select_indices(idx)
             mask, next_pos, logits = mask[idx], next_pos[idx], logits[idx]
+        new_layers = _layers(cache)  # checked before anything changes: a failed join leaves the batch as it was
         if not self.rows:
             self.cache, self.mask, self.next_pos, self.logits, self.rows = cache, mask, next_pos, logits, list(rows)
-            _layers(cache)
             return
-        for mine, new in zip(_layers(self.cache), _layers(cache)):
+        for mine, new in zip(_layers(self.cache), new_layers):
             mine.keys, mine.values = _pad_cat(mine.keys, new.keys), _pad_cat(mine.values, new.values)
         self.mask = _pad_cat_mask(self.mask, mask)
         self.next_pos = torch.cat([self.next_pos, next_pos])

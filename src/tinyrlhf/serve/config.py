@@ -4,6 +4,7 @@ Every check that a user can fail raises a ConfigError naming the option, so the 
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -37,6 +38,19 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class HTTPConfig:
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted (bytes); a larger one is answered 413 without being read."""
+    api_key: str | None = None
+    """When set, every /v1 route needs `Authorization: Bearer <api_key>` (401 otherwise)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins whose web pages may call the API from a browser (CORS); none by default."""
+    check_host: bool = True
+    """Answer 421 unless the Host header names this machine's loopback (localhost, 127.0.0.1, [::1]) and the
+    port the request came in on: a DNS-rebinding page cannot reach a loopback server. On for loopback binds."""
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     models: tuple[ModelSpec, ...]
     """What to serve; the first one is the chat page's default."""
@@ -46,6 +60,10 @@ class ServeConfig:
     """TCP port (0 = any free port)."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Batching, queue, timeout and quantisation, the same for every model."""
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    """Body limit, API key, CORS origins and the Host check."""
+    no_auth: bool = False
+    """Serve a non-loopback --host without an API key (refused otherwise)."""
 
 
 def parse_model_specs(args: list[str]) -> tuple[ModelSpec, ...]:
@@ -87,8 +105,40 @@ def check_engine(cfg: EngineConfig) -> EngineConfig:
     return cfg
 
 
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+
+
+def check_http(http: HTTPConfig) -> HTTPConfig:
+    if http.max_body_bytes < 1024:
+        raise ConfigError(f"--max-body-bytes must be >= 1024, got {http.max_body_bytes}")
+    if http.api_key is not None and not re.fullmatch(r"[\x21-\x7e]+", http.api_key):
+        raise ConfigError("the API key must be non-empty printable ASCII without spaces (it travels in a header)")
+    for origin in http.cors_origins:
+        if not _ORIGIN.match(origin):
+            raise ConfigError(f"--cors-origin '{origin}': give an origin like http://localhost:3000 (scheme, host "
+                              "and port only; '*' is not accepted: name the origins)")
+    return http
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server on this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def check_serve(cfg: ServeConfig) -> ServeConfig:
+    """Also: a --host other machines can reach needs an API key, unless --no-auth says to serve it open."""
     check_engine(cfg.engine)
+    check_http(cfg.http)
     if not 0 <= cfg.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {cfg.port}")
+    if cfg.no_auth and cfg.http.api_key:
+        raise ConfigError("--no-auth and an API key (--api-key or TINYRLHF_API_KEY) contradict each other")
+    if not is_loopback(cfg.host) and not cfg.http.api_key and not cfg.no_auth:
+        raise ConfigError(f"--host {cfg.host} can be reached from other machines: give --api-key KEY (or set "
+                          "TINYRLHF_API_KEY), or pass --no-auth to serve without one")
     return cfg

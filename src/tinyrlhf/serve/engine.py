@@ -7,11 +7,18 @@ new text, and drops rows that finished (EOS, stop string, max_tokens), were canc
 away) or ran out of time, (4) runs one forward pass for the rows left. A request therefore starts at the
 next step instead of waiting for a whole batch to finish, and leaves the moment it is done.
 
-Sampling reuses the rollout engine's inverse-CDF sampler (`rollout.sample_token`) with one uniform per row per
-step drawn from that sequence's own generator, seeded from (request seed, choice index): the same seed gives
-the same text whatever else shares the batch (fp32 and bf16, up to float rounding of different batch
-shapes; not int8, whose activation scale is taken over the batch: see quantize.py). Forwards run in this thread (torch releases the GIL), so
-the asyncio event loop keeps serving HTTP; results go back with `loop.call_soon_threadsafe`.
+Sampling (sampling.py) reuses the rollout engine's inverse-CDF sampler (`rollout.sample_token`) with one
+uniform per row per step drawn from that sequence's own generator, seeded from (request seed, choice index):
+the same seed gives the same text whatever else shares the batch (fp32 and bf16, up to float rounding of
+different batch shapes; not int8, whose activation scale is taken over the batch: see quantize.py). Forwards
+run in this thread (torch releases the GIL), so the asyncio event loop keeps serving HTTP; results go back
+with `loop.call_soon_threadsafe`.
+
+One request's failure is its own (batch isolation): a row that cannot be sampled (non-finite logits, see
+sampling.py) or whose text processing raises fails its request with a 500 and leaves the batch at once;
+a prefill that raises is retried one request at a time, so only the request it comes from fails; a decoding
+forward that raises rebuilds the batch from each row's own tokens, one row at a time, and fails only the rows
+whose own forward raises. Every other row goes on as if the failed one had never been there.
 """
 from __future__ import annotations
 
@@ -25,10 +32,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..rollout import sample_token
 from .batch import RunningBatch
 from .config import EngineConfig
 from .detok import TextStream
+from .sampling import effective_temperature, sample_rows
 
 
 class QueueFull(Exception):
@@ -89,6 +96,7 @@ class Request:
         self.deadline = self.arrival + timeout_s
         self.first_token_at: float | None = None
         self.cancelled = False
+        self.error: str | None = None  # set by the engine thread when this request failed (HTTP 500)
         self.prompt_tokens = sum(len(p) for p in prompts) * n
         self.completion_tokens = 0
         self.seed = params.seed if params.seed is not None else secrets.randbits(63)
@@ -105,6 +113,7 @@ class Request:
 class Sequence:
     request: Request
     index: int
+    prompt: list[int]
     text: TextStream
     generator: torch.Generator
     generated: int = 0
@@ -196,7 +205,7 @@ class Engine:
                     self._join(admitted)
                 if len(self.batch):
                     self._step()
-            except Exception as e:  # a bug or out of memory: fail the running requests, keep serving
+            except Exception as e:  # a bug outside the per-row guards: fail what is running, keep serving
                 failed = {id(r): r for r in admitted} | {id(s.request): s.request for s in self.batch.rows}
                 for req in failed.values():
                     req.emit(("error", 500, f"generation failed: {e.__class__.__name__}: {e}"))
@@ -223,7 +232,25 @@ class Engine:
             room -= req.n_seqs
         return admitted
 
+    def _fail(self, req: Request, why: str):
+        """Mark `req` failed (its rows leave at the end of this step); the first reason is the one reported."""
+        if req.error is None:
+            req.error = f"generation failed for this request: {why}"
+
     def _join(self, requests: list[Request]):
+        """Prefill the admitted requests together; if that raises, one request at a time, so that a request
+        whose own prefill fails is the only one that fails (the batch is untouched until a prefill succeeded)."""
+        try:
+            self._join_rows(requests)
+        except Exception as e:  # noqa: BLE001
+            if len(requests) == 1:
+                requests[0].emit(("error", 500, f"generation failed for this request: prefill: "
+                                                f"{e.__class__.__name__}: {e}"))
+                return
+            for req in requests:
+                self._join([req])
+
+    def _join_rows(self, requests: list[Request]):
         rows, prompts, expand = [], [], []
         for req in requests:
             for p_idx, prompt in enumerate(req.prompts):
@@ -231,7 +258,7 @@ class Engine:
                 for k in range(req.n):
                     index = p_idx * req.n + k
                     gen = torch.Generator().manual_seed((req.seed + 0x9E3779B97F4A7C15 * index) % 2**63)
-                    rows.append(Sequence(req, index, TextStream(self.tokenizer, req.params.stop), gen))
+                    rows.append(Sequence(req, index, prompt, TextStream(self.tokenizer, req.params.stop), gen))
                     expand.append(len(prompts) - 1)
         self.batch.join(rows, prompts, self.pad_id, expand=expand)
 
@@ -247,16 +274,15 @@ class Engine:
         live = [i for i, s in enumerate(rows) if s.finish_reason is None]
         tokens = torch.zeros(len(rows), dtype=torch.long)
         logps = torch.zeros(len(rows))
-        # 2. Sample, grouped by (temperature, top_p) since the sampler takes one of each per call.
-        groups = collections.defaultdict(list)
-        for i in live:
-            groups[(rows[i].request.params.temperature, rows[i].request.params.top_p)].append(i)
-        for (temperature, top_p), idx in groups.items():
-            u = torch.cat([torch.rand(1, generator=rows[i].generator) for i in idx]) if temperature > 0 \
-                else torch.zeros(len(idx))
-            tok, lp = sample_token(logits[idx], u, temperature, 0, top_p)
-            tokens[idx], logps[idx] = tok, lp
+        # 2. Sample (sampling.py: grouped by (temperature, top_p); a row that cannot be sampled fails its request).
         if live:
+            settings = [(effective_temperature(rows[i].request.params.temperature), rows[i].request.params.top_p)
+                        for i in live]
+            u = torch.cat([torch.rand(1, generator=rows[i].generator) if t > 0 else torch.zeros(1)
+                           for i, (t, _) in zip(live, settings)])
+            tokens[live], logps[live], faults = sample_rows(logits[live], settings, u)
+            for j, why in faults.items():
+                self._fail(rows[live[j]].request, why)
             self.steps += 1
             self.batch_sizes[len(live)] += 1
             self._recent.append((time.monotonic(), len(live)))
@@ -267,26 +293,74 @@ class Engine:
         token_list, keep = tokens.tolist(), []
         for i in live:
             s, tok = rows[i], token_list[i]
-            p = s.request.params
-            s.generated += 1
-            s.request.completion_tokens += 1
-            if tok == self.eos_id and not p.ignore_eos:
-                s.finish_reason, delta = "stop", s.text.finish()
-            else:
-                delta = s.text.push(tok)
-                if s.text.stopped:
-                    s.finish_reason = "stop"
-                elif s.generated >= p.max_tokens:
-                    s.finish_reason, delta = "length", delta + s.text.finish()
-            info = [self._token_info(logits[i], tok, float(logps[i]), p)] if p.logprobs is not None else []
-            s.pending.append(Delta(s.index, delta, info, s.finish_reason))
+            if s.request.error is not None:
+                continue
+            try:
+                s.pending.append(self._advance(s, tok, logits[i], float(logps[i])))
+            except Exception as e:  # noqa: BLE001 (detokenising or log-probs of this row: its own failure)
+                self._fail(s.request, f"{e.__class__.__name__}: {e}")
+                continue
             if s.finish_reason is None:
                 keep.append(i)
+        for s in rows:  # every row of a failed request leaves, also those that were fine
+            if s.request.error is not None:
+                s.finish_reason = "error"
+        keep = [i for i in keep if rows[i].finish_reason is None]
         self._flush(rows)
         # 4. Finished rows leave; the others feed their token.
         self.batch.keep(keep)
         if keep:
-            self.batch.step(tokens[keep])
+            try:
+                self.batch.step(tokens[keep])
+                self._forward_failures = 0
+            except Exception as e:  # noqa: BLE001
+                self._rebuild(e)
+
+    def _advance(self, s: Sequence, tok: int, row_logits, logp: float) -> Delta:
+        """Row `s` took token `tok`: its text delta, finish reason and log-probs."""
+        p = s.request.params
+        s.generated += 1
+        s.request.completion_tokens += 1
+        if tok == self.eos_id and not p.ignore_eos:
+            s.finish_reason, delta = "stop", s.text.finish()
+        else:
+            delta = s.text.push(tok)
+            if s.text.stopped:
+                s.finish_reason = "stop"
+            elif s.generated >= p.max_tokens:
+                s.finish_reason, delta = "length", delta + s.text.finish()
+        info = [self._token_info(row_logits, tok, logp, p)] if p.logprobs is not None else []
+        return Delta(s.index, delta, info, s.finish_reason)
+
+    _forward_failures = 0
+
+    def _rebuild(self, error: Exception):
+        """A decoding forward raised, and the cache is in an unknown state. The cache is a function of each
+        row's tokens, so rebuild it one row at a time from prompt + generated tokens (each row's prefill
+        gives the logits its step would have): a row whose own forward raises fails its request; the
+        others go on. If the batch keeps failing while every row alone succeeds (3 times in a row), the
+        fault is not one row's: every running request fails, as before."""
+        rows = self.batch.rows
+        self.batch.keep([])
+        self._forward_failures += 1
+        if self._forward_failures >= 3:
+            self._forward_failures = 0
+            for req in {id(s.request): s.request for s in rows}.values():
+                req.emit(("error", 500, f"generation failed: {error.__class__.__name__}: {error}"))
+            return
+        failed = {}
+        for s in rows:
+            if s.request.error is not None:
+                continue
+            try:
+                self.batch.join([s], [s.prompt + s.text.ids], self.pad_id)
+            except Exception as e:  # noqa: BLE001
+                self._fail(s.request, f"forward: {e.__class__.__name__}: {e}")
+                failed[id(s.request)] = s.request
+        if failed:
+            self.batch.keep([i for i, s in enumerate(self.batch.rows) if s.request.error is None])
+            for req in failed.values():
+                req.emit(("error", 500, req.error))
 
     def _flush(self, rows):
         """One message per request: its rows' Deltas, or the error that ended it (a cancelled one gets none)."""
@@ -294,11 +368,13 @@ class Engine:
         for s in rows:
             by_request.setdefault(s.request, []).extend(s.pending)
             s.pending = []
-            if s.finish_reason in ("timeout", "cancelled"):
+            if s.finish_reason in ("timeout", "cancelled", "error"):
                 ended[s.request] = s.finish_reason
         tokens = 0
         for req, items in by_request.items():
-            if ended.get(req) == "timeout":
+            if ended.get(req) == "error":
+                req.emit(("error", 500, req.error))
+            elif ended.get(req) == "timeout":
                 req.emit(("error", 504, "the request timed out while generating"))
             elif items and req not in ended:
                 req.first_token_at = req.first_token_at or now
@@ -307,12 +383,14 @@ class Engine:
         if self.metrics:
             self.metrics.step(self.name, tokens)
             for reason in ended.values():
-                (self.metrics.timed_out if reason == "timeout" else self.metrics.cancelled)(self.name)
+                if reason != "error":
+                    (self.metrics.timed_out if reason == "timeout" else self.metrics.cancelled)(self.name)
 
     def _token_info(self, row_logits, tok: int, logp: float, p: SamplingParams) -> TokenInfo:
         top = []
         if p.logprobs:
-            z = row_logits / p.temperature if p.temperature > 0 else row_logits
+            temperature = effective_temperature(p.temperature)
+            z = row_logits / temperature if temperature > 0 else row_logits
             values, ids = z.log_softmax(-1).topk(p.logprobs)
             top = [(j, self.tokenizer.decode([j]), v) for j, v in zip(ids.tolist(), values.tolist())]
         return TokenInfo(tok, self.tokenizer.decode([tok]), logp, top)

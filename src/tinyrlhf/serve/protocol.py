@@ -1,22 +1,19 @@
-"""The OpenAI API shapes: request validation (pydantic, strict types) and response / stream-chunk bodies.
+"""The OpenAI API shapes: request models (pydantic, strict types), the error, and response / stream-chunk bodies.
 
-Requests follow OpenAI's /v1/completions and /v1/chat/completions reference. Every bad input becomes an
-`APIError` that the app turns into HTTP 4xx with OpenAI's error object
+Requests follow OpenAI's /v1/completions and /v1/chat/completions reference; body.py and validate.py check
+them. Every bad input becomes an `APIError` that the app turns into HTTP 4xx with OpenAI's error object
 `{"error": {"message", "type", "param", "code"}}`, naming the field. Unknown fields are ignored, as
-OpenAI-compatible servers do (clients send `user`, ...); `ignore_eos` is an extension (as in vLLM).
+OpenAI-compatible servers do; `ignore_eos` is an extension (as in vLLM).
 """
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from .engine import Delta, SamplingParams
-
-MAX_STOP = 4
-MAX_N = 16
+from .engine import Delta
 
 
 class APIError(Exception):
@@ -51,6 +48,7 @@ class _Common(_Strict):
     frequency_penalty: float | None = None
     ignore_eos: bool = False
     return_tokens_as_token_ids: bool = False
+    user: str | None = None
 
 
 class CompletionRequest(_Common):
@@ -83,82 +81,6 @@ class ChatRequest(_Common):
     max_completion_tokens: int | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
-
-
-def _param(loc: tuple) -> str:
-    """pydantic's error location -> an OpenAI-style param: ('messages', 0, 'content') -> 'messages[0].content'.
-    Union member tags ('str', 'list[int]', 'TextPart', ...) are not part of the client's path."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part[:1].islower() and "[" not in part and part not in ("str", "int", "float", "bool", "none"):
-            out += ("." if out else "") + part
-    return out
-
-
-def parse(cls, body: Any):
-    """Validate a decoded JSON body against a request model, or raise a 400 naming the field."""
-    if not isinstance(body, dict):
-        raise APIError(400, "the request body must be a JSON object")
-    try:
-        return cls.model_validate(body)
-    except ValidationError as e:
-        err = e.errors()[0]
-        param = _param(err["loc"])
-        if err["type"] == "missing":
-            raise APIError(400, f"'{param}' is a required property", param=param) from None
-        got = type(err.get("input")).__name__
-        raise APIError(400, f"invalid value for '{param}': {err['msg']} (got {got})", param=param,
-                       code="invalid_type") from None
-
-
-def bad_value(param: str, message: str):
-    raise APIError(400, f"'{param}': {message}", param=param, code="invalid_value")
-
-
-def sampling_params(req: _Common, *, max_tokens: int, logprobs: int | None) -> SamplingParams:
-    """Check the shared sampling fields (ranges as in OpenAI's reference) and build SamplingParams."""
-    temperature = 1.0 if req.temperature is None else req.temperature
-    top_p = 1.0 if req.top_p is None else req.top_p
-    if not 0 <= temperature <= 2:
-        bad_value("temperature", f"must be between 0 and 2, got {temperature}")
-    if not 0 <= top_p <= 1:
-        bad_value("top_p", f"must be between 0 and 1, got {top_p}")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(req, name) not in (None, 0):
-            bad_value(name, "is not supported by this server (only 0)")
-    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-    if len(stop) > MAX_STOP:
-        bad_value("stop", f"at most {MAX_STOP} stop sequences, got {len(stop)}")
-    if any(s == "" for s in stop):
-        bad_value("stop", "stop sequences must be non-empty strings")
-    return SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), stop=stop,
-                          seed=req.seed, logprobs=logprobs, ignore_eos=req.ignore_eos)
-
-
-def check_n(req: _Common, n_prompts: int, max_batch: int) -> int:
-    n = 1 if req.n is None else req.n
-    if not 1 <= n <= MAX_N:
-        bad_value("n", f"must be between 1 and {MAX_N}, got {n}")
-    if n * n_prompts > max_batch:
-        bad_value("n", f"n x prompts = {n * n_prompts} sequences exceeds this server's batch size ({max_batch})")
-    return n
-
-
-def check_lengths(prompts: list[list[int]], max_tokens: int | None, context: int, param: str) -> None:
-    """Every prompt plus max_tokens must fit the model's context (OpenAI's context_length_exceeded)."""
-    if max_tokens is not None and max_tokens < 1:
-        bad_value("max_tokens", f"must be at least 1, got {max_tokens}")
-    longest = max(len(p) for p in prompts)
-    if longest >= context:
-        raise APIError(400, f"this model's maximum context length is {context} tokens, but the {param} has "
-                       f"{longest} tokens (leave room for at least one generated token)", param=param,
-                       code="context_length_exceeded")
-    if max_tokens is not None and longest + max_tokens > context:
-        raise APIError(400, f"this model's maximum context length is {context} tokens, but {longest + max_tokens} "
-                       f"were requested ({longest} in the {param}, {max_tokens} in max_tokens)",
-                       param="max_tokens", code="context_length_exceeded")
 
 
 # ------------------------------------------------------------------ responses

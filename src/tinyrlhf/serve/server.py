@@ -1,10 +1,11 @@
 """`tinyrlhf serve`: load the models, build the app, run it on uvicorn until Ctrl-C."""
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 from ..errors import ConfigError
-from .config import ServeConfig, check_serve
+from .config import ServeConfig, check_serve, is_loopback
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -12,6 +13,10 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted connections inherit TCP_NODELAY, which asyncio does not set on them: without it a response's
+    # body segment waits for the ACK of its header segment, which the client delays ~40 ms (Nagle + delayed
+    # ACK): measured on loopback, /health took 44 ms instead of 0.2 ms, and stream chunks were held as long
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
@@ -43,7 +48,9 @@ def build(cfg: ServeConfig, log=print):
         log(f"model {m.name}: {spec.path} ({m.quantize}, {m.weight_bytes / 2**20:.1f} MiB of weights, "
             f"context {m.context})")
         models.append(m)
-    return create_app(models, cfg.engine), models
+    # the Host check guards loopback binds against DNS rebinding; on any other --host, the API key does
+    http = dataclasses.replace(cfg.http, check_host=is_loopback(cfg.host))
+    return create_app(models, cfg.engine, http), models
 
 
 def serve(cfg: ServeConfig, log=print) -> int:
@@ -53,6 +60,7 @@ def serve(cfg: ServeConfig, log=print) -> int:
     sock = bind(cfg.host, cfg.port)
     app, _ = build(cfg, log)
     host, port = sock.getsockname()[:2]
-    log(f"serving on http://{host}:{port}/ (chat page), OpenAI API at http://{host}:{port}/v1")
+    log(f"serving on http://{host}:{port}/ (chat page), OpenAI API at http://{host}:{port}/v1"
+        + (" (API key required)" if cfg.http.api_key else " (no API key)"))
     uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)).run(sockets=[sock])
     return 0

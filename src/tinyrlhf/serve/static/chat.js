@@ -1,5 +1,7 @@
 // The chat page: plain JS, no build. Model text is only ever put in the page as TEXT (textContent /
 // text nodes), never parsed as HTML, so a completion like "<img src=x onerror=...>" shows literally.
+// The server sends a Content-Security-Policy that allows this file and no inline script. A server started
+// with --api-key needs the key on every /v1 request: the "API key" field supplies it (kept only in the page).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -27,9 +29,21 @@ function setBusy(busy) {
   $("status").textContent = busy ? "generating…" : "";
 }
 
+function authHeaders() {
+  const key = $("api-key").value.trim();
+  return key ? {"Authorization": "Bearer " + key} : {};
+}
+
 async function loadModels() {
-  const res = await fetch("/v1/models");
+  $("model").replaceChildren();
+  const res = await fetch("/v1/models", {headers: authHeaders()});
+  if (res.status === 401) {
+    $("status").textContent = "this server needs an API key: enter it above";
+    return;
+  }
   const data = await res.json();
+  if (!res.ok) throw new Error(data.error ? data.error.message : res.statusText);
+  $("status").textContent = "";
   for (const m of data.data) {
     const opt = document.createElement("option");
     opt.value = m.id;
@@ -71,7 +85,7 @@ async function send(text) {
   try {
     const res = await fetch("/v1/chat/completions", {
       method: "POST",
-      headers: {"Content-Type": "application/json"},
+      headers: {"Content-Type": "application/json", ...authHeaders()},
       signal: controller.signal,
       body: JSON.stringify({
         model: $("model").value, messages: history, stream: true,
@@ -123,4 +137,6 @@ $("input").addEventListener("keydown", (ev) => {
 });
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("clear").addEventListener("click", () => { history.length = 0; $("log").replaceChildren(); });
-loadModels().catch((e) => { $("status").textContent = "cannot list models: " + e.message; });
+const reloadModels = () => loadModels().catch((e) => { $("status").textContent = "cannot list models: " + e.message; });
+$("api-key").addEventListener("change", reloadModels);
+reloadModels();
