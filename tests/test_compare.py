@@ -94,16 +94,49 @@ def test_compare_plan_labels_before_the_reward_model_and_baselines_before_evals(
 
 def test_trials_give_every_method_the_same_number_of_settings():
     spec = C.parse_spec("family_tree", "sft,dpo,ppo,kto", 1, "x", 100, "", 10, [], trials=3,
-                        grid=["kto.beta=0.1,0.2,0.4"])
-    grids = {m: (k, v) for m, k, v in spec.grids}
-    assert grids["dpo"] == ("beta", (1.0, 0.3, 0.05))  # the two ends and the middle of the default grid
-    assert grids["ppo"] == ("kl.target", (0.25, 1.0, 4.0))
-    assert grids["kto"] == ("beta", (0.1, 0.2, 0.4))
+                        grid=["kto.beta=0.1,0.2,0.4"], tune="key")
+    grids = {m: trials for m, trials in spec.grids}
+    assert grids["dpo"] == ((("beta", 1.0),), (("beta", 0.3),), (("beta", 0.05),))  # both ends and the middle
+    assert grids["ppo"] == ((("kl.target", 0.25),), (("kl.target", 1.0),), (("kl.target", 4.0),))
+    assert grids["kto"] == ((("beta", 0.1),), (("beta", 0.2),), (("beta", 0.4),))
     assert [r for r, _ in C.runs_of(spec, "dpo")] == ["dpo@beta=1", "dpo@beta=0.3", "dpo@beta=0.05"]
     assert C.runs_of(spec, "sft") == [("sft", {})]
     spec = C.parse_spec("family_tree", "dpo", 1, "x", 100, "", 10, ["train.threads=1", "dpo.beta=0.2"])
     assert spec.global_overrides == ("train.threads=1",) and spec.overrides == ("dpo.beta=0.2",)
     assert C.runs_of(spec, "dpo") == [("dpo", {})]
+
+
+def test_trials_tune_the_learning_rate_and_the_offline_passes_with_the_same_design_for_every_method(tmp_path):
+    # configs/family_tree: dpo lr 2e-4, ppo lr 3e-5; a stage override moves the centre of the lr axis
+    spec = C.parse_spec("family_tree", "dpo,ppo,kto", 1, "x", 100, "", 10, ["kto.train.lr=1e-5"], trials=3)
+    assert C.runs_of(spec, "dpo") == [
+        ("dpo@beta=1,lr=6.67e-05,epochs=4", {"beta": 1.0, "train.lr": 6.67e-05, "train.epochs": 4.0}),
+        ("dpo@beta=0.3,lr=0.0002,epochs=1", {"beta": 0.3, "train.lr": 2e-4, "train.epochs": 1.0}),
+        ("dpo@beta=0.05,lr=0.0006,epochs=2", {"beta": 0.05, "train.lr": 6e-4, "train.epochs": 2.0})]
+    # online methods have no passes over labels: their budget is rollout prompts
+    assert [s for _, s in C.runs_of(spec, "ppo")] == [{"kl.target": 0.25, "train.lr": 1e-5},
+                                                      {"kl.target": 1.0, "train.lr": 3e-5},
+                                                      {"kl.target": 4.0, "train.lr": 9e-5}]
+    assert [s["train.lr"] for _, s in C.runs_of(spec, "kto")] == [1e-5 / 3, 1e-5, 3e-5] or \
+        [s["train.lr"] for _, s in C.runs_of(spec, "kto")] == [3.33e-06, 1e-05, 3e-05]
+    # an explicit grid replaces its axis and keeps the others
+    spec = C.parse_spec("family_tree", "dpo", 1, "x", 100, "", 10, [], trials=2,
+                        grid=["dpo.train.lr=1e-4,5e-4"], tune="key,lr")
+    assert [s for _, s in C.runs_of(spec, "dpo")] == [{"beta": 1.0, "train.lr": 1e-4}, {"beta": 0.05, "train.lr": 5e-4}]
+    for bad in ("key,depth", ""):
+        with pytest.raises(ConfigError, match="--tune"):
+            C.parse_spec("family_tree", "dpo", 1, "x", 100, "", 10, [], trials=2, tune=bad)
+    with pytest.raises(ConfigError, match="same number of trials"):
+        C.parse_spec("family_tree", "dpo", 1, "x", 100, "", 10, [], trials=3, grid=["dpo.train.lr=1e-4,5e-4"])
+    with pytest.raises(ConfigError, match="missing"):
+        C.parse_spec("family_tree", "dpo", 1, "x", 100, str(tmp_path), 10, [], trials=2)
+
+
+def test_the_oracle_learns_from_the_gold_reward_without_labels():
+    spec = C.parse_spec("family_tree", "sft,ppo-gold", 1, "x", 100, "", 10, [], best_of="")
+    stages = [s for _, s in C.plan(spec)]
+    assert "pairs" not in stages and "reward" not in stages and "ppo-gold" in stages
+    assert C.METHODS["ppo-gold"][3] == ["reward=gold"]
 
 
 def _summary(out, seed, run):
@@ -214,13 +247,21 @@ def test_compare_runs_resumes_and_reports(tmp_path, monkeypatch):
 def test_compare_trials_pick_the_best_on_validation(tmp_path):
     out = tmp_path / "trials"
     spec = C.parse_spec("family_tree", "sft,dpo", 1, str(out), 16, "", 8, TINY, val_prompts=8, best_of="",
-                        trials=2, grid=["dpo.beta=0.05,1.0"])
+                        trials=2, grid=["dpo.beta=0.05,1.0", "dpo.train.epochs=1,2"])
     result = C.run_compare(spec, log=lambda _: None)
     runs, chosen = result["results"]["runs"], result["results"]["chosen"]
-    assert set(runs) == {"sft", "dpo@beta=0.05", "dpo@beta=1"}
-    for run in ("dpo@beta=0.05", "dpo@beta=1"):
-        assert yaml.safe_load(open(out / "seed0" / run / "config.yaml"))["beta"] == float(run.split("=")[1])
-    vals = {r: runs[r]["val_gold"] for r in ("dpo@beta=0.05", "dpo@beta=1")}
+    # configs/family_tree/dpo.yaml: lr 2e-4, so the lr axis is 2e-4 / 3 and x 3
+    names = {"dpo@beta=0.05,lr=6.67e-05,epochs=1": (0.05, 6.67e-05, 1), "dpo@beta=1,lr=0.0006,epochs=2": (1.0, 6e-4, 2)}
+    assert set(runs) == {"sft", *names}
+    for run, (beta, lr, epochs) in names.items():
+        cfg = yaml.safe_load(open(out / "seed0" / run / "config.yaml"))
+        assert (cfg["beta"], cfg["train"]["lr"], cfg["train"]["epochs"]) == (beta, lr, epochs)
+        summary = _summary(out, 0, run)  # the passes over the labels, not --budget, set the steps
+        assert summary["steps"] == -(-epochs * summary["data/train_records"] // cfg["train"]["batch_size"]) or \
+            summary["steps"] == epochs * summary["data/train_records"] // cfg["train"]["batch_size"]
+    assert [round(runs[r]["budget"][0]["passes"]) for r in names] == [1, 2]
+    vals = {r: runs[r]["val_gold"] for r in names}
     assert chosen["dpo"] == max(vals, key=vals.get)
     report = open(result["report"]).read()
-    assert "## Every trial" in report and f"{chosen['dpo'].split('@')[1]} (chosen)" in report
+    assert "## Every trial" in report and f"{chosen['dpo'].split('@')[1].replace(',', ', ')} (chosen)" in report
+    assert "passes)" in report

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from ..errors import ConfigError, TinyRLHFError
 from . import stages as compare_stages
 from .report import collect, write_report
-from .spec import METHODS, SWEEP, CompareSpec, parse_spec, runs_of
+from .spec import METHODS, SWEEP, CompareSpec, is_offline, needs_rm, parse_spec, runs_of
 
 STAGE_WEIGHT = {"data": 0.1, "sft": 1.0, "reward": 1.0, "pairs": 0.5, "eval": 0.15, "baselines": 0.4,
                 "decode": 0.3}  # for the ETA
@@ -35,14 +35,14 @@ METHOD_WEIGHT = {"ppo": 1.0, "rloo": 1.0, "grpo": 1.0, "online-dpo": 0.5}
 
 
 def needs_reward_model(spec: CompareSpec) -> bool:
-    return any(METHODS[m][4] for m in spec.methods if m != "sft") or bool(spec.best_of)
+    return any(needs_rm(m) for m in spec.methods if m != "sft") or bool(spec.best_of)
 
 
 def plan(spec: CompareSpec) -> list[tuple[int, str]]:
     """(seed, stage) in the order they run. A stage is data, sft, pairs, reward, a run name, baselines,
     eval:<run name> or decode:<run name> (the run at every temperature of --temperatures)."""
     needs_rm = needs_reward_model(spec)
-    offline = any(not METHODS[m][4] for m in spec.methods if m != "sft")
+    offline = any(is_offline(m) for m in spec.methods if m != "sft")
     needs_pairs = (spec.offline_data == "policy" and offline) or (needs_rm and spec.rm_data == "policy")
     stages = []
     for seed in range(spec.seeds):
@@ -70,7 +70,8 @@ def write_spec(spec: CompareSpec):
     train is refused (the finished runs would no longer match the report's words)."""
     path = os.path.join(spec.out, "compare.json")
     now = json.loads(json.dumps(asdict(spec)))
-    ignore = {"out", "methods", "seeds", "eval_prompts", "val_prompts", "best_of", "trials", "grids", "temperatures"}
+    ignore = {"out", "methods", "seeds", "eval_prompts", "val_prompts", "best_of", "trials", "grids", "temperatures",
+              "tune"}
     if os.path.isfile(path):
         with open(path) as f:
             before = json.load(f)

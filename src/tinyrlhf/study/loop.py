@@ -91,10 +91,10 @@ def reward_stage(spec: LoopSpec, seed: int, r: int) -> dict:
 
 def policy_stage(spec: LoopSpec, seed: int, r: int) -> dict:
     """ROUND/policy: `method` from the previous round's policy for loop.policy_steps steps."""
-    config_name, cls, loop, extra, needs_rm = METHODS[spec.method]
+    config_name, cls, loop, extra, _ = METHODS[spec.method]
     rd, start = round_dir(spec, seed, r), _policy_models(spec, seed, r)[-1][1]
     args = [f"out_dir={os.path.join(rd, 'policy')}", f"model.path={start}", *_common(spec, seed, r), *extra]
-    if needs_rm:
+    if spec.needs_rm:
         args.append(f"reward={reward_dir(spec, seed, r)}")
     else:  # DPO learns from every label so far, with the round's starting policy as its reference
         data = os.path.join(rd, "rm-data")

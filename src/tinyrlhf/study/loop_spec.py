@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from .. import config as C
 from ..config import check_range
 from ..errors import ConfigError, DataError, TinyRLHFError
-from .spec import METHODS, CompareSpec, parse_spec, read_json, stage_config, write_json
+from .spec import METHODS, CompareSpec, needs_rm, parse_spec, read_json, stage_config, write_json
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class LoopSpec:
 
     @property
     def needs_rm(self) -> bool:
-        return METHODS[self.method][4]
+        return needs_rm(self.method)
 
 
 def parse_loop(task: str, rounds: int, labels: str, method: str, seeds: int, out: str, overrides: list[str], *,
@@ -99,7 +99,7 @@ def parse_loop(task: str, rounds: int, labels: str, method: str, seeds: int, out
     if static_rm:
         loop_args.append("refresh_rm=false")
     cfg = C.load_config(LoopConfig, config or None, loop_args)
-    if not cfg.refresh_rm and not METHODS[method][4]:
+    if not cfg.refresh_rm and not needs_rm(method):
         raise ConfigError(f"--static-rm: {method} trains on the labels directly, without a reward model to keep "
                           "static (use --method ppo, rloo, grpo or online-dpo)")
     if labels == "human":

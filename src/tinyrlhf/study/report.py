@@ -15,10 +15,10 @@ import os
 
 from ..eval import metrics as M
 from .report_decoding import decoding_matched
-from .spec import METHODS, method_of, paths, read_json, runs_of
+from .spec import METHODS, method_of, needs_rm, paths, read_json, runs_of
 
 ROW_KEYS = ("method", "run", "seed", "gold", "gold_greedy", "kl", "win_rate", "rm_score", "rm_accuracy_own",
-            "val_gold", "labels", "label_kind", "sft_samples", "rollouts", "length_words", "distinct_1",
+            "val_gold", "labels", "label_kind", "passes", "sft_samples", "rollouts", "length_words", "distinct_1",
             "distinct_2", "rouge_l", "bleu", "train_seconds", "run_dir")
 
 
@@ -36,22 +36,36 @@ def budget(spec, seed: int, run: str) -> dict:
     it: SFT samples that were labelled, and rollouts of the policy during training."""
     p = paths(spec, seed)
     if run == "sft":
-        return {"labels": 0, "label_kind": "", "sft_samples": 0, "rollouts": 0}
+        return {"labels": 0, "label_kind": "", "sft_samples": 0, "rollouts": 0, "passes": None}
     method = method_of(run)
-    needs_rm = METHODS[method][4]
-    labels = labels_used(p["reward"] if needs_rm else os.path.join(p["root"], run))
+    if METHODS[method][4] == "gold":  # an oracle: the gold reward, no labels
+        own = os.path.join(p["root"], run, "summary.json")
+        rollouts = read_json(own).get("episodes", 0) if os.path.isfile(own) else 0
+        return {"labels": 0, "label_kind": "", "sft_samples": 0, "rollouts": rollouts, "passes": None}
+    rm = needs_rm(method)
+    labels = labels_used(p["reward"] if rm else os.path.join(p["root"], run))
     kind = "binary" if method == "kto" else "pairs"
-    uses_policy_pairs = (spec.rm_data if needs_rm else spec.offline_data) == "policy"
+    uses_policy_pairs = (spec.rm_data if rm else spec.offline_data) == "policy"
     sft_samples = 0
     pairs_manifest = os.path.join(p["pairs"], "manifest.json")
     if uses_policy_pairs and os.path.isfile(pairs_manifest):
         pd = read_json(pairs_manifest)["policy_data"]
         sft_samples = pd["prompts"] * pd["k"]
     rollouts = 0
-    if needs_rm:
+    if rm:
         own = os.path.join(p["root"], run, "summary.json")
         rollouts = read_json(own).get("episodes", 0) if os.path.isfile(own) else 0
-    return {"labels": labels, "label_kind": kind, "sft_samples": sft_samples, "rollouts": rollouts}
+    return {"labels": labels, "label_kind": kind, "sft_samples": sft_samples, "rollouts": rollouts,
+            "passes": passes(p["reward"] if rm else os.path.join(p["root"], run))}
+
+
+def passes(run_dir: str) -> float | None:
+    """Passes over its labels a run made (steps x examples per step / training records): the reward model's for
+    RM-based methods, the run's own for offline ones, so the two are compared at equal effort in substance."""
+    path = os.path.join(run_dir, "summary.json")
+    s = read_json(path) if os.path.isfile(path) else {}
+    records, batch = s.get("data/train_records", 0), _batch(run_dir)
+    return s.get("steps", 0) * batch / records if records and batch else None
 
 
 def labels_used(run_dir: str) -> int:

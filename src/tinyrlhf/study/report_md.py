@@ -3,7 +3,7 @@ below comes from a number in `results`)."""
 from __future__ import annotations
 
 from .report_decoding import lines as decoding_lines
-from .spec import runs_of
+from .spec import runs_of, setting_name
 
 
 def _ci(e: dict, digits: int = 3) -> str:
@@ -20,16 +20,18 @@ def _labels(budget: list[dict]) -> str:
         return "0"
     n = sorted({x["labels"] for x in budget})
     count = f"{n[0]:,}" if len(n) == 1 else f"{n[0]:,}-{n[-1]:,}"
-    return f"{count} {b['label_kind']}"
+    runs = [x["passes"] for x in budget if x.get("passes")]
+    passes = f" ({sum(runs) / len(runs):.1f} passes)" if runs else ""
+    return f"{count} {b['label_kind']}{passes}"
 
 
 def _samples(budget: list[dict]) -> str:
     b = budget[0]
-    return f"{b['sft_samples']:,} / {b['rollouts']:,}" if b["labels"] else "0 / 0"
+    return f"{b['sft_samples']:,} / {b['rollouts']:,}"
 
 
 def _setting(setting: dict) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in setting.items()) or "config"
+    return ", ".join(f"{setting_name(k)}={v:g}" for k, v in setting.items()) or "config"
 
 
 def sentence(e: dict, baseline: str, what: str) -> str:
@@ -68,9 +70,18 @@ def markdown(spec, results: dict, files: dict) -> str:
              "Intervals: 95 %, two-stage cluster bootstrap over seeds and prompts; `*` = the interval excludes 0, "
              "the only thing called significant here.", ""]
     if spec.trials > 1:
-        lines += [f"Tuning: every method trained {spec.trials} times over its own key hyper-parameter and is shown at "
-                  f"the setting with the best mean gold on {spec.val_prompts} validation prompts per seed, kept apart "
-                  "from the evaluation prompts (all trials: the table further down and the frontier plot).", ""]
+        tuned = {"key": "its own key hyper-parameter", "lr": "the learning rate (the config's / 3 to x 3)",
+                 "epochs": "the passes over the labels (offline methods)"}
+        lines += [f"Tuning: every method trained {spec.trials} times, varying "
+                  + ", ".join(tuned[a] for a in spec.tune) + " (the same design for every method, study/spec.py), "
+                  f"and is shown at the setting with the best mean gold on {spec.val_prompts} validation prompts per "
+                  "seed, kept apart from the evaluation prompts (all trials: the table further down and the frontier "
+                  "plot). The labels column gives the passes over the labels: the reward model's for RM-based "
+                  "methods, the run's own for offline ones.", ""]
+    if any(m.endswith("-gold") for m in spec.methods):
+        lines += ["Oracle rows (`ppo-gold`): PPO trained on the task's gold reward instead of a reward model, at the "
+                  "same rollout budget and no labels: what a perfect reward model would allow, the upper bound for "
+                  "the label-trained methods.", ""]
     lines += task_lines(results.get("task_card") or {})
     lines += decoding_lines(results.get("decoding"))
     head = "| method | setting | gold [95% CI] | Δ vs SFT | Δ vs sharpened SFT | " + "".join(

@@ -11,26 +11,50 @@ from .. import config as C
 from ..diskio import atomic_write
 from ..errors import ConfigError, DataError
 
-# method -> (config file name in --config-dir, config class, loop "module:function", extra overrides, needs an RM)
+# method -> (config file name in --config-dir, config class, loop "module:function", extra overrides, what it learns
+# from: "rm" (a reward model trained on the preference labels), "labels" (the labels themselves, offline) or
+# "gold" (an oracle: the task's gold reward, no labels; an upper bound for the label-trained methods))
 METHODS = {
-    "ppo": ("ppo", C.PPOConfig, "ppo:run_ppo", [], True),
-    "rloo": ("rloo", C.GroupConfig, "group:run_group", ["algo=rloo"], True),
-    "grpo": ("grpo", C.GroupConfig, "group:run_group", ["algo=grpo"], True),
-    "online-dpo": ("online_dpo", C.OnlineDPOConfig, "online_dpo:run_online_dpo", [], True),
-    "kto": ("kto", C.KTOConfig, "kto:run_kto", [], False),
-    **{loss: (loss, C.PreferenceConfig, "preference:run_preference", [f"loss={loss}"], False)
+    "ppo": ("ppo", C.PPOConfig, "ppo:run_ppo", [], "rm"),
+    "rloo": ("rloo", C.GroupConfig, "group:run_group", ["algo=rloo"], "rm"),
+    "grpo": ("grpo", C.GroupConfig, "group:run_group", ["algo=grpo"], "rm"),
+    "online-dpo": ("online_dpo", C.OnlineDPOConfig, "online_dpo:run_online_dpo", [], "rm"),
+    "kto": ("kto", C.KTOConfig, "kto:run_kto", [], "labels"),
+    **{loss: (loss, C.PreferenceConfig, "preference:run_preference", [f"loss={loss}"], "labels")
        for loss in ("dpo", "ipo", "cdpo", "hinge", "simpo", "orpo")},
+    "ppo-gold": ("ppo", C.PPOConfig, "ppo:run_ppo", ["reward=gold"], "gold"),
 }
 # Each method's key hyper-parameter for --trials: the KL-style regulariser (the x-axis of the reward-KL frontier,
-# as in the DPO paper's Fig. 2), with a grid from weak to strong regularisation. PPO's is the adaptive KL target.
+# as in the DPO paper's Fig. 2), with a grid from strong to weak regularisation. PPO's is the adaptive KL target.
 SWEEP = {
     "dpo": ("beta", (1.0, 0.5, 0.3, 0.1, 0.05)), "ipo": ("beta", (0.5, 0.3, 0.1, 0.05, 0.02)),
     "cdpo": ("beta", (1.0, 0.5, 0.3, 0.1, 0.05)), "hinge": ("beta", (1.0, 0.5, 0.3, 0.1, 0.05)),
     "simpo": ("beta", (5.0, 3.0, 2.0, 1.0, 0.5)), "orpo": ("orpo_lambda", (0.02, 0.05, 0.1, 0.2, 0.5)),
     "kto": ("beta", (1.0, 0.5, 0.3, 0.1, 0.05)), "online-dpo": ("beta", (1.0, 0.5, 0.3, 0.1, 0.05)),
     "ppo": ("kl.target", (0.25, 0.5, 1.0, 2.0, 4.0)), "rloo": ("kl.coef", (0.2, 0.1, 0.05, 0.02, 0.01)),
-    "grpo": ("kl.coef", (0.2, 0.1, 0.05, 0.02, 0.01)),
+    "grpo": ("kl.coef", (0.2, 0.1, 0.05, 0.02, 0.01)), "ppo-gold": ("kl.target", (0.25, 0.5, 1.0, 2.0, 4.0)),
 }
+# What --trials tunes besides the key hyper-parameter (--tune): the learning rate, log-spaced from the config's
+# / LR_SPREAD to x LR_SPREAD, and for offline methods the passes over their labels (EPOCHS). Trial i takes the
+# i-th key value (strong -> weak regularisation) and the i-th learning rate (low -> high): both set how far the
+# policy moves, so together they span conservative -> aggressive, where the failure modes lie (KTO inert at lr
+# 2e-5, SimPO collapsed at 2e-4); the epochs are shifted by one trial so they are not tied to the other two
+# (with 3 trials: 4, 1 and 2 passes, so the middle trial is the config's own setting at one pass).
+# Every method gets the same design and the same number of trials (a Latin square over the tuned axes).
+TUNE_AXES = ("key", "lr", "epochs")
+LR_SPREAD = 3.0
+EPOCHS = (1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+def needs_rm(method: str) -> bool:
+    return METHODS[method][4] == "rm"
+
+
+def is_offline(method: str) -> bool:
+    """Learns from the preference labels directly (DPO and family, KTO), no reward model, no rollouts."""
+    return METHODS[method][4] == "labels"
+
+
 POLICY_PAIRS = {"k": 2, "temperature": 1.0, "max_new_tokens": 24}  # defaults of the "pairs" stage
 # keys compare sets itself for every stage: a global override of one of them would break the comparison
 RESERVED = ("out_dir", "seed", "model.path", "reward", "data.dir", "data.task", "data.seed", "normalize_on")
@@ -55,56 +79,83 @@ class CompareSpec:
     offline_data: str = "policy"  # "policy": SFT samples judged by the annotators; "task": scripted pairs
     rm_data: str = "policy"  # the reward model learns from the same labels ("policy") or the task's pairs ("task")
     rm_logp: bool = False  # add the SFT trunk's log-prob term to the reward model (reported as such)
-    trials: int = 1  # settings of each method's key hyper-parameter (1 = its config's own value)
-    grids: tuple[tuple[str, str, tuple[float, ...]], ...] = ()  # (method, key, values) of every swept method
+    trials: int = 1  # settings of each method tried (1 = its config's own)
+    grids: tuple[tuple[str, tuple[tuple[tuple[str, float], ...], ...]], ...] = ()
+    """(method, its trials) for every tuned method; a trial is ((dotted key, value), ...), e.g.
+    (("beta", 0.3), ("train.lr", 2e-4), ("train.epochs", 2.0))."""
     best_of: tuple[int, ...] = (4, 16)  # best-of-n baselines against the reward model
     nproc: int = 1  # processes per training stage (> 1: each stage is launched by torchrun, DDP)
     temperatures: tuple[float, ...] = (1.0, 0.7, 0.5, 0.3, 0.0)
     """Every policy is also sampled at these temperatures (0 = greedy) on the validation and evaluation prompts
     (study/decoding.py); each is compared at its best one on validation. () = the T=1 comparison only."""
+    tune: tuple[str, ...] = TUNE_AXES  # what --trials varies: "key", "lr", "epochs" (offline methods only)
 
     @property
     def n_labels(self) -> int:
         return self.labels or self.budget
 
 
-def _grids(methods, trials: int, explicit: list[str]) -> tuple:
-    """(method, key, values) for every method but SFT: `trials` values spread over SWEEP's grid, or
-    `--grid method.key=v1,v2,...`; every method gets the same number of trials (equal tuning effort)."""
-    given = {}
+def _spread(grid, k: int) -> tuple:
+    """k values of `grid` from its first to its last (the middle one for k = 1)."""
+    if k == 1:
+        return (grid[len(grid) // 2],)
+    return tuple(grid[round(i * (len(grid) - 1) / (k - 1))] for i in range(k))
+
+
+def _explicit(explicit: list[str]) -> dict:
+    """--grid METHOD.key=v1,v2,... -> {method: {key: values}} (several keys of one method are zipped)."""
+    given: dict = {}
     for g in explicit:
         head, _, values = g.partition("=")
         method, _, key = head.partition(".")
         if method not in METHODS or not key or not values:
             raise ConfigError(f"--grid '{g}': expected METHOD.key=v1,v2,... with METHOD one of {', '.join(METHODS)}")
         try:
-            given[method] = (key, tuple(float(v) for v in values.split(",")))
+            given.setdefault(method, {})[key] = tuple(float(v) for v in values.split(","))
         except ValueError:
             raise ConfigError(f"--grid '{g}': the values must be numbers") from None
+    return given
+
+
+def _grids(methods, trials: int, explicit: list[str], tune: tuple[str, ...], base_lr) -> tuple:
+    """(method, trials) for every method but SFT: the design of TUNE_AXES over `trials` settings, with any
+    `--grid method.key=v1,v2,...` in place of that axis; every method gets the same number of trials (equal
+    tuning effort). `base_lr(method)` is the learning rate of the method's config."""
+    given = _explicit(explicit)
     out = []
     for m in methods:
-        if m == "sft":
+        if m == "sft" or (trials == 1 and m not in given):
             continue
-        if m in given:
-            key, values = given[m]
-        elif trials > 1:
-            key, grid = SWEEP[m]
-            if trials > len(grid):
+        key, grid = SWEEP[m]
+        axes: dict[str, tuple] = {}
+        if "key" in tune:
+            if trials > len(grid) and key not in given.get(m, {}):
                 raise ConfigError(f"--trials {trials}: the default grid of {m} has {len(grid)} values; give --grid")
-            values = tuple(grid[round(i * (len(grid) - 1) / (trials - 1))] for i in range(trials))
-        else:
-            continue
-        if len(values) != trials:
-            raise ConfigError(f"--grid {m}.{key}: {len(values)} values but --trials {trials}; every method gets "
-                              "the same number of trials")
-        out.append((m, key, values))
+            axes[key] = _spread(grid, trials)
+        if "lr" in tune and trials > 1:
+            lr = base_lr(m)
+            axes["train.lr"] = tuple(float(f"{lr * LR_SPREAD ** (2 * i / (trials - 1) - 1):.3g}")
+                                     for i in range(trials))
+        if "epochs" in tune and is_offline(m) and trials > 1:
+            if trials > len(EPOCHS) and "train.epochs" not in given.get(m, {}):
+                raise ConfigError(f"--trials {trials}: {len(EPOCHS)} epoch settings; give --grid {m}.train.epochs=...")
+            e = _spread(EPOCHS, trials)
+            axes["train.epochs"] = e[-1:] + e[:-1]  # shifted one trial against key and lr
+        axes.update(given.get(m, {}))
+        bad = [k for k, v in axes.items() if len(v) != trials]
+        if bad:
+            raise ConfigError(f"--grid {m}.{bad[0]}: {len(axes[bad[0]])} values but --trials {trials}; every "
+                              "method gets the same number of trials")
+        if axes:
+            out.append((m, tuple(tuple((k, v[i]) for k, v in axes.items()) for i in range(trials))))
     return tuple(out)
 
 
 def parse_spec(task: str, methods: str, seeds: int, out: str, budget: int, config_dir: str, eval_prompts: int,
                overrides: list[str], offline_data: str = "policy", *, labels: int = 0, val_prompts: int = 200,
                rm_data: str = "policy", rm_logp: bool = False, trials: int = 1, grid: list[str] | None = None,
-               best_of: str = "4,16", nproc: int = 1, temperatures: str = "1,0.7,0.5,0.3,0") -> CompareSpec:
+               best_of: str = "4,16", nproc: int = 1, temperatures: str = "1,0.7,0.5,0.3,0",
+               tune: str = ",".join(TUNE_AXES)) -> CompareSpec:
     from ..tasks import task_names
     if task not in task_names():
         raise ConfigError(f"unknown task '{task}' (valid: {', '.join(task_names())})")
@@ -150,17 +201,34 @@ def parse_spec(task: str, methods: str, seeds: int, out: str, budget: int, confi
     if "sft" not in names:
         names.insert(0, "sft")  # the baseline every comparison is made against
     names = list(dict.fromkeys(names))
+    axes = tuple(a.strip() for a in tune.split(",") if a.strip())
+    if not axes or any(a not in TUNE_AXES for a in axes):
+        raise ConfigError(f"--tune '{tune}': a comma-separated subset of {', '.join(TUNE_AXES)}")
+
+    def base_lr(method: str) -> float:
+        name, cls, _, extra, _ = METHODS[method]
+        path = os.path.join(config_dir, f"{name}.yaml")
+        if not os.path.isfile(path):
+            raise ConfigError(f"no config for stage '{method}': {path} is missing (--config-dir)")
+        own = [o.split(".", 1)[1] for o in staged if o.split(".", 1)[0] == method]
+        return C.load_config(cls, path, [*extra, *global_, *own]).train.lr
+
     return CompareSpec(task, tuple(names), seeds, out, budget, labels, config_dir, eval_prompts, val_prompts,
                        tuple(staged), tuple(global_), offline_data, rm_data, rm_logp, trials,
-                       _grids(names, trials, grid or []), bon, nproc, temps)
+                       _grids(names, trials, grid or [], axes, base_lr), bon, nproc, temps, axes)
+
+
+def setting_name(key: str) -> str:
+    """How a tuned key reads in run names and reports: train.lr -> lr, train.epochs -> epochs."""
+    return key[len("train."):] if key.startswith("train.") else key
 
 
 def runs_of(spec: CompareSpec, method: str) -> list[tuple[str, dict]]:
-    """(run name, {dotted key: value}) of every trial of `method`: one run at the config's own value, or one
-    per value of its grid, named e.g. 'dpo@beta=0.3'."""
-    for m, key, values in spec.grids:
+    """(run name, {dotted key: value}) of every trial of `method`: one run at the config's own values, or one
+    per trial of its design, named e.g. 'dpo@beta=0.3' or 'dpo@beta=0.3,lr=0.0002,epochs=2'."""
+    for m, trials in spec.grids:
         if m == method:
-            return [(f"{m}@{key}={v:g}", {key: v}) for v in values]
+            return [(f"{m}@" + ",".join(f"{setting_name(k)}={v:g}" for k, v in t), dict(t)) for t in trials]
     return [(method, {})]
 
 

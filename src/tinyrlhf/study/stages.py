@@ -9,7 +9,8 @@ from .. import config as C
 from .baselines import run_baselines
 from .decoding import decode_run
 from .run_eval import evaluate_run
-from .spec import METHODS, POLICY_PAIRS, CompareSpec, method_of, paths, runs_of, stage_config, stage_overrides
+from .spec import (METHODS, POLICY_PAIRS, CompareSpec, is_offline, method_of, needs_rm, paths, runs_of, stage_config,
+                   stage_overrides)
 
 
 def data_settings(spec: CompareSpec) -> dict:
@@ -73,19 +74,23 @@ def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
 
 def _train(spec: CompareSpec, seed: int, run: str, p: dict, common: list[str]) -> dict:
     method = method_of(run)
-    config_name, cls, loop, extra, needs_rm = METHODS[method]
-    if not needs_rm:
+    config_name, cls, loop, extra, _ = METHODS[method]
+    if is_offline(method):
         if spec.offline_data == "policy":
             common = [c if not c.startswith("data.dir=") else f"data.dir={p['pairs']}" for c in common]
         common = [*common, f"data.max_train={spec.n_labels}"]  # offline methods see at most the label budget
     trial = dict(runs_of(spec, method))[run]
     args = [f"out_dir={os.path.join(p['root'], run)}", f"model.path={p['sft_final']}", *common, *extra]
-    if needs_rm:
+    if needs_rm(method):
         args.append(f"reward={p['reward']}")
     cfg = stage_config(spec, config_name, method, cls, args)
     steps = _steps_for_budget(cfg, spec.budget)
+    if "train.epochs" in trial:  # a trial's passes over the labels replace --budget (offline methods only)
+        steps = _steps_for_budget(cfg, round(trial["train.epochs"] * spec.n_labels))
     cfg = C.replace(cfg, **{"train.max_steps": steps, "train.save_every": max(1, steps // 4),
                            "train.log_every": max(1, steps // 60), **trial})
+    if "train.epochs" in trial:  # steps from the labels there are (coin flips and ties dropped), not the budget
+        cfg = C.replace(cfg, **{"train.max_steps": 0})
     import sys
     for line in C.loss_warnings(cfg):  # a loss-sensitive key left at another loss's value (see config/offline.py)
         print(line, file=sys.stderr)
