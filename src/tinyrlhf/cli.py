@@ -193,13 +193,23 @@ def _cmd_compare(args) -> int:
     spec = parse_spec(args.task, args.methods, args.seeds, args.out or f"runs/compare/{args.task}", args.budget,
                       args.config_dir, args.eval_prompts, args.overrides, args.offline_data, labels=args.labels,
                       val_prompts=args.val_prompts, rm_data=args.rm_data, rm_logp=args.rm_logp, trials=args.trials,
-                      grid=args.grid, best_of=args.best_of, nproc=args.nproc, temperatures=args.temperatures)
+                      grid=args.grid, best_of=args.best_of, nproc=args.nproc, temperatures=args.temperatures,
+                      tune=args.tune)
+    budgets = ()
+    if args.label_sweep:
+        from .study.label_sweep import parse_budgets
+        budgets = parse_budgets(args.label_sweep)
     print(f"compare {spec.task}: methods {', '.join(spec.methods)} x {spec.seeds} seed(s), budget {spec.budget} "
           f"prompts and {spec.n_labels} labels per method"
           + (f", {spec.trials} trials each" if spec.trials > 1 else "") + f" -> {spec.out}", flush=True)
     out = run_compare(spec, log=lambda line: print(line, flush=True))
     print(format_table(spec, out["results"]))
     print(f"report: {out['report']}")
+    if budgets:
+        from .study.label_sweep import run_label_sweep
+        result = run_label_sweep(spec, budgets, log=lambda line: print(line, flush=True))
+        print("\n".join(result["verdict"]))
+        print(f"label sweep: {os.path.join(spec.out, 'label_sweep.md')}")
     return 0
 
 
@@ -289,7 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rm-logp", action="store_true", help="add the SFT trunk's log-prob term to the reward model")
     p.add_argument("--trials", type=int, default=1, help="settings of each method's key hyper-parameter, picked on "
                    "validation prompts (1 = the config's value)")
-    p.add_argument("--grid", action="append", default=[], help="METHOD.key=v1,v2,... instead of the default grid")
+    p.add_argument("--grid", action="append", default=[], help="METHOD.key=v1,v2,... instead of the default grid "
+                   "(several keys of one method are zipped, e.g. dpo.beta=... and dpo.train.lr=...)")
+    p.add_argument("--tune", default="key,lr,epochs", help="what --trials varies, a subset of key (the method's "
+                   "regulariser), lr (config's /3 to x3), epochs (offline methods' passes over their labels)")
+    p.add_argument("--label-sweep", default="", metavar="L1,L2,...", help="after the comparison, label-budget "
+                   "curves: the reward model + PPO and DPO again at each label count (e.g. 640,2560,10240), "
+                   "OUT/label_sweep.md")
     p.add_argument("--val-prompts", type=int, default=200, help="validation prompts per seed (choose trials, baselines)")
     p.add_argument("--best-of", default="4,16", help="best-of-n baselines against the reward model ('' = none)")
     p.add_argument("--temperatures", default="1,0.7,0.5,0.3,0", help="every policy also sampled at these "

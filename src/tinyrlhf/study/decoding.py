@@ -18,6 +18,7 @@ import os
 import torch
 
 from .spec import CompareSpec, paths, read_json, seed_task
+from .spec import run_dir as spec_run_dir
 
 MAX_NEW_TOKENS = 24  # as EvalSettings and the baselines
 
@@ -40,7 +41,7 @@ def decode_run(spec: CompareSpec, seed: int, run: str) -> dict:
     from ..train.policy_eval import completion_logps
 
     p = paths(spec, seed)
-    run_dir = os.path.join(p["root"], run)
+    run_dir = spec_run_dir(spec, seed, run)
     out_path = os.path.join(run_dir, f"decoding-{spec.task}.json")
     settings = decoding_settings(spec, seed)
     if os.path.isfile(out_path) and (cached := read_json(out_path)).get("settings") == settings:

@@ -15,7 +15,7 @@ import os
 
 from ..eval import metrics as M
 from .report_decoding import decoding_matched
-from .spec import METHODS, method_of, needs_rm, paths, read_json, runs_of
+from .spec import METHODS, method_of, needs_rm, paths, read_json, run_dir, runs_of
 
 ROW_KEYS = ("method", "run", "seed", "gold", "gold_greedy", "kl", "win_rate", "rm_score", "rm_accuracy_own",
             "val_gold", "labels", "label_kind", "passes", "sft_samples", "rollouts", "length_words", "distinct_1",
@@ -100,10 +100,9 @@ def collect(spec) -> dict:
     seeds = range(spec.seeds)
     evals = {}
     for seed in seeds:
-        root = paths(spec, seed)["root"]
         for m in spec.methods:
             for run, _ in runs_of(spec, m):
-                evals[(seed, run)] = read_json(os.path.join(root, run, f"eval-{spec.task}.json"))
+                evals[(seed, run)] = read_json(os.path.join(run_dir(spec, seed, run), f"eval-{spec.task}.json"))
     base = {seed: read_json(paths(spec, seed)["baselines"]) for seed in seeds}
     gold = {k: e["per_prompt"]["gold"] for k, e in evals.items()}
     sft = [gold[(s, "sft")] for s in seeds]

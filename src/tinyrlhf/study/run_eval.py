@@ -9,6 +9,7 @@ import os
 import torch
 
 from .spec import CompareSpec, paths, read_json, seed_task
+from .spec import run_dir as spec_run_dir
 
 
 def rm_accuracy_on_samples(score, prompts, a: list[str], b: list[str], gold_a: list[float],
@@ -42,7 +43,7 @@ def evaluate_run(spec: CompareSpec, seed: int, run: str) -> dict:
     """eval-TASK.json of one run (cached in the run directory while its settings and extras are complete)."""
     from ..eval.evaluate import EvalSettings, evaluate_model, write_result
     p = paths(spec, seed)
-    run_dir = os.path.join(p["root"], run)
+    run_dir = spec_run_dir(spec, seed, run)
     out = os.path.join(run_dir, f"eval-{spec.task}.json")
     settings = EvalSettings(n_prompts=spec.eval_prompts, seed=seed, data_seed=seed)
     has_rm = os.path.isdir(os.path.join(p["reward"], "final"))

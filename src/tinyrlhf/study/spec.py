@@ -89,6 +89,8 @@ class CompareSpec:
     """Every policy is also sampled at these temperatures (0 = greedy) on the validation and evaluation prompts
     (study/decoding.py); each is compared at its best one on validation. () = the T=1 comparison only."""
     tune: tuple[str, ...] = TUNE_AXES  # what --trials varies: "key", "lr", "epochs" (offline methods only)
+    shared: str = ""
+    """Another comparison's directory whose data and SFT models this one reuses (the label-budget sweep)."""
 
     @property
     def n_labels(self) -> int:
@@ -233,11 +235,18 @@ def runs_of(spec: CompareSpec, method: str) -> list[tuple[str, dict]]:
 
 
 def paths(spec: CompareSpec, seed: int) -> dict[str, str]:
-    root = os.path.join(spec.out, f"seed{seed}")
-    return {"root": root, "data": os.path.join(spec.out, f"data-seed{seed}"),
-            "pairs": os.path.join(spec.out, f"pairs-seed{seed}"), "sft": os.path.join(root, "sft"),
-            "sft_final": os.path.join(root, "sft", "final"), "reward": os.path.join(root, "reward"),
+    root, base = os.path.join(spec.out, f"seed{seed}"), spec.shared or spec.out
+    sft = os.path.join(base, f"seed{seed}", "sft")
+    return {"root": root, "data": os.path.join(base, f"data-seed{seed}"),
+            "pairs": os.path.join(spec.out, f"pairs-seed{seed}"), "sft": sft,
+            "sft_final": os.path.join(sft, "final"), "reward": os.path.join(root, "reward"),
             "baselines": os.path.join(root, "baselines.json")}
+
+
+def run_dir(spec: CompareSpec, seed: int, run: str) -> str:
+    """Where a run of seed `seed` lives (SFT in the shared comparison's directory when there is one)."""
+    p = paths(spec, seed)
+    return p["sft"] if run == "sft" else os.path.join(p["root"], run)
 
 
 def stage_overrides(spec: CompareSpec, stage: str) -> list[str]:
