@@ -51,6 +51,22 @@ def test_pairs_come_from_the_model_and_the_base_annotators(base):
     assert open(os.path.join(out, "pairs.jsonl")).read() != open(str(root / "p3" / "pairs.jsonl")).read()
 
 
+def test_more_labels_than_prompts_label_the_prompts_again_on_fresh_samples(base):
+    root, data, model = base
+    n = len({json.loads(line)["prompt"] for line in open(os.path.join(data, "sft.jsonl"))})
+    out = str(root / "again")
+    counts = write_policy_data(model, data, out, seed=3, n_prompts=n + 10, k=2, max_new_tokens=6)
+    info = json.load(open(os.path.join(out, "manifest.json")))["policy_data"]
+    assert (info["prompts"], info["distinct_prompts"]) == (n + 10, n)
+    assert counts["pairs"] == n + 10 - counts["identical_samples"]
+    pairs = read_records(os.path.join(out, "pairs.jsonl"), "pair")
+    by_prompt = {}
+    for p in pairs:
+        by_prompt.setdefault(p.prompt, []).append((p.chosen, p.rejected))
+    twice = [v for v in by_prompt.values() if len(v) == 2]
+    assert twice and any(set(a) != set(b) for a, b in twice)  # a second label is on other samples
+
+
 def test_cli_checks_its_arguments(base, capsys, tmp_path):
     root, data, model = base
     args = ["data", "family_tree", "--out", str(tmp_path / "o"), "--from-model", model]

@@ -65,8 +65,10 @@ def write_policy_data(model_dir: str, base_dir: str, out_dir: str, *, seed: int 
         base = json.load(f)
     task = get_task(base["task"], **base["config"]["task"])
     pool = annotator_pool(base)
-    prompts = list(dict.fromkeys(o["prompt"] for _, o in iter_jsonl(os.path.join(base_dir, "sft.jsonl"))))
-    prompts = prompts[:n_prompts]
+    distinct = list(dict.fromkeys(o["prompt"] for _, o in iter_jsonl(os.path.join(base_dir, "sft.jsonl"))))
+    # More labels than distinct training prompts (positive_review has ~1,600): the prompts are labelled again,
+    # each time on fresh samples, as InstructGPT collected several comparisons per prompt.
+    prompts = (distinct * -(-n_prompts // len(distinct)))[:n_prompts]
     samples = sample_k(model_dir, prompts, k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
 
     rng = random.Random(f"policy_data:{seed}")
@@ -106,7 +108,8 @@ def write_policy_data(model_dir: str, base_dir: str, out_dir: str, *, seed: int 
     inter = (measured_inter_agreement(pool, judged, random.Random(f"policy_data:{seed}:second_judge"))
              if nonzero else None)
     info = {**base, "source_model": model_dir, "base_dir": base_dir, "policy_data": {
-        "seed": seed, "k": k, "temperature": temperature, "prompts": len(prompts), "identical_samples": identical,
+        "seed": seed, "k": k, "temperature": temperature, "prompts": len(prompts),
+        "distinct_prompts": len(set(prompts)), "identical_samples": identical,
         "pairs": len(pairs), "zero_gap_pairs": len(gaps) - len(nonzero),
         "agreement_measured": measured_agreement(nonzero) if nonzero else None,
         "agreement_expected": pool.expected_agreement([c - r for c, r in nonzero]) if nonzero else None,
