@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import time
 
@@ -32,6 +33,11 @@ TEMPERATURES = (0.7, 0.3)
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def split_args(text: str) -> list[str]:
+    """key=value,key=[a,b] -> ['key=value', 'key=[a,b]'] (commas inside brackets belong to a list value)."""
+    return [a for a in re.split(r",(?![^\[]*\])", text) if a]
 
 
 def run_setting(task_name: str, out: str, name: str, sft_args: list[str], data_args: list[str], n_prompts: int,
@@ -80,8 +86,7 @@ def main():
         sft_part, _, data_part = rest.partition("|")
         if name in done:
             continue
-        row = run_setting(args.task, args.out, name, [a for a in sft_part.split(",") if a],
-                          [a for a in data_part.split(",") if a], args.eval_prompts,
+        row = run_setting(args.task, args.out, name, split_args(sft_part), split_args(data_part), args.eval_prompts,
                           args.config_dir or os.path.join("configs", args.task))
         print(json.dumps(row), flush=True)
         with open(results, "a") as f:

@@ -130,3 +130,14 @@ def test_temperature_is_chosen_on_validation_and_holm_covers_the_table(tmp_path)
     for b in raw:
         assert dpo["vs"][b]["p_holm"] == adjusted[b] and dpo["vs"][b]["significant"] == (adjusted[b] <= 0.05)
     assert dpo["greedy_vs_sft_greedy"]["mean"] == pytest.approx(0.6)
+
+
+def test_every_policy_of_a_task_is_sampled_to_the_same_answer_length():
+    """Summaries (references up to ~21 tokens, long demonstrations ~36) get 32 new tokens everywhere in a study;
+    the short-answer tasks 24: the decoding sweep, the baselines, the labels and the evaluation agree."""
+    from tinyrlhf.study import baselines, decoding
+    from tinyrlhf.study.spec import parse_spec
+    for task, tokens in (("summarize", 32), ("family_tree", 24), ("positive_review", 24)):
+        spec = parse_spec(task, "dpo", 1, "x", 100, "", 10, [])
+        assert decoding.decoding_settings(spec, 0)["max_new_tokens"] == tokens
+        assert baselines._settings(spec, 0)["max_new_tokens"] == tokens

@@ -21,10 +21,10 @@ import os
 
 import torch
 
+from ..tasks import answer_tokens
 from .spec import CompareSpec, paths, read_json, seed_task
 
 TEMPERATURES = (1.0, 0.7, 0.3, 0.0)
-MAX_NEW_TOKENS = 24  # as EvalSettings: the T=1 samples here are the SFT evaluation's own samples
 BATCH = 64
 
 
@@ -43,7 +43,7 @@ def _mean(xs) -> float:
 
 def _settings(spec: CompareSpec, seed: int) -> dict:
     return {"eval_prompts": spec.eval_prompts, "val_prompts": spec.val_prompts, "best_of": list(spec.best_of),
-            "temperatures": list(TEMPERATURES), "seed": seed, "max_new_tokens": MAX_NEW_TOKENS,
+            "temperatures": list(TEMPERATURES), "seed": seed, "max_new_tokens": answer_tokens(spec.task),
             "best_of_temperatures": list(spec.temperatures)}
 
 
@@ -80,7 +80,7 @@ def run_baselines(spec: CompareSpec, seed: int) -> dict:
         row = {}
         for split, ps in split_prompts.items():
             with autocast(device, "auto"):
-                texts = sample(model, tok, ps, max_new_tokens=MAX_NEW_TOKENS, temperature=t, batch_size=BATCH,
+                texts = sample(model, tok, ps, max_new_tokens=answer_tokens(spec.task), temperature=t, batch_size=BATCH,
                                seed=seed, device=device)
             row[split] = _gold(task, ps, texts)
         out["temperature"][f"{t:g}"] = {"gold": _mean(row["eval"]), "per_prompt": row["eval"],
@@ -101,7 +101,7 @@ def run_baselines(spec: CompareSpec, seed: int) -> dict:
             by_n: dict = {}
             for split, ps in split_prompts.items():
                 # T=1 keeps the seeds it always had, so "best_of" is the same whatever --temperatures says
-                groups = sample_k(p["sft_final"], ps, n_max, temperature=t, max_new_tokens=MAX_NEW_TOKENS,
+                groups = sample_k(p["sft_final"], ps, n_max, temperature=t, max_new_tokens=answer_tokens(spec.task),
                                   seed=seed * 7919 + (split == "val") + (0 if t == 1.0 else round(t * 1000) * 2))
                 flat_p = [x for x, g in zip(ps, groups) for _ in g]
                 scores = score(flat_p, [c for g in groups for c in g]).view(len(ps), n_max)  # (P, n_max)

@@ -17,15 +17,15 @@ import os
 
 import torch
 
+from ..tasks import answer_tokens
 from .spec import CompareSpec, paths, read_json, seed_task
 from .spec import run_dir as spec_run_dir
 
-MAX_NEW_TOKENS = 24  # as EvalSettings and the baselines
 
 
 def decoding_settings(spec: CompareSpec, seed: int) -> dict:
     return {"temperatures": list(spec.temperatures), "val_prompts": spec.val_prompts,
-            "eval_prompts": spec.eval_prompts, "seed": seed, "max_new_tokens": MAX_NEW_TOKENS}
+            "eval_prompts": spec.eval_prompts, "seed": seed, "max_new_tokens": answer_tokens(spec.task)}
 
 
 def tempered_kl(policy_lp_t: torch.Tensor, sft_lp: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -56,7 +56,7 @@ def decode_run(spec: CompareSpec, seed: int, run: str) -> dict:
         row = {}
         for split, ps in prompts.items():
             with autocast(device, "auto"):
-                texts = sample(model, tok, ps, max_new_tokens=MAX_NEW_TOKENS, temperature=t, seed=seed, device=device)
+                texts = sample(model, tok, ps, max_new_tokens=answer_tokens(spec.task), temperature=t, seed=seed, device=device)
             row[split] = [task.gold_reward(x, c) for x, c in zip(ps, texts)]
             if split == "eval":
                 own = (completion_logps(model, tok, ps, texts, device, "auto", temperature=t) if t > 0

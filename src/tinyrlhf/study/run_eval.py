@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from ..tasks import answer_tokens
 from .spec import CompareSpec, paths, read_json, seed_task
 from .spec import run_dir as spec_run_dir
 
@@ -26,7 +27,7 @@ def rm_accuracy_on_samples(score, prompts, a: list[str], b: list[str], gold_a: l
     return {"accuracy": agree / n if n else None, "pairs": n}
 
 
-def val_gold(run_dir: str, task, n: int, seed: int) -> float:
+def val_gold(run_dir: str, task, n: int, seed: int, max_new_tokens: int = 24) -> float:
     """Mean gold of one T=1 sample per validation prompt (kept apart from the evaluation prompts)."""
     from ..sampling import sample
     from ..train.engine import autocast
@@ -35,7 +36,7 @@ def val_gold(run_dir: str, task, n: int, seed: int) -> float:
     model, tok = load_eval_model(resolve_model(run_dir, task.name)[0], device)
     prompts = task.prompts("val", n, seed)
     with autocast(device, "auto"):
-        texts = sample(model, tok, prompts, max_new_tokens=24, temperature=1.0, seed=seed, device=device)
+        texts = sample(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed, device=device)
     return sum(task.gold_reward(p, c) for p, c in zip(prompts, texts)) / len(prompts)
 
 
@@ -45,7 +46,8 @@ def evaluate_run(spec: CompareSpec, seed: int, run: str) -> dict:
     p = paths(spec, seed)
     run_dir = spec_run_dir(spec, seed, run)
     out = os.path.join(run_dir, f"eval-{spec.task}.json")
-    settings = EvalSettings(n_prompts=spec.eval_prompts, seed=seed, data_seed=seed)
+    settings = EvalSettings(n_prompts=spec.eval_prompts, seed=seed, data_seed=seed,
+                            max_new_tokens=answer_tokens(spec.task))
     has_rm = os.path.isdir(os.path.join(p["reward"], "final"))
     need = set()
     if run != "sft":
@@ -70,6 +72,7 @@ def evaluate_run(spec: CompareSpec, seed: int, run: str) -> dict:
         result["rm_accuracy_own"] = rm_accuracy_on_samples(score, prompts, mine, sft_samples,
                                                            result["per_prompt"]["gold"], sft_gold)
     if "val_gold" in need:
-        result["val_gold"] = val_gold(run_dir, seed_task(spec, seed), spec.val_prompts, seed)
+        result["val_gold"] = val_gold(run_dir, seed_task(spec, seed), spec.val_prompts, seed,
+                                      answer_tokens(spec.task))
     write_result(result, out)
     return {k: v for k, v in result.items() if k != "samples"}

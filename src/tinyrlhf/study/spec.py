@@ -55,7 +55,7 @@ def is_offline(method: str) -> bool:
     return METHODS[method][4] == "labels"
 
 
-POLICY_PAIRS = {"k": 2, "temperature": 1.0, "max_new_tokens": 24}  # defaults of the "pairs" stage
+POLICY_PAIRS = {"k": 2, "temperature": 1.0}  # defaults of the "pairs" stage (new tokens: the task's answer_tokens)
 # keys compare sets itself for every stage: a global override of one of them would break the comparison
 RESERVED = ("out_dir", "seed", "model.path", "reward", "data.dir", "data.task", "data.seed", "normalize_on")
 

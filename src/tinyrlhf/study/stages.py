@@ -52,7 +52,9 @@ def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
         from .policy_data import write_policy_data
         if os.path.isfile(os.path.join(p["pairs"], "manifest.json")):
             return {"reused": True}
-        opts = {**POLICY_PAIRS, **dict(C.parse_overrides(stage_overrides(spec, "pairs")))}
+        from ..tasks import answer_tokens
+        opts = {**POLICY_PAIRS, "max_new_tokens": answer_tokens(spec.task),
+                **dict(C.parse_overrides(stage_overrides(spec, "pairs")))}
         return write_policy_data(p["sft_final"], p["data"], p["pairs"], seed=seed, n_prompts=spec.n_labels, **opts)
     if stage == "reward":
         from ..train.reward import run_reward

@@ -30,6 +30,11 @@ def task_names() -> list[str]:
     return sorted(TASKS)
 
 
+def answer_tokens(name: str) -> int:
+    """New tokens a study samples for one answer of this task (every policy, baseline and label alike)."""
+    return getattr(_task_class(name), "answer_tokens", 24)
+
+
 def task_config_keys(name: str) -> list[str]:
     """The override keys `get_task(name, ...)` accepts."""
     return [f.name for f in dataclasses.fields(_task_class(name).config_class)]

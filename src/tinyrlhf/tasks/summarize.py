@@ -143,6 +143,7 @@ def summary_features(post: dict, completion: str) -> dict:
 class SummarizeTask:
     """TL;DRs of synthetic Reddit posts with known key facts (see the module docstring)."""
     name = "summarize"
+    answer_tokens = 32  # the longest reference is ~21 tokens, the long demonstrations ~36 (configs: max_new_tokens 32)
     config_class = SummarizeConfig
     max_gold = 1.0
 
