@@ -130,6 +130,18 @@ def test_temperature_is_chosen_on_validation_and_holm_covers_the_table(tmp_path)
     for b in raw:
         assert dpo["vs"][b]["p_holm"] == adjusted[b] and dpo["vs"][b]["significant"] == (adjusted[b] <= 0.05)
     assert dpo["greedy_vs_sft_greedy"]["mean"] == pytest.approx(0.6)
+    # an oracle (PPO on the gold reward) is a bound: shown, never part of the family or the method pairs
+    spec = parse_spec("family_tree", "sft,dpo,ppo-gold", 1, str(tmp_path), 8, "", 40, [], best_of="",
+                      temperatures="1,0.3,0")
+    _write(str(tmp_path / "seed0" / "ppo-gold" / "decoding-family_tree.json"), {
+        "1": {"val": [0.9] * n, "eval": alt(0.8, 1.0), "kl": [2.0] * n},
+        "0.3": {"val": [0.8] * n, "eval": alt(0.7, 0.9), "kl": [2.5] * n},
+        "0": {"val": [0.7] * n, "eval": alt(0.6, 0.8), "kl": [5.0] * n}})
+    dm2 = decoding_matched(spec, base)
+    assert dm2["family_size"] == 2 and list(dm2["method_pairs"]) == []
+    assert dm2["rows"]["dpo"]["vs"]["sft"]["p_holm"] == dpo["vs"]["sft"]["p_holm"]
+    oracle = dm2["rows"]["ppo-gold"]["vs"]["sft"]
+    assert oracle["mean"] == pytest.approx(0.6) and oracle["p_holm"] == oracle["p"] and oracle["significant"]
 
 
 def test_every_policy_of_a_task_is_sampled_to_the_same_answer_length():

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..eval import metrics as M
 from .decoding import best_temperature
-from .spec import read_json, runs_of, paths
+from .spec import is_oracle, paths, read_json, runs_of
 
 ALPHA = 0.05
 
@@ -89,14 +89,18 @@ def decoding_matched(spec, base: dict) -> dict | None:
                    "vs_curve": _ci(gold) | {"curve": curve_at(curve, kl["mean"])},
                    "greedy_vs_sft_greedy": _delta(split(run, "0", "eval"), split("sft", "0", "eval"))
                    if "0" in temps else None}
-    # one family: every method against every bar of this table
-    family = {(m, b): rows[m]["vs"][b]["p"] for m in rows if m != "sft" for b in compared}
+    # one family: every method against every bar of this table (oracles are bounds, not tested: uncorrected)
+    family = {(m, b): rows[m]["vs"][b]["p"] for m in rows if m != "sft" and not is_oracle(m) for b in compared}
+    for m in rows:
+        for b in compared if is_oracle(m) else ():
+            e = rows[m]["vs"][b]
+            e["p_holm"], e["significant"] = e["p"], e["p"] <= ALPHA
     adjusted = M.holm_adjust({f"{m}|{b}": p for (m, b), p in family.items()})
     for (m, b) in family:
         e = rows[m]["vs"][b]
         e["p_holm"] = adjusted[f"{m}|{b}"]
         e["significant"] = e["p_holm"] <= ALPHA
-    methods = [m for m in rows if m != "sft"]
+    methods = [m for m in rows if m != "sft" and not is_oracle(m)]
     pairs = {}
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
@@ -137,7 +141,8 @@ def lines(dm: dict | None) -> list[str]:
         above = e["vs_curve"]
         verdict = ("yes" if above["low"] > above["curve"] else "no" if above["high"] < above["curve"] else
                    "cannot tell") + f" (curve {above['curve']:.3f})"
-        out.append(f"| {m} | {e['run']} | {e['temperature']:g} | {f(e['gold'])} | {e['kl']['mean']:.3f} | "
+        name = f"*{m}* (oracle: gold reward; p uncorrected)" if is_oracle(m) else m
+        out.append(f"| {name} | {e['run']} | {e['temperature']:g} | {f(e['gold'])} | {e['kl']['mean']:.3f} | "
                    + " | ".join(cells) + f" | {verdict} |")
     for b, e in dm["best_of"].items():
         out.append(f"| *{b}* | reranked by the RM | {e['temperature']:g} | {f(e['gold'])} | ≤ {e['kl_bound']:.3f} | "

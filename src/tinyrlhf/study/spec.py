@@ -50,6 +50,11 @@ def needs_rm(method: str) -> bool:
     return METHODS[method][4] == "rm"
 
 
+def is_oracle(method: str) -> bool:
+    """Trained on the gold reward (an upper bound, kept out of the tests' family)."""
+    return method in METHODS and METHODS[method][4] == "gold"
+
+
 def is_offline(method: str) -> bool:
     """Learns from the preference labels directly (DPO and family, KTO), no reward model, no rollouts."""
     return METHODS[method][4] == "labels"
