@@ -215,13 +215,26 @@ def test_holm_adjusted_p_values_by_hand():
 
 
 def test_bootstrap_p_value_counts_the_far_side():
-    """R = 9 draws with 2 at or below 0: p = 2 (1 + 2) / 10 = 0.6; all above 0: p = 2 / 10 = 0.2; a draw
-    exactly 0 counts on both sides."""
+    """R = 9 draws with 2 at or below 0: p = 2 (1 + 2) / 10 = 0.6; a draw exactly 0 counts on both sides. With
+    none on the far side the count's floor 2 / 10 = 0.2 gives way to the normal tail of the draws: 1..9 has
+    mean 5 and sd sqrt(60/9), so p = 2 (1 - Phi(5 / 2.582)) = 0.0528."""
     import numpy as np
     from tinyrlhf.eval.metrics import bootstrap_p_value
     assert bootstrap_p_value(np.array([-1, -0.5, 1, 2, 3, 4, 5, 6, 7.0])) == pytest.approx(0.6)
-    assert bootstrap_p_value(np.arange(1, 10.0)) == pytest.approx(0.2)
+    assert bootstrap_p_value(np.arange(1, 10.0)) == pytest.approx(0.05281, abs=1e-4)
+    assert bootstrap_p_value(-np.arange(1, 10.0)) == pytest.approx(0.05281, abs=1e-4)
     assert bootstrap_p_value(np.array([0.0] * 9)) == 1.0
+
+
+def test_a_clear_difference_stays_significant_after_holm_over_many_tests():
+    """2,000 draws far from 0 (mean 0.4, sd 0.02): the count alone could say no less than p = 2/2001, and Holm
+    over 66 tests would multiply that to 0.066 > 0.05; the normal tail keeps it significant."""
+    import numpy as np
+    from tinyrlhf.eval.metrics import bootstrap_p_value, holm_adjust
+    draws = np.random.default_rng(0).normal(0.4, 0.02, size=2000)
+    assert 2 / 2001 * 66 > 0.05
+    adjusted = holm_adjust({f"t{i}": bootstrap_p_value(draws) for i in range(66)})
+    assert all(v < 1e-6 for v in adjusted.values())
 
 
 def test_cluster_draws_give_the_interval_and_p_agrees_with_it():
