@@ -23,9 +23,23 @@ MARGIN = {"family_tree": 0.3, "positive_review": 0.1, "summarize": 0.25}
 N_PROMPTS = 400
 
 
-@pytest.fixture(scope="module", params=["family_tree", "positive_review", "summarize"])
+def _compare_setting(name: str) -> dict:
+    """The task settings `tinyrlhf compare` uses (configs/TASK/data.yaml), task keys only."""
+    import os
+
+    import yaml
+    from tinyrlhf.tasks import task_config_keys
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", name, "data.yaml")
+    settings = yaml.safe_load(open(path)) if os.path.isfile(path) else {}
+    return {k: v for k, v in (settings or {}).items() if k in task_config_keys(name)}
+
+
+# each task at its defaults, and family_tree as compare uses it (2 children, no siblings/cousins questions)
+@pytest.fixture(scope="module", params=["family_tree", "family_tree@compare", "positive_review", "summarize"])
 def scored(request):
-    task = get_task(request.param)
+    name, _, how = request.param.partition("@")
+    task = get_task(name, **(_compare_setting(name) if how else {}))
+    assert not how or task.config.max_children == 2 and "siblings" not in task.config.relations
     prompts = task.prompts("eval", N_PROMPTS, seed=0)
     return task, prompts, score_policies(task, prompts)
 
