@@ -17,8 +17,8 @@ def _online_train(**kw) -> TrainConfig:
 
 def _check_online(cfg):
     if cfg.train.max_steps < 1:
-        raise FieldError("train.max_steps", f"must be >= 1 for online methods (one step = one rollout batch), "
-                                            f"got {cfg.train.max_steps}")
+        raise FieldError("train.max_steps", f"must be >= 1 for online methods (one step = one rollout batch; "
+                                            f"train.epochs is for sft, reward, dpo and kto), got {cfg.train.max_steps}")
 
 
 @dataclass(frozen=True)
