@@ -26,12 +26,12 @@ import torch
 from .. import losses as L
 from ..config import KTOConfig
 from ..data.collate import BatchPlan, TruncationStats, encode_groups, group_slot, pad_groups
-from ..data import PairRecord, load_preferences, pair_to_binary, render_chat
+from ..data import PairRecord, load_preferences, pair_to_binary
 from ..errors import DataError
 from ..logprobs import grouped_token_logps
 from .. import dist
 from ..models import save_hf
-from .data import begin_run
+from .data import begin_run, prompt_format
 from .engine import fit
 from .parallel import save_final
 from .preference import EVAL_MAX, offline_policy, policy_evaluator
@@ -104,8 +104,11 @@ def run_kto(cfg: KTOConfig) -> dict:
     if isinstance(start, dict):
         return start
     run, device, task = start.run, start.device, start.task
-    model, tokenizer = offline_policy(cfg, task, device)
-    records = render_chat(start.train, tokenizer)
+    model, tokenizer = offline_policy(cfg, task, device, start.corpus(cfg.data.seed))
+    examples, n_pairs = heldout_examples(cfg, start.evals)
+    named = {"the training examples": start.train, "the held-out examples": examples}
+    formatted, _ = prompt_format(tokenizer, named, cfg)
+    records, examples = formatted["the training examples"], formatted["the held-out examples"]
     n_good = sum(r.label for r in records)
 
     stats = TruncationStats()
@@ -121,8 +124,7 @@ def run_kto(cfg: KTOConfig) -> dict:
     model_key = model_fingerprint(model)
     ref, _ = reference_logps(model, groups, tokenizer.pad_token_id, device, cfg.train.precision,
                              cfg.ref_cache_dir, share_prompt=share, model_key=model_key)
-    examples, n_pairs = heldout_examples(cfg, start.evals)
-    heldout = heldout_kto(cfg, model, tokenizer, render_chat(examples, tokenizer), n_pairs, device, share, model_key)
+    heldout = heldout_kto(cfg, model, tokenizer, examples, n_pairs, device, share, model_key)
     t_ref = time.time() - t_ref
     plan = BatchPlan([len(p) + len(cs[0]) for p, cs in groups], cfg.train.batch_size, cfg.seed)
 

@@ -12,18 +12,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import dist
-from ..data import render_chat
 from ..errors import ConfigError
 from .policy_eval import completion_logps, policy_eval
 from ..models import add_lora, build_model, save_hf, set_dropout
 from ..rollout import Rollout, encode_prompts, generate
-from .data import begin_run
+from .data import begin_run, prompt_format
 from .engine import autocast, build_optimizer, build_scheduler, current_rss_mib, peak_memory_mib, set_seed
 from .parallel import between_steps, load_checkpoint, save_checkpoint, save_final
 from .guard import SaveSchedule, StopOnSignal, check_weights
 from .reference import reference_disabled
 from .rl import KLController, check_finite, frozen_reference, reward_source
-from .sft import task_corpus
 
 
 @dataclass
@@ -52,9 +50,10 @@ def open_online(cfg) -> Online | dict:
     start = begin_run(cfg, "sft")
     if isinstance(start, dict):
         return start
-    policy, tokenizer = build_model(cfg.model, task_corpus(start.task, cfg.data.seed), seed=cfg.seed)
-    # unique, in file order; chat prompts in the tokenizer's chat template when it has one
-    prompts = list(dict.fromkeys(r.prompt for r in render_chat(start.train, tokenizer)))
+    policy, tokenizer = build_model(cfg.model, start.corpus(cfg.data.seed), seed=cfg.seed)
+    # unique, in file order, in the model's prompt format (data/templates.py)
+    formatted, _ = prompt_format(tokenizer, {"the training prompts": start.train}, cfg)
+    prompts = list(dict.fromkeys(r.prompt for r in formatted["the training prompts"]))
     set_dropout(policy, 0.0)  # dropout off: rollout, old and new log-probs must agree [details]
     policy = add_lora(policy, cfg.lora).to(start.device)
     reward, rm = reward_source(cfg.reward, start.task, start.device, cfg.train.precision, cfg.data.max_length)
@@ -163,6 +162,10 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
     S.optimizer = build_optimizer(None, cfg.train, extra_params=params)
     S.scheduler = build_scheduler(S.optimizer, cfg.train, steps * updates_per_step)
     kl = kl or KLController(0.0, False, 1.0, 1)
+    if dist.is_main():
+        per_step = cfg.rollout.prompts_per_step
+        print(f"{desc}: {len(S.prompts):,} distinct training prompts, {per_step} per step; {steps:,} steps "
+              f"(train.max_steps) = {steps * per_step / max(len(S.prompts), 1):.3g} passes over them", flush=True)
     start, extra = 0, {}
     loaded = load_checkpoint(run, S.trainer, modules, S.optimizer, S.scheduler) if cfg.train.resume else None
     if loaded is not None:
