@@ -315,12 +315,16 @@ def load_rankings(path: str | os.PathLike, format: str = "auto", *, columns: dic
 
 def load_prompts(path: str | os.PathLike, format: str = "auto", *, columns: dict | None = None,
                  skip_bad: bool = False, skipped: SkipCounter | None = None,
-                 max_records: int | None = None) -> list[PromptRecord]:
+                 max_records: int | None = None, counts: dict | None = None) -> list[PromptRecord]:
     """The distinct prompts of any file above (first occurrence kept, file order), each with a reference
     answer when the file has one: an sft completion, the chosen side of a pair, the best of a ranking,
     a desirable binary completion, or a chat's last assistant turn. A file of bare {"prompt": ...}
-    objects (or a CSV with a prompt column) has none."""
+    objects (or a CSV with a prompt column) has none. `counts`, when given, receives how many prompts the
+    file holds (`read`), how many repeat an earlier one (`duplicates`) and how many were kept (`kept`)."""
     seen: set[str] = set()
-    unique = [r for r in _load(path, format, "prompt", columns, skip_bad, skipped, None)
-              if not (r.prompt in seen or seen.add(r.prompt))]  # first occurrence, in file order
-    return unique[:max_records] if max_records is not None else unique
+    records = _load(path, format, "prompt", columns, skip_bad, skipped, None)
+    unique = [r for r in records if not (r.prompt in seen or seen.add(r.prompt))]  # first occurrence, file order
+    kept = unique[:max_records] if max_records is not None else unique
+    if counts is not None:
+        counts.update(read=len(records), duplicates=len(records) - len(unique), kept=len(kept))
+    return kept
