@@ -129,7 +129,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = 1e-3
-    """Peak learning rate of AdamW (each stage sets its own tuned default)."""
+    """Peak learning rate of AdamW. Each stage has its own default, chosen by situation when unset: LoRA or
+    full fine-tuning, a preset or a pretrained model.path (config/situations.py)."""
     weight_decay: float = 0.0
     """AdamW weight decay (not applied to biases and norms)."""
     betas: tuple[float, float] = (0.9, 0.95)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from ..errors import ConfigError
+from .situations import situation
 
 
 class FieldError(ConfigError):
@@ -246,6 +247,8 @@ def load_config(cls, path: str | None = None, overrides: list[str] | None = None
                 value = item.partition("=")[2]
             _set_dotted(tree, key, value)
         _epochs_or_steps(cls, tree, in_file, {key for key, _ in parsed})
+        for key, value in situation(cls, tree).items():  # LoRA or not, preset or pretrained, task or own data
+            _set_dotted(tree, key, value)
         return build(cls, tree)
     except ConfigError as e:
         where = _blame(e.key, origins, lines, path) if e.key else (path or "")

@@ -34,7 +34,8 @@ from ..models import save_hf
 from .data import begin_run, prompt_format
 from .engine import fit
 from .parallel import save_final
-from .preference import EVAL_MAX, offline_policy, policy_evaluator
+from .moved import check_offline
+from .preference import EVAL_MAX, offline_policy, policy_evaluator, reference_scorer
 from .reference import group_logps, model_fingerprint, reference_logps
 
 
@@ -155,7 +156,9 @@ def run_kto(cfg: KTOConfig) -> dict:
     gold = policy_evaluator(model, tokenizer, task, cfg, device)
     summary = fit(run, model, cfg.train, plan, device, make_batch, loss_fn, lambda: {**heldout(), **gold()},
                   stop_after=cfg.train.stop_after, desc="kto")
-    if summary["finished"]:
+    if summary["finished"]:  # did the policy move at all? (train/moved.py)
+        summary.update(check_offline(cfg, summary, "kto", model, tokenizer, examples or records,
+                                     reference_scorer(model, tokenizer, device, cfg.train.precision), device))
         save_final(run, model, tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled,
                    save_hf=save_hf)
     summary.update(**start.data_metrics, **stats.as_metrics(), reference_seconds=t_ref,

@@ -20,6 +20,7 @@ from .data import begin_run, prompt_format
 from .engine import autocast, build_optimizer, build_scheduler, current_rss_mib, peak_memory_mib, set_seed
 from .parallel import between_steps, load_checkpoint, save_checkpoint, save_final
 from .guard import SaveSchedule, StopOnSignal, check_weights
+from .moved import check_online
 from .reference import reference_disabled
 from .rl import KLController, check_finite, frozen_reference, reward_source
 
@@ -171,6 +172,7 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
     if loaded is not None:
         start, extra = loaded
         kl.value = extra.get("kl_coef", kl.value)
+        kl.reached = extra.get("kl_reached", True)  # a checkpoint from before `reached` existed: adapting
     run.truncate_metrics(start)
     scorer = reference_scorer(S)
 
@@ -181,6 +183,7 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
                            cfg.train.precision, scorer)
 
     episodes, seconds = extra.get("episodes", 0), extra.get("seconds", 0.0)
+    recent_kl: list[float] = extra.get("recent_kl", [])  # kl/seq of the last rollouts: did the policy move?
     last_eval, step = extra.get("last_eval", {}), start
     schedule = SaveSchedule(cfg.train, steps)
     with StopOnSignal() as stop, tqdm(total=steps, initial=start, desc=desc, dynamic_ncols=True,
@@ -190,6 +193,7 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
             metrics = update(step, kl)
             dt = time.perf_counter() - t0
             episodes += metrics.pop("episodes")
+            recent_kl = (recent_kl + [metrics["kl/seq"]])[-max(3, steps // 10):]
             seconds += dt
             row = {"step": step, "lr": S.scheduler.get_last_lr()[0], "kl/coef": kl.value, **metrics,
                    "time/step": dt, "episodes_per_s": episodes / seconds, "mem/rss_mib": current_rss_mib()}
@@ -203,7 +207,8 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
             save_now, stopping = between_steps(stop, schedule, step)
             if save_now:
                 save_checkpoint(run, S.trainer, modules, S.optimizer, S.scheduler, step, extra={
-                    "kl_coef": kl.value, "episodes": episodes, "seconds": seconds, "last_eval": last_eval})
+                    "kl_coef": kl.value, "kl_reached": kl.reached, "episodes": episodes, "seconds": seconds,
+                    "last_eval": last_eval, "recent_kl": recent_kl})
                 schedule.saved()
             if stopping and step < steps:
                 raise stop.interrupted(run, step, steps)
@@ -217,6 +222,8 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
                "train_seconds": seconds, "episodes_per_s": episodes / max(seconds, 1e-9), "kl/coef": kl.value,
                **peak_memory_mib(S.device), **last_eval, "wall_seconds": time.time() - S.t_start,
                "device": str(S.device), **({"world_size": dist.world()} if dist.active() else {})}
+    if finished:
+        summary.update(check_online(cfg, summary, desc, recent_kl))
     run.write_summary(summary)
     return summary
 

@@ -29,6 +29,7 @@ from ..logprobs import grouped_token_logps, scored_tokens
 from ..models import add_lora, build_model, save_hf, store_frozen_base
 from .data import begin_run, prompt_format
 from .engine import compute_dtype, fit
+from .moved import check_offline
 from .parallel import save_final
 from .reference import group_logps, model_fingerprint, reference_disabled, reference_logps
 
@@ -162,7 +163,9 @@ def run_preference(cfg: PreferenceConfig) -> dict:
     gold = policy_evaluator(model, tokenizer, task, cfg, device)
     summary = fit(run, model, cfg.train, plan, device, make_batch, loss_fn, lambda: {**heldout(), **gold()},
                   stop_after=cfg.train.stop_after, desc=cfg.loss)
-    if summary["finished"]:
+    if summary["finished"]:  # did the policy move at all? (one warning with the knob when not: train/moved.py)
+        summary.update(check_offline(cfg, summary, cfg.loss, model, tokenizer, eval_pairs or pairs,
+                                     reference_scorer(model, tokenizer, device, cfg.train.precision), device))
         save_final(run, model, tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled,
                    save_hf=save_hf)
     summary.update(**start.data_metrics, **stats.as_metrics(), reference_seconds=t_ref,
