@@ -141,7 +141,7 @@ def data_new_tokens(model, tokenizer, refs: list, prompts_file: str, run_cfg: di
 
 def training_completions(run_cfg: dict | None, run_dir: str) -> tuple[list[str], str]:
     """The completions of a run's training file (its path as the run was started; looked up from the run
-    directory upwards, then here), and that path; ([], "") when there is none to read."""
+    directory upwards, then here), and that path as the config names it; ([], "") when there is none."""
     from ..data import load_prompts
     from ..errors import DataError
     data = (run_cfg or {}).get("data") or {}
@@ -152,14 +152,14 @@ def training_completions(run_cfg: dict | None, run_dir: str) -> tuple[list[str],
     from ..data import load_sft
     try:  # every record's completion (pairs: the chosen one), else the distinct prompts' references
         return [r.completion for r in load_sft(path, data.get("format") or "auto", columns=columns,
-                                               skip_bad=True)], path
+                                               skip_bad=True)], data["train_file"]
     except DataError:
         pass
     try:
         records = load_prompts(path, data.get("format") or "auto", columns=columns, skip_bad=True)
     except DataError:
         return [], ""
-    return [r.reference for r in records if r.reference], path
+    return [r.reference for r in records if r.reference], data["train_file"]
 
 
 def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str = "", prompts_format: str = "auto",
