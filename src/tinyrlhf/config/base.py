@@ -209,7 +209,8 @@ class EvalConfig:
     n_prompts: int = 200
     """Held-out prompts sampled for the gold-reward score (0 = no evaluation during or after training)."""
     max_new_tokens: int = 24
-    """Longest sampled completion."""
+    """Longest sampled completion (gold evaluation, reward normalisation, the did-the-policy-move check);
+    0 = from the data's completion lengths (the default on your own data: config/situations.py)."""
     temperature: float = 1.0
     """Sampling temperature for the gold score (> 0; greedy is reported beside it as gold/greedy)."""
     batch_size: int = 64
@@ -217,7 +218,7 @@ class EvalConfig:
 
     def __post_init__(self):
         check_range(self, "n_prompts", 0)
-        check_range(self, "max_new_tokens", 1)
+        check_range(self, "max_new_tokens", 0)
         check_range(self, "temperature", 0, lo_open=True)
         check_range(self, "batch_size", 1)
 

@@ -210,8 +210,8 @@ def _choose(fmt: str, target: str, obj: dict, columns: dict | None, table: str, 
         if kind is None:
             raise DataError(f"cannot detect the format from the keys {sorted(row)}; name your columns (a command: "
                             "data.columns.prompt=KEY data.columns.completion=KEY, or chosen=/rejected=/label=; "
-                            f"Python: columns=) or the format (data.format= / format=: one of {', '.join(FORMATS[1:])})",
-                            **where)
+                            "Python: columns=) or the format (data.format= / format=: one of "
+                            f"{', '.join(FORMATS[1:])})", **where)
         if kind in PUBLIC_PARSERS:
             return PUBLIC_PARSERS[kind]
     else:  # a generic table: whichever project kind the row holds, else the target (errors then name fields)

@@ -109,6 +109,13 @@ def render_prompt(text: str, name: str | None, tokenizer=None) -> str:
     return render_turns(turns, name, tokenizer)
 
 
+def preview(text: str, limit: int = 100) -> str:
+    """A prompt in a message: its repr, the middle cut out past `limit` characters (the end shows the format)."""
+    if len(text) > limit:
+        text = text[:limit * 2 // 3] + " ... " + text[-limit // 3:]
+    return repr(text)
+
+
 def format_records(records: list, name: str, tokenizer=None) -> tuple[list, tuple[str, str] | None]:
     """(records in template `name`, (a prompt as written, the same prompt rendered) for the first record
     whose prompt changed, else None)."""

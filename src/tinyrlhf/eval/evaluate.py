@@ -28,6 +28,7 @@ from ..models import load_tokenizer
 from ..sampling import sample
 from ..tasks import get_task
 from . import metrics as M
+from ..train.data import data_new_tokens
 from ..train.policy_eval import completion_logps
 
 
@@ -101,7 +102,7 @@ def eval_prompts(task, prompts_file: str, fmt: str, s: EvalSettings, tokenizer,
         prompts = task.prompts("eval", s.n_prompts, s.data_seed)
         return prompts, [task.reference_answer(p) for p in prompts]
     from ..data import load_prompts
-    from ..data.templates import data_format, format_records, template_of
+    from ..data.templates import data_format, format_records, preview, template_of
     records = load_prompts(prompts_file, fmt, max_records=s.n_prompts, counts=counts)
     name = template_of(tokenizer)
     if name is not None:
@@ -109,29 +110,20 @@ def eval_prompts(task, prompts_file: str, fmt: str, s: EvalSettings, tokenizer,
         records, example = format_records(records, name, tokenizer)
         if example and (written != name or name == "tokenizer" and written == "plain"):
             print(f"warning: the prompts of {prompts_file} are in the {written} prompt format, but the model uses "
-                  f"the {name} format; they are rendered in {name}: {example[0]!r} -> {example[1]!r}",
+                  f"the {name} format; they are rendered in {name}: {preview(example[0])} -> {preview(example[1])}",
                   file=sys.stderr, flush=True)
     return [r.prompt for r in records], [r.reference for r in records]
 
 
-def data_max_new_tokens(tokenizer, texts: list[str]) -> int | None:
-    """Room for the data's completions: 1.25 x the 95th percentile of their token counts, plus one (EOS)."""
-    texts = [t for t in texts if t]
-    if not texts:
-        return None
-    lengths = sorted(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
-    return max(1, int(1.25 * lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]) + 1)
-
-
-def data_new_tokens(model, tokenizer, refs: list, prompts_file: str, run_cfg: dict | None, run_dir: str) -> int:
+def prompts_new_tokens(model, tokenizer, refs: list, prompts_file: str, run_cfg: dict | None, run_dir: str) -> int:
     """max_new_tokens for a prompts file: sized on its reference answers, else on the run's training
     completions, else 24; at most half the model's context. Prints which, once."""
     from ..loading import unwrap
     given = [r for r in refs if r]
-    n, source = data_max_new_tokens(tokenizer, given), f"the {len(given)} reference answers of {prompts_file}"
+    n, source = data_new_tokens(tokenizer, given), f"the {len(given)} reference answers of {prompts_file}"
     if n is None:
         texts, train_file = training_completions(run_cfg, run_dir)
-        n, source = data_max_new_tokens(tokenizer, texts), f"the {len(texts)} completions of {train_file}"
+        n, source = data_new_tokens(tokenizer, texts), f"the {len(texts)} completions of {train_file}"
     if n is None:
         n, source = 24, "the default: no reference answers or training file to size it on"
     n = min(n, unwrap(model).config.max_position_embeddings // 2)
@@ -193,8 +185,8 @@ def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str
     counts: dict = {}
     prompts, refs = eval_prompts(task, prompts_file, prompts_format, s, tok, counts)
     if s.max_new_tokens == 0:  # from the data on a prompts file; 24 on a task (its answers are short)
-        s = replace(s, max_new_tokens=24 if task is not None else data_new_tokens(model, tok, refs, prompts_file,
-                                                                                    run_cfg, path))
+        n = 24 if task is not None else prompts_new_tokens(model, tok, refs, prompts_file, run_cfg, path)
+        s = replace(s, max_new_tokens=n)
     gen = dict(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, device=device)
     with autocast(device, s.precision):
         completions = sample(model, tok, prompts, temperature=s.temperature, seed=s.seed, **gen)

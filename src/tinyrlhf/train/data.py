@@ -147,13 +147,43 @@ def own_data_with_task(cfg: DataConfig) -> str | None:
             "file's; leave data.task out unless the file holds that task's data")
 
 
+def data_new_tokens(tokenizer, texts: list[str]) -> int | None:
+    """Room for the data's completions: 1.25 x the 95th percentile of their token counts, plus one (EOS);
+    None without any."""
+    texts = [t for t in texts if t]
+    if not texts:
+        return None
+    lengths = sorted(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    return max(1, int(1.25 * lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]) + 1)
+
+
+def sized_sampling(cfg, tokenizer, records: list, context: int):
+    """`cfg` with eval.max_new_tokens (and rollout.max_new_tokens) 0 replaced by data_new_tokens of the
+    records' completions (chosen ones for pairs), else 24; at most half the model's context. Prints the
+    value once. The run's config.yaml keeps 0 (the rule, not its result)."""
+    import dataclasses
+    from .. import dist
+    keys = [k for k in ("eval", "rollout") if getattr(getattr(cfg, k, None), "max_new_tokens", None) == 0]
+    if not keys:
+        return cfg
+    texts = [getattr(r, "completion", None) or getattr(r, "chosen", None) or "" for r in records]
+    n = data_new_tokens(tokenizer, texts)
+    source = f"from the {sum(bool(t) for t in texts)} completions of the training data" if n else \
+        "the default: the data has no completions to size it on"
+    n = min(n or 24, context // 2)
+    if dist.is_main():
+        print(f"{' and '.join(k + '.max_new_tokens' for k in keys)}: {n} ({source})", flush=True)
+    changes = {k: dataclasses.replace(getattr(cfg, k), max_new_tokens=n) for k in keys}
+    return dataclasses.replace(cfg, **changes)
+
+
 def prompt_format(tokenizer, named: dict[str, list], cfg) -> tuple[dict[str, list], str]:
     """Every record list of `named` in the model's prompt template (data/templates.py), and the template.
     A model without one (a preset, a base model) takes the format of the first non-empty list, and its
     tokenizer keeps it (saved in final/). Records written in another format are rendered in the model's,
     with one warning naming both, with an example."""
     from .. import dist
-    from ..data.templates import data_format, format_records, set_template, template_of
+    from ..data.templates import data_format, format_records, preview, set_template, template_of
 
     model = cfg.model.path or f"the {cfg.model.preset} preset"
     source = cfg.data.train_file or cfg.data.dir or (f"task {cfg.data.task}" if cfg.data.task else "")
@@ -168,8 +198,8 @@ def prompt_format(tokenizer, named: dict[str, list], cfg) -> tuple[dict[str, lis
         if example and not warned and (written != name or name == "tokenizer" and written == "plain") \
                 and dist.is_main():
             print(f"warning: {label} ({source}) are in the {written} prompt format, but {model} uses the {name} "
-                  f"format; this run renders them in {name} (one format per run): {example[0]!r} -> "
-                  f"{example[1]!r}", file=sys.stderr, flush=True)
+                  f"format; this run renders them in {name} (one format per run): {preview(example[0])} -> "
+                  f"{preview(example[1])}", file=sys.stderr, flush=True)
             warned = True
     return out, name
 

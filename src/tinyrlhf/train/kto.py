@@ -30,8 +30,9 @@ from ..data import PairRecord, load_preferences, pair_to_binary
 from ..errors import DataError
 from ..logprobs import grouped_token_logps
 from .. import dist
+from ..loading import unwrap
 from ..models import save_hf
-from .data import begin_run, prompt_format
+from .data import begin_run, prompt_format, sized_sampling
 from .engine import fit
 from .parallel import save_final
 from .moved import check_offline
@@ -110,6 +111,7 @@ def run_kto(cfg: KTOConfig) -> dict:
     named = {"the training examples": start.train, "the held-out examples": examples}
     formatted, _ = prompt_format(tokenizer, named, cfg)
     records, examples = formatted["the training examples"], formatted["the held-out examples"]
+    cfg = sized_sampling(cfg, tokenizer, records, unwrap(model).config.max_position_embeddings)
     n_good = sum(r.label for r in records)
 
     stats = TruncationStats()

@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from .policy_eval import completion_logps, policy_eval
 from ..models import add_lora, build_model, save_hf, set_dropout
 from ..rollout import Rollout, encode_prompts, generate
-from .data import begin_run, prompt_format
+from .data import begin_run, prompt_format, sized_sampling
 from .engine import autocast, build_optimizer, build_scheduler, current_rss_mib, peak_memory_mib, set_seed
 from .parallel import between_steps, load_checkpoint, save_checkpoint, save_final
 from .guard import SaveSchedule, StopOnSignal, check_weights
@@ -55,6 +55,7 @@ def open_online(cfg) -> Online | dict:
     # unique, in file order, in the model's prompt format (data/templates.py)
     formatted, _ = prompt_format(tokenizer, {"the training prompts": start.train}, cfg)
     prompts = list(dict.fromkeys(r.prompt for r in formatted["the training prompts"]))
+    cfg = sized_sampling(cfg, tokenizer, formatted["the training prompts"], policy.config.max_position_embeddings)
     set_dropout(policy, 0.0)  # dropout off: rollout, old and new log-probs must agree [details]
     policy = add_lora(policy, cfg.lora).to(start.device)
     reward, rm = reward_source(cfg.reward, start.task, start.device, cfg.train.precision, cfg.data.max_length)

@@ -26,8 +26,9 @@ from ..config import PreferenceConfig
 from ..data.collate import BatchPlan, TruncationStats, encode_groups, pad_groups
 from .policy_eval import completion_logps, policy_eval
 from ..logprobs import grouped_token_logps, scored_tokens
+from ..loading import unwrap
 from ..models import add_lora, build_model, save_hf, store_frozen_base
-from .data import begin_run, prompt_format
+from .data import begin_run, prompt_format, sized_sampling
 from .engine import compute_dtype, fit
 from .moved import check_offline
 from .parallel import save_final
@@ -133,6 +134,7 @@ def run_preference(cfg: PreferenceConfig) -> dict:
     named = {"the training pairs": start.train, "the held-out pairs": start.evals}
     formatted, _ = prompt_format(tokenizer, named, cfg)
     pairs, eval_pairs = formatted["the training pairs"], formatted["the held-out pairs"]
+    cfg = sized_sampling(cfg, tokenizer, pairs, unwrap(model).config.max_position_embeddings)
 
     stats = TruncationStats()
     # one prompt, two completions: chosen and rejected keep the same (truncated) prompt

@@ -16,7 +16,7 @@ from ..losses import bradley_terry_loss
 from ..loading import check_model_dir
 from ..models import RewardModel, add_lora, build_model, load_tokenizer, save_reward_model
 from ..sampling import sample
-from .data import begin_run, prompt_format
+from .data import begin_run, prompt_format, sized_sampling
 from .engine import autocast, fit
 
 
@@ -90,6 +90,7 @@ def run_reward(cfg: RewardConfig) -> dict:
     named = {"the training pairs": pairs, "the held-out pairs": eval_pairs}
     formatted, _ = prompt_format(tokenizer, named, cfg)
     pairs, eval_pairs = formatted["the training pairs"], formatted["the held-out pairs"]
+    cfg = sized_sampling(cfg, tokenizer, pairs, lm.config.max_position_embeddings)
     rm = RewardModel(add_lora(lm, cfg.lora), pool=cfg.pool, logp_feature=cfg.logp_feature).to(device)
 
     stats = TruncationStats()

@@ -9,8 +9,9 @@
 
 Identity: an existing run is resumed or reused only when its config matches the new one, apart from the
 keys in HARMLESS; otherwise one error names the differing keys. A run that stopped before its first step
-(no checkpoint, metrics, summary or final/) has no identity: a corrected command simply starts it. `train.force_new` (`--force-new`) moves
-the old run aside to `<out_dir>.old-N` and starts anew: nothing is ever mixed or silently deleted.
+(no checkpoint, metrics, summary or final/) has no identity: a corrected command simply starts it.
+`train.force_new` (`--force-new`) moves the old run aside to `<out_dir>.old-N` and starts anew: nothing is
+ever mixed or silently deleted.
 """
 from __future__ import annotations
 

@@ -13,8 +13,9 @@ from ..config import SFTConfig
 from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..logprobs import token_logps
 from .. import dist
+from ..loading import unwrap
 from ..models import add_lora, build_model, save_hf
-from .data import begin_run, prompt_format
+from .data import begin_run, prompt_format, sized_sampling
 from .engine import RunDir, autocast, fit
 from .parallel import save_final
 
@@ -86,6 +87,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     named = {"the training data": train_records, "the held-out data": eval_records}
     formatted, _ = prompt_format(tokenizer, named, cfg)
     train_records, eval_records = formatted["the training data"], formatted["the held-out data"]
+    cfg = sized_sampling(cfg, tokenizer, train_records, unwrap(model).config.max_position_embeddings)
 
     stats = TruncationStats()
     examples = encode(tokenizer, [r.prompt for r in train_records], [r.completion for r in train_records],
