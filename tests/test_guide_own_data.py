@@ -151,6 +151,7 @@ def label_through_the_api(cmd: str, root) -> tuple[int, list[str]]:
     proc, port = start(cmd, "--port", root)
     try:
         lines = read_until(proc, "export: tinyrlhf feedback export")
+        assert re.search(r"sampling \d+ outputs to label", "".join(lines))  # progress while it samples
         tokens = dict(re.findall(r"^\s+(\w+)\s+http://\S+/\?token=(\S+)$", "".join(lines), re.M))
         assert sorted(tokens) == ["alice", "bob"], "".join(lines)
         url, stored, seen = f"http://127.0.0.1:{port}", 0, []

@@ -87,7 +87,8 @@ def run_sft(cfg: SFTConfig) -> dict:
     named = {"the training data": train_records, "the held-out data": eval_records}
     formatted, _ = prompt_format(tokenizer, named, cfg)
     train_records, eval_records = formatted["the training data"], formatted["the held-out data"]
-    cfg = sized_sampling(cfg, tokenizer, train_records, unwrap(model).config.max_position_embeddings)
+    if task is not None:  # SFT samples only for the gold evaluation and its learnability report
+        cfg = sized_sampling(cfg, tokenizer, train_records, unwrap(model).config.max_position_embeddings)
 
     stats = TruncationStats()
     examples = encode(tokenizer, [r.prompt for r in train_records], [r.completion for r in train_records],
