@@ -224,3 +224,16 @@ def test_compare_report_warns_at_the_top():
     runs["dpo"]["vs"]["sft"] = {**crossing, "significant": True, "low": 0.01}
     results["task_card"] = {"coin_flip_labels": 0.1}
     assert top_warnings(spec, results) == []
+
+
+def test_serve_renders_chat_in_the_models_format():
+    from tinyrlhf.serve.protocol import ChatMessage
+    from tinyrlhf.serve.templates import HH_TEMPLATE, PLAIN_TEMPLATE, render_chat, template_name
+    tok = train_tokenizer(["hello world"] * 4, 300)
+    messages = [ChatMessage(role="developer", content="Be brief."), ChatMessage(role="user", content="Hi?")]
+    assert render_chat(tok, messages) == "Be brief.\nHi?" and template_name(tok) == PLAIN_TEMPLATE  # none: plain
+    set_template(tok, "hh")
+    assert render_chat(tok, messages) == "\n\nSystem: Be brief.\n\nHuman: Hi?\n\nAssistant:"
+    assert template_name(tok) == HH_TEMPLATE
+    assert tok.apply_chat_template([m.model_dump() for m in messages], tokenize=False,
+                                   add_generation_prompt=True) == render_chat(tok, messages)

@@ -23,7 +23,8 @@ from .records import render_plain
 # (transformers compiles chat templates with trim_blocks: a newline right after a tag is dropped, so the
 # newlines are written as string expressions)
 PLAIN_JINJA = "{% for m in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}{{ m['content'] }}{% endfor %}"
-HH_JINJA = ("{% for m in messages %}{{ '\\n\\n' + {'system': 'System', 'user': 'Human', 'assistant': 'Assistant'}"
+HH_JINJA = ("{% for m in messages %}{{ '\\n\\n' + {'system': 'System', 'developer': 'System', 'user': 'Human', "
+            "'assistant': 'Assistant'}"
             "[m['role']] + ': ' + m['content'] }}{% endfor %}{% if add_generation_prompt %}"
             "{{ '\\n\\nAssistant:' }}{% endif %}")
 JINJA = {"plain": PLAIN_JINJA, "hh": HH_JINJA}

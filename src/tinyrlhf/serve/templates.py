@@ -9,7 +9,7 @@ Any other chat template (an instruct model's) is applied as it is, and a model w
 """
 from __future__ import annotations
 
-from ..data.templates import template_of
+from ..data.templates import render_turns, template_of
 from .protocol import APIError, ChatMessage
 
 PLAIN_TEMPLATE = "plain: message contents joined by newlines, no role markers"
@@ -23,6 +23,10 @@ def template_name(tokenizer) -> str:
 def render_chat(tokenizer, messages: list[ChatMessage]) -> str:
     if not messages:
         raise APIError(400, "'messages': at least one message is required", param="messages", code="invalid_value")
+    ours = template_of(tokenizer)
+    if ours in ("plain", "hh"):  # tinyrlhf's formats, rendered as training rendered them (a developer turn: system)
+        return render_turns([{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                             for m in messages], ours)
     if getattr(tokenizer, "chat_template", None):
         try:
             return tokenizer.apply_chat_template([{"role": m.role, "content": m.text()} for m in messages],
