@@ -81,6 +81,9 @@ def test_a_hub_name_comes_from_the_cache_and_offline_fails_in_one_line(own, tmp_
     assert main([*args, "model.path=tinyorg/tiny-own", f"out_dir={tmp_path / 'hub-sft'}"]) == 0
     assert json.load(open(tmp_path / "hub-sft" / "summary.json"))["finished"]
     capsys.readouterr()
+    assert main(["eval", str(tmp_path / "hub-sft"), "--prompts", qa, "--columns", "prompt=q,completion=a",
+                 "--out", str(tmp_path / "e.json")]) == 0
+    assert "KL to reference" in capsys.readouterr().out and str(snap) in open(tmp_path / "e.json").read()
     assert main([*args, "model.path=tinyorg/not-cached", f"out_dir={tmp_path / 'nope'}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.path 'tinyorg/not-cached'" in err and "offline" in err, err

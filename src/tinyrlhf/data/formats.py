@@ -144,6 +144,20 @@ def detect_format(obj: Any) -> str | None:
 
 # ---------------------------------------------------------------- generic tables
 
+def parse_columns(text: str, what: str = "columns") -> dict | None:
+    """'prompt=question,completion=answer' (a command's --columns) -> {"prompt": "question", ...}; None when
+    empty. Fields are checked where the mapping is used (COLUMN_FIELDS)."""
+    if not text.strip():
+        return None
+    out = {}
+    for item in text.split(","):
+        field, sep, key = (x.strip() for x in item.partition("="))
+        if not sep or not field or not key:
+            raise DataError(f"{what} {text!r}: expected FIELD=KEY[,FIELD=KEY...], e.g. prompt=question")
+        out[field] = key
+    return out
+
+
 def _map_columns(obj: dict, columns: dict | None, where: dict) -> dict:
     if not columns:
         return obj

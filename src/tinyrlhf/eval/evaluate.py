@@ -23,7 +23,7 @@ import yaml
 
 from ..diskio import DiskError, atomic_write, make_dirs
 from ..errors import ConfigError
-from ..loading import check_model_dir, find_relative, load_causal_lm
+from ..loading import HUB_NAME, check_model_dir, find_relative, load_causal_lm, resolve_model_path
 from ..models import load_tokenizer
 from ..sampling import sample
 from ..tasks import get_task
@@ -75,9 +75,15 @@ def resolve_model(path: str, task_name: str | None = None) -> tuple[str, dict | 
 
 def default_reference(run_cfg: dict | None, run_dir: str = ".") -> str:
     """The model a policy run started from (its SFT model), if it is a local directory. A relative
-    model.path is looked up from the run directory upwards, then here (loading.find_relative)."""
+    model.path is looked up from the run directory upwards, then here (loading.find_relative); a Hugging
+    Face hub name is its snapshot in the hub cache."""
     start = ((run_cfg or {}).get("model") or {}).get("path") or ""
     found = find_relative(start, run_dir) if start else None
+    if start and found is None and HUB_NAME.fullmatch(start):  # a hub name: the snapshot the run trained from
+        try:
+            found = resolve_model_path(start)
+        except ConfigError:
+            found = None
     return found if found and os.path.isdir(found) else ""
 
 
@@ -93,7 +99,7 @@ def _ci(values: list[float], seed: int) -> dict:
 
 
 def eval_prompts(task, prompts_file: str, fmt: str, s: EvalSettings, tokenizer,
-                 counts: dict | None = None) -> tuple[list[str], list]:
+                 counts: dict | None = None, columns: dict | None = None) -> tuple[list[str], list]:
     """(prompts, reference answers or Nones): the task's eval split, or the first n_prompts distinct
     prompts of a file in any supported format, in the model's prompt format (data/templates.py: the
     template its tokenizer carries; a warning when the file is written in another). `counts` receives
@@ -103,7 +109,7 @@ def eval_prompts(task, prompts_file: str, fmt: str, s: EvalSettings, tokenizer,
         return prompts, [task.reference_answer(p) for p in prompts]
     from ..data import load_prompts
     from ..data.templates import data_format, format_records, preview, template_of
-    records = load_prompts(prompts_file, fmt, max_records=s.n_prompts, counts=counts)
+    records = load_prompts(prompts_file, fmt, columns=columns, max_records=s.n_prompts, counts=counts)
     name = template_of(tokenizer)
     if name is not None:
         written = data_format(records)
@@ -155,6 +161,7 @@ def training_completions(run_cfg: dict | None, run_dir: str) -> tuple[list[str],
 
 
 def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str = "", prompts_format: str = "auto",
+                   prompts_columns: dict | None = None,
                    reward: str = "", reference: str | None = None, judge=None,
                    settings: EvalSettings = EvalSettings(), device=None, task=None) -> dict:
     """All metrics of one model (see the module docstring), on `task_name`'s held-out prompts or on the
@@ -183,7 +190,7 @@ def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str
     s = settings
     model, tok = load_eval_model(model_dir, device)
     counts: dict = {}
-    prompts, refs = eval_prompts(task, prompts_file, prompts_format, s, tok, counts)
+    prompts, refs = eval_prompts(task, prompts_file, prompts_format, s, tok, counts, prompts_columns)
     if s.max_new_tokens == 0:  # from the data on a prompts file; 24 on a task (its answers are short)
         n = 24 if task is not None else prompts_new_tokens(model, tok, refs, prompts_file, run_cfg, path)
         s = replace(s, max_new_tokens=n)

@@ -56,9 +56,9 @@ def task_prompts(task: str, n: int, seed: int) -> list[str]:
     return get_task(task).prompts("eval", n, seed)
 
 
-def file_prompts(path: str, n: int) -> list[str]:
+def file_prompts(path: str, n: int, columns: dict | None = None) -> list[str]:
     from ..data.formats import load_prompts
-    return [r.prompt for r in load_prompts(path, max_records=n)]
+    return [r.prompt for r in load_prompts(path, columns=columns, max_records=n)]
 
 
 class Models:
