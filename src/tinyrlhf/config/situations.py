@@ -72,4 +72,16 @@ def situation(cls, tree: dict) -> dict:
     if not _get(tree, "data.task") and own_length and (name == "SFTConfig" or name in OWN_EPOCHS):
         epochs = SFT_EPOCHS["pretrained" if pretrained else "preset"] if name == "SFTConfig" else OWN_EPOCHS[name]
         out.update({"train.max_steps": 0, "train.epochs": epochs})
-    return {k: v for k, v in out.items() if _get(tree, k) is None}
+    return {k: v for k, v in out.items() if _get(tree, k) is None and _free(tree, k)}
+
+
+def _free(tree: dict, dotted: str) -> bool:
+    """True when every section on the way to `dotted` is a mapping or absent (`train=5` is build's error)."""
+    node = tree
+    for part in dotted.split(".")[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return True
+        if not isinstance(node, dict):
+            return False
+    return True
