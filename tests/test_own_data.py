@@ -168,7 +168,7 @@ def test_the_sft_models_format_is_saved_and_eval_counts_its_prompts(own, tmp_pat
 
 # ---------------------------------------------------------------- 4. defaults by situation
 
-def test_defaults_follow_the_situation():
+def test_defaults_follow_the_situation(own):
     def train(cls, *over):
         t = load_config(cls, None, list(over)).train
         return t.lr, t.max_steps, t.epochs
@@ -177,6 +177,8 @@ def test_defaults_follow_the_situation():
     assert train(SFTConfig, "model.path=m") == (5e-5, 0, 3.0)
     assert load_config(SFTConfig, None, ["model.path=m"]).train.prompt_loss_weight == 0.0
     assert train(SFTConfig, "model.path=m", "lora.enabled=true")[0] == 5e-4
+    run_final = f"model.path={own[0] / 'sft' / 'final'}"  # a tinyrlhf run's final/: as the preset it came from
+    assert train(SFTConfig, run_final) == (2e-3, 0, 20.0)
     assert train(KTOConfig, "data.task=family_tree") == (2e-5, 150, 1.0)
     assert train(KTOConfig, "lora.enabled=true", "data.task=family_tree")[0] == 2e-4
     assert train(KTOConfig, "lora.enabled=true", "train.lr=1e-5")[0] == 1e-5  # what you set wins

@@ -12,7 +12,8 @@ the SFT model on one sample per prompt.
   run length on your own data: the tasks' step counts are about one pass over their large label pools, but
          many passes over a small file.
          sft from a preset: 20 epochs, not 3,000 steps (= 320 epochs of 300 rows). On A the held-out loss was
-         lowest near 19 epochs (0.308) and rose to 0.447 by 320. From a pretrained model.path: 3 epochs.
+         lowest near 19 epochs (0.308) and rose to 0.447 by 320. From a pretrained model.path (a hub name
+         or a model directory; a tinyrlhf run's final/ counts as the preset it came from): 3 epochs.
          dpo 3 epochs: on B, 150 steps (12 epochs of 400 pairs) reached KL 5.6 and a reward-model win rate
          of 0.63 against SFT; 3 epochs KL 2.3 and 0.70. kto 3 epochs: under LoRA it moved as far in 3 as in
          6 (KL 0.47 against 0.54, B). reward 2 epochs: held-out accuracy 1.0 at 1 and 2 (B); InstructGPT
@@ -33,6 +34,8 @@ the SFT model on one sample per prompt.
          reward-model score rose from -0.33 to 0.3.
 """
 from __future__ import annotations
+
+import os
 
 # stage config class -> (full fine-tuning lr, LoRA lr); SFT from a pretrained model.path has its own row
 LR = {"SFTConfig": (2e-3, 2e-3), "RewardConfig": (3e-4, 3e-4), "PreferenceConfig": (2e-4, 2e-4),
@@ -58,7 +61,7 @@ def situation(cls, tree: dict) -> dict:
     name = cls.__name__
     if name not in LR:
         return {}
-    pretrained, lora = bool(_get(tree, "model.path")), _get(tree, "lora.enabled") is True
+    pretrained, lora = _pretrained(_get(tree, "model.path")), _get(tree, "lora.enabled") is True
     out: dict = {}
     lrs = SFT_PRETRAINED_LR if name == "SFTConfig" and pretrained else LR[name]
     out["train.lr"] = lrs[1] if lora else lrs[0]
@@ -73,6 +76,15 @@ def situation(cls, tree: dict) -> dict:
         epochs = SFT_EPOCHS["pretrained" if pretrained else "preset"] if name == "SFTConfig" else OWN_EPOCHS[name]
         out.update({"train.max_steps": 0, "train.epochs": epochs})
     return {k: v for k, v in out.items() if _get(tree, k) is None and _free(tree, k)}
+
+
+def _pretrained(path) -> bool:
+    """A model.path that is a pretrained model (a hub name, a model directory), not the final/ of a tinyrlhf
+    run (whose directory holds config.yaml): continuing SFT on one of those keeps the preset's values."""
+    if not isinstance(path, str) or not path:
+        return False
+    run_dir = os.path.dirname(os.path.abspath(path.rstrip("/" + os.sep)))
+    return not os.path.isfile(os.path.join(run_dir, "config.yaml"))
 
 
 def _free(tree: dict, dotted: str) -> bool:
