@@ -1,4 +1,10 @@
 """Shared test helpers: tiny task data and a few-step SFT model to start other stages from."""
+import os
+
+# No test downloads anything: a model.path that names the Hugging Face hub is looked up in the cache only
+# (set before transformers and huggingface_hub are imported; they read it once).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from tinyrlhf.config import SFTConfig, load_config
 from tinyrlhf.tasks.generate import write_task_data
 from tinyrlhf.train.sft import run_sft

@@ -136,10 +136,12 @@ def flat(d, prefix=""):
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_stage_defaults_are_the_tuned_family_tree_configs(stage):
-    """A stage run without --config trains as the README's measured runs did: every key equals
-    configs/family_tree/STAGE.yaml except where the runs live and what they read."""
+    """A stage run on a task without --config trains as the README's measured runs did: every key equals
+    configs/family_tree/STAGE.yaml except where the runs live and what they read (your own data gets the
+    situational defaults of config/situations.py instead)."""
     cls, extra = STAGES[stage]
-    default = flat(C.config_to_dict(load_config(cls, None, extra)))
+    default = flat(C.config_to_dict(load_config(cls, None, extra + ["data.task=family_tree"]
+                                                + ([] if stage == "sft" else ["model.path=runs/sft/final"]))))
     tuned = flat(C.config_to_dict(load_config(cls, os.path.join(CONFIGS, f"{stage}.yaml"))))
     where = {"out_dir", "model.path", "data.task", "data.dir", "reward", "normalize_on"}
     differ = {k for k in default if default[k] != tuned[k]} - where

@@ -99,8 +99,11 @@ def test_adaptive_kl_controller_moves_beta_towards_target():
     up.update(5.0, 10)  # error clipped at +0.2 -> beta * (1 + 0.2 * 10 / 100)
     assert up.value == pytest.approx(0.1 * 1.02)
     down = KLController(0.1, True, target=1.0, horizon=100)
-    down.update(0.5, 10)  # error -0.5 clipped to -0.2
-    assert down.value == pytest.approx(0.1 * 0.98)
+    down.update(0.5, 10)  # below the target before ever reaching it: beta is not lowered (the start)
+    assert down.value == 0.1 and not down.reached
+    down.update(1.0, 10)  # reached (error 0: unchanged) ...
+    down.update(0.5, 10)  # ... from then on, error -0.5 clipped to -0.2
+    assert down.reached and down.value == pytest.approx(0.1 * 0.98)
     fixed = KLController(0.1, False, target=1.0, horizon=100)
     fixed.update(5.0, 10)
     assert fixed.value == 0.1

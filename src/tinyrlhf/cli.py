@@ -157,12 +157,15 @@ def _cmd_eval(args) -> int:
     if args.out and os.path.isdir(args.out):  # before the evaluation, not after it
         raise TinyRLHFError(f"--out {args.out}: is a directory; give the result file's name "
                             f"(e.g. {os.path.join(args.out, 'eval.json')})")
+    from .data.formats import parse_columns
+    columns = parse_columns(args.columns, "--columns")
     judge = args.judge
     if judge == "chat":
         from .eval.judges import ChatJudge
         judge = ChatJudge(args.judge_url, model=args.judge_model)
     result = evaluate_model(args.model, args.task or None, prompts_file=args.prompts or "",
-                            prompts_format=args.format, reward=args.reward or "", reference=args.reference,
+                            prompts_format=args.format, prompts_columns=columns, reward=args.reward or "",
+                            reference=args.reference,
                             judge=judge, settings=EvalSettings(**kwargs))
     name = args.task or "file-" + os.path.basename(args.prompts).split(".")[0]
     out = args.out or os.path.join(args.model if os.path.isfile(os.path.join(args.model, "config.yaml"))
@@ -264,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default="", help="your own prompts: any data file (project JSONL, hh-rlhf, TL;DR, "
                    "stack-exchange, {\"prompt\": ...} JSONL, CSV, chat messages...); no gold reward then")
     p.add_argument("--format", default="auto", help="format of --prompts (default: detected)")
+    p.add_argument("--columns", default="", help="your --prompts file's own field names, e.g. "
+                   "prompt=question,completion=answer (as data.columns.* in training)")
     p.add_argument("--reward", default="", help="a reward run directory: also report its score")
     p.add_argument("--reference", default=None,
                    help="reference model or run for KL and win rate (default: the run's starting model; '' = none)")

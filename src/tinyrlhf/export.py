@@ -27,8 +27,8 @@ import yaml
 
 from .diskio import disk_errors
 from .errors import ConfigError
-from .loading import (ADAPTER_CONFIG, BASE_FILE, adapter_base, check_model_dir, find_relative, is_adapter_dir,
-                      load_causal_lm, weights_sha256)
+from .loading import (ADAPTER_CONFIG, BASE_FILE, HUB_NAME, adapter_base, check_model_dir, find_relative,
+                      is_adapter_dir, load_causal_lm, weights_sha256)
 
 REWARD_FILES = ("reward_head.safetensors", "reward_head.json")
 SUMMARY_KEYS = ("gold/mean", "gold/greedy", "kl/ref", "eval/loss", "eval/accuracy", "eval/margin",
@@ -91,7 +91,8 @@ def lineage(run_dir: str | None, model_dir: str) -> list[dict]:
             chain.append({"stage": "base", "run": None, "config": None, "started_from": preset})
             return chain[::-1]
         if found is None:
-            chain.append({"stage": "base", "run": None, "config": None, "started_from": f"{start} (not found here)"})
+            where = "a Hugging Face hub name" if HUB_NAME.fullmatch(start) else "not found here"
+            chain.append({"stage": "base", "run": None, "config": None, "started_from": f"{start} ({where})"})
             return chain[::-1]
         run_dir, model_dir = locate(found)
     base = adapter_base(model_dir) if is_adapter_dir(model_dir) else model_dir
@@ -101,6 +102,36 @@ def lineage(run_dir: str | None, model_dir: str) -> list[dict]:
 
 def _number(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def prompts_evaluated(result: dict):
+    """How many prompts an eval result scored: the length of its per-prompt scores, else the prompts file's
+    count, else (older results) the n_prompts setting, which is only an upper bound."""
+    per_prompt = result.get("per_prompt")
+    if isinstance(per_prompt, dict) and per_prompt and isinstance(next(iter(per_prompt.values())), list):
+        return len(next(iter(per_prompt.values())))
+    if isinstance(result.get("prompts"), dict) and "n" in result["prompts"]:
+        return result["prompts"]["n"]
+    return f"up to {(result.get('settings') or {}).get('n_prompts', '?')}"
+
+
+def prompt_format(model_dir: str) -> str:
+    """The prompt format the model was trained on, as its tokenizer's chat template says (data/templates.py)."""
+    from .data.templates import template_of
+    from .models import load_tokenizer
+    return {None: "none recorded (prompts as written)",
+            "plain": "plain (prompts as written; the tokenizer's chat template joins chat turns by newlines)",
+            "hh": "hh (`\\n\\nHuman: ...\\n\\nAssistant:`; the tokenizer's chat template renders it)",
+            "tokenizer": "the tokenizer's own chat template"}[template_of(load_tokenizer(model_dir))]
+
+
+def _read_summary(run_dir: str | None) -> dict:
+    try:
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+        return summary if isinstance(summary, dict) else {}
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
 def eval_figures(run_dir: str | None) -> list[str]:
@@ -134,8 +165,8 @@ def eval_figures(run_dir: str | None) -> list[str]:
             w = result["win_rate"]
             parts.append(f"win rate {w['rate']:.3f} [{w['low']:.3f}, {w['high']:.3f}] vs {w.get('against')} "
                          f"(judge {w.get('judge')})")
-        n = (result.get("settings") or {}).get("n_prompts")
-        lines.append(f"- `tinyrlhf eval` on {on} ({n} prompts, {os.path.basename(path)}): " + "; ".join(parts))
+        lines.append(f"- `tinyrlhf eval` on {on} ({prompts_evaluated(result)} prompts, {os.path.basename(path)}): "
+                     + "; ".join(parts))
     return lines
 
 
@@ -150,13 +181,17 @@ def model_card(run_dir: str | None, model_dir: str, kind: str, reward: bool) -> 
            f"({' → '.join(stages) or 'no training run found'}), exported by `tinyrlhf export` "
            + {"merged": "with its LoRA adapters merged into the weights.", "plain": "as a plain model directory.",
               "adapter": "as a LoRA adapter: the base model named in adapter_config.json is needed to load it."}[kind],
-           "", f"Base model: `{chain[0]['started_from']}`", "", "## Stages", "",
-           "| # | stage | run | started from | data | steps |", "| --- | --- | --- | --- | --- | --- |"]
+           "", f"Base model: `{chain[0]['started_from']}`", "", f"Prompt format: {prompt_format(model_dir)}", "",
+           "## Stages", "",
+           "| # | stage | run | started from | data | examples | steps |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
     for i, c in enumerate(chain[1:], 1):
         data, train = c["config"].get("data") or {}, c["config"].get("train") or {}
         source = data.get("train_file") or (f"task {data['task']}" if data.get("task") else data.get("dir", "?"))
-        out.append(f"| {i} | {c['stage']} | `{c['run']}` | `{c['started_from']}` | {source} | "
-                   f"{train.get('max_steps', '?')} |")
+        summary = _read_summary(c["run"])  # what the run did, not what its config asked (epochs, stop_after)
+        examples = summary.get("data/train_records", "?")
+        steps = summary.get("steps", train.get("max_steps", "?"))
+        out.append(f"| {i} | {c['stage']} | `{c['run']}` | `{c['started_from']}` | {source} | {examples} | {steps} |")
     figures = eval_figures(run_dir)
     out += ["", "## Evaluation", "", *(figures or ["No evaluation figures were found in the run directory."])]
     out += ["", "## Loading", "", "```python"]

@@ -22,6 +22,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import warnings
 
 import torch
@@ -111,6 +112,40 @@ def adapter_base(adapter_dir: str) -> str:
     raise ConfigError(f"LoRA adapter '{adapter_dir}': its base model '{named or '(none named)'}' is not found "
                       "(looked beside final/, in the directories above it and here); restore it or point "
                       "base_model_name_or_path in adapter_config.json at a copy")
+
+
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+
+
+def resolve_model_path(path: str, what: str = "model.path") -> str:
+    """A local model directory for `path`: the path itself when it exists, else, for a name of the Hugging
+    Face hub's shape ('gpt2', 'org/name'), its snapshot in the hub cache (~/.cache/huggingface; HF_HOME or
+    HF_HUB_CACHE move it): taken from the cache when it is there (no network), else downloaded once
+    (weights, configs and tokenizer files only). Offline, or with HF_HUB_OFFLINE=1, a name that is not in
+    the cache is one ConfigError that says so."""
+    if not path or os.path.exists(path) or not HUB_NAME.fullmatch(path) or path.endswith((".json", ".jsonl")):
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+    try:
+        return snapshot_download(path, allow_patterns=HUB_FILES, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError):
+        pass
+    try:
+        return snapshot_download(path, allow_patterns=HUB_FILES)
+    except LocalEntryNotFoundError:  # no network, or HF_HUB_OFFLINE=1
+        raise ConfigError(f"{what} '{path}': no such local directory, and as a Hugging Face hub name it is not "
+                          "in the cache and cannot be downloaded from here (offline); run once on a machine with "
+                          "internet (it is kept in ~/.cache/huggingface) or give a local directory") from None
+    except (RepositoryNotFoundError, GatedRepoError, HFValidationError):
+        raise ConfigError(f"{what} '{path}': no such local directory, and no model of that name on the Hugging "
+                          "Face hub (or it is private or gated)") from None
+    except (HfHubHTTPError, OSError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{what} '{path}': no such local directory, and downloading it from the Hugging Face "
+                          f"hub failed ({why})") from None
 
 
 def check_model_dir(path: str, what: str = "model directory"):

@@ -1,7 +1,8 @@
 """Build or load causal LMs and tokenizers, add LoRA (peft), and the reward model (LM trunk + scalar head).
 
-Nothing here touches the network: a model is a local Hugging Face directory or a named preset built
-from a config with random weights (its tokenizer a byte-level BPE trained on the task's text).
+A model is a local Hugging Face directory, a model of the Hugging Face hub by name (taken from the hub cache,
+downloaded into it once: loading.resolve_model_path), or a named preset built from a config with random
+weights (its tokenizer a byte-level BPE trained on the task's text or the run's own data).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2C
 from .attention import CHOICES as ATTENTION_CHOICES, set_attention
 from .config import LoRAConfig, ModelConfig
 from .errors import ConfigError
-from .loading import FUSED_GELU, check_model_dir, load_causal_lm, save_adapter, tokenizer_dir, unwrap
+from .loading import (FUSED_GELU, check_model_dir, load_causal_lm, resolve_model_path, save_adapter, tokenizer_dir,
+                      unwrap)
 
 EOS = "<|endoftext|>"
 
@@ -67,10 +69,11 @@ def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0
     if cfg.attention not in ATTENTION_CHOICES:
         raise ConfigError(f"model.attention '{cfg.attention}' is unknown; valid: {', '.join(ATTENTION_CHOICES)}")
     if cfg.path:
-        check_model_dir(cfg.path, "model.path")  # a model directory, or an unmerged LoRA final/ (merged in memory)
-        tokenizer = load_tokenizer(cfg.path)
+        path = resolve_model_path(cfg.path, "model.path")  # a hub name ('gpt2'): its snapshot in the HF cache
+        check_model_dir(path, "model.path")  # a model directory, or an unmerged LoRA final/ (merged in memory)
+        tokenizer = load_tokenizer(path)
         try:
-            model = load_causal_lm(cfg.path, dtype=torch.float32, fused_gelu=True)
+            model = load_causal_lm(path, dtype=torch.float32, fused_gelu=True)
         except (OSError, ValueError, KeyError, RuntimeError) as e:  # what check_model_dir cannot see
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ConfigError(f"model.path '{cfg.path}': cannot load the model ({why})") from None
@@ -83,7 +86,8 @@ def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0
         if cfg.preset not in PRESETS:
             raise ConfigError(f"model.preset '{cfg.preset}' is unknown; valid: {', '.join(PRESETS)}")
         if not corpus:
-            raise ConfigError("model.preset needs data.task (its text trains the tokenizer) or use model.path")
+            raise ConfigError(f"model.preset {cfg.preset} needs text to train its tokenizer: your data "
+                              "(data.train_file or data.dir) or a built-in data.task; or start from model.path")
         tokenizer = train_tokenizer(corpus, cfg.tokenizer_vocab)
         kwargs = dict(PRESETS[cfg.preset])
         # round the vocabulary up to a multiple of 64: faster matmuls, spare rows are never used

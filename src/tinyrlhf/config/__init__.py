@@ -9,7 +9,8 @@ Every field has a docstring under it and every numeric field a checked range (`_
 a value of the wrong type or out of range is one ConfigError naming the key and where it was set. Importers use
 this package (`from tinyrlhf.config import PPOConfig, load_config`). May import: errors only.
 """
-from .base import DEVICE, MAX_SEED, DataConfig, EvalConfig, LoRAConfig, ModelConfig, RunConfig, TrainConfig
+from .base import (DEVICE, MAX_SEED, ColumnsConfig, DataConfig, EvalConfig, LoRAConfig, ModelConfig, RunConfig,
+                   TrainConfig)
 from .load import (FieldError, check_range, coerce, config_to_dict, field_docs, load_config, parse_overrides,
                    read_yaml, render_yaml, replace)
 from .offline import (LOSS_BETA, SIMPO_MAX_LR, KTOConfig, PreferenceConfig, RewardConfig, SFTConfig,
@@ -17,7 +18,8 @@ from .offline import (LOSS_BETA, SIMPO_MAX_LR, KTOConfig, PreferenceConfig, Rewa
 from .online import GroupConfig, KLConfig, OnlineDPOConfig, PPOConfig, PPOHyper, RolloutConfig
 
 __all__ = [
-    "DEVICE", "MAX_SEED", "DataConfig", "EvalConfig", "LoRAConfig", "ModelConfig", "RunConfig", "TrainConfig",
+    "DEVICE", "MAX_SEED", "ColumnsConfig", "DataConfig", "EvalConfig", "LoRAConfig", "ModelConfig", "RunConfig",
+    "TrainConfig",
     "FieldError", "check_range", "coerce", "config_to_dict", "field_docs", "load_config", "parse_overrides",
     "read_yaml", "render_yaml", "replace", "LOSS_BETA", "SIMPO_MAX_LR", "KTOConfig", "PreferenceConfig",
     "RewardConfig", "SFTConfig", "loss_warnings", "GroupConfig", "KLConfig", "OnlineDPOConfig", "PPOConfig",

@@ -3,6 +3,7 @@ checkpoints), eval, and RunConfig, the fields every stage's config has. Every fi
 every numeric field a checked range (`__post_init__`)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -70,6 +71,31 @@ class LoRAConfig:
 
 
 @dataclass(frozen=True)
+class ColumnsConfig:
+    """Which key (JSONL, JSON) or column (CSV, parquet) of your file holds each field, when its names are
+    not the project's: `data.columns.prompt=question data.columns.completion=answer`."""
+    prompt: str = ""
+    """Holds the prompt (empty = a key named 'prompt')."""
+    completion: str = ""
+    """Holds the completion of an SFT or binary (KTO) row."""
+    chosen: str = ""
+    """Holds the preferred completion of a pair."""
+    rejected: str = ""
+    """Holds the other completion of a pair."""
+    label: str = ""
+    """Holds a binary row's label (true, false, 1 or 0: desirable or not)."""
+    completions: str = ""
+    """Holds a ranking's completions, best first."""
+    margin: str = ""
+    """Holds a pair's optional margin."""
+
+    def mapping(self) -> dict[str, str] | None:
+        """{field: column} of the columns given, or None when none is."""
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name)}
+        return given or None
+
+
+@dataclass(frozen=True)
 class DataConfig:
     task: str = ""
     """Built-in task (family_tree, positive_review): gold reward for eval, and data generated if `dir` is empty."""
@@ -80,7 +106,10 @@ class DataConfig:
     eval_file: str = ""
     """Explicit held-out file; overrides `dir`."""
     format: str = "auto"
-    """Format of train_file/eval_file: auto, jsonl, hh-rlhf, summarize-from-feedback, stack-exchange-paired, tldr."""
+    """Format of train_file/eval_file: auto, jsonl, hh-rlhf, summarize-from-feedback, stack-exchange-paired, tldr,
+    json, csv, parquet."""
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    """Your file's own names for the fields (data.columns.prompt=question ...); unset fields keep ours."""
     max_length: int = 192
     """Longest prompt+completion in tokens (>= 2: a prompt token and a completion token). Longer: keep the
     END of the prompt and the START of the completion."""
@@ -100,7 +129,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = 1e-3
-    """Peak learning rate of AdamW (each stage sets its own tuned default)."""
+    """Peak learning rate of AdamW. Each stage has its own default, chosen by situation when unset: LoRA or
+    full fine-tuning, a preset or a pretrained model.path (config/situations.py)."""
     weight_decay: float = 0.0
     """AdamW weight decay (not applied to biases and norms)."""
     betas: tuple[float, float] = (0.9, 0.95)
@@ -111,9 +141,10 @@ class TrainConfig:
     """Linear warmup steps."""
     max_steps: int = 300
     """Optimizer steps (each of batch_size * grad_accum examples). 0 = `epochs` over the data (offline
-    stages only; an online step is one rollout batch)."""
+    stages only; an online step is one rollout batch). Setting train.epochs alone sets this to 0."""
     epochs: float = 1.0
-    """Passes over the data when max_steps is 0."""
+    """Passes over the data when max_steps is 0 (sft, reward, dpo, kto). Given without train.max_steps
+    (`train.epochs=3`), it replaces the stage's step count."""
     batch_size: int = 32
     """Examples per micro-batch."""
     grad_accum: int = 1
@@ -178,7 +209,8 @@ class EvalConfig:
     n_prompts: int = 200
     """Held-out prompts sampled for the gold-reward score (0 = no evaluation during or after training)."""
     max_new_tokens: int = 24
-    """Longest sampled completion."""
+    """Longest sampled completion (gold evaluation, reward normalisation, the did-the-policy-move check);
+    0 = from the data's completion lengths (the default on your own data: config/situations.py)."""
     temperature: float = 1.0
     """Sampling temperature for the gold score (> 0; greedy is reported beside it as gold/greedy)."""
     batch_size: int = 64
@@ -186,7 +218,7 @@ class EvalConfig:
 
     def __post_init__(self):
         check_range(self, "n_prompts", 0)
-        check_range(self, "max_new_tokens", 1)
+        check_range(self, "max_new_tokens", 0)
         check_range(self, "temperature", 0, lo_open=True)
         check_range(self, "batch_size", 1)
 

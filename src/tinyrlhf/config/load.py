@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from ..errors import ConfigError
+from .situations import situation
 
 
 class FieldError(ConfigError):
@@ -240,14 +241,37 @@ def load_config(cls, path: str | None = None, overrides: list[str] | None = None
     parsed = parse_overrides(given)
     origins = [(item, key) for item, (key, _) in zip(given, parsed)]
     try:
+        in_file = set((tree.get("train") or {}) if isinstance(tree.get("train"), dict) else ())
         for item, (key, value) in zip(given, parsed):
             if _field_type(cls, key) is str:  # a string key takes the text as typed: out_dir=a:b, stop_token=yes
                 value = item.partition("=")[2]
+            _set_dotted(tree, key, value)
+        _epochs_or_steps(cls, tree, in_file, {key for key, _ in parsed})
+        for key, value in situation(cls, tree).items():  # LoRA or not, preset or pretrained, task or own data
             _set_dotted(tree, key, value)
         return build(cls, tree)
     except ConfigError as e:
         where = _blame(e.key, origins, lines, path) if e.key else (path or "")
         raise ConfigError(f"{where}: {e}" if where else str(e), key=e.key) from None
+
+
+def _epochs_or_steps(cls, tree: dict, in_file: set, overridden: set):
+    """`train.epochs` alone counts the run in passes over the data (max_steps 0): set in the file without
+    max_steps there, or by an override without a max_steps override (it then wins over the file's steps).
+    Both as overrides is one error: only one of them can say how long the run is. (A file that sets both,
+    like --print-config's, keeps its meaning: max_steps > 0 wins.)"""
+    train = tree.get("train")
+    if _field_type(cls, "train.epochs") is None or not isinstance(train, dict) or "epochs" not in train:
+        return
+    if "train.epochs" in overridden:
+        if "train.max_steps" not in overridden:
+            train["max_steps"] = 0
+        elif train["max_steps"] not in (0, None):
+            raise ConfigError(f"train.epochs={train['epochs']} and train.max_steps={train['max_steps']}: give one of "
+                              "the two (epochs counts passes over the data, max_steps optimizer steps)",
+                              key="train.epochs")
+    elif "epochs" in in_file and "max_steps" not in in_file and "train.max_steps" not in overridden:
+        train["max_steps"] = 0
 
 
 def config_to_dict(cfg) -> dict:

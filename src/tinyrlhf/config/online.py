@@ -17,8 +17,8 @@ def _online_train(**kw) -> TrainConfig:
 
 def _check_online(cfg):
     if cfg.train.max_steps < 1:
-        raise FieldError("train.max_steps", f"must be >= 1 for online methods (one step = one rollout batch), "
-                                            f"got {cfg.train.max_steps}")
+        raise FieldError("train.max_steps", f"must be >= 1 for online methods (one step = one rollout batch; "
+                                            f"train.epochs is for sft, reward, dpo and kto), got {cfg.train.max_steps}")
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,8 @@ class RolloutConfig:
     prompts_per_step: int = 32
     """Prompts sampled per iteration (the rollout batch; RLOO/GRPO draw `k` completions for each)."""
     max_new_tokens: int = 24
-    """Longest response."""
+    """Longest response; 0 = from the data's completion lengths (the default on your own data: responses
+    cut short never end, and each then costs missing_eos_penalty)."""
     max_prompt_tokens: int = 168
     """Longer prompts keep their end (the project's truncation policy)."""
     temperature: float = 1.0
@@ -42,8 +43,9 @@ class RolloutConfig:
     """Subtracted from the score of a response that never ends (no EOS, no stop token) within max_new_tokens."""
 
     def __post_init__(self):
-        for name in ("prompts_per_step", "max_new_tokens", "max_prompt_tokens"):
+        for name in ("prompts_per_step", "max_prompt_tokens"):
             check_range(self, name, 1)
+        check_range(self, "max_new_tokens", 0)
         check_range(self, "temperature", 0, lo_open=True)  # RL needs sampled responses: no greedy rollouts
         check_range(self, "top_k", 0)
         check_range(self, "top_p", 0, 1, lo_open=True)

@@ -144,6 +144,20 @@ def detect_format(obj: Any) -> str | None:
 
 # ---------------------------------------------------------------- generic tables
 
+def parse_columns(text: str, what: str = "columns") -> dict | None:
+    """'prompt=question,completion=answer' (a command's --columns) -> {"prompt": "question", ...}; None when
+    empty. Fields are checked where the mapping is used (COLUMN_FIELDS)."""
+    if not text.strip():
+        return None
+    out = {}
+    for item in text.split(","):
+        field, sep, key = (x.strip() for x in item.partition("="))
+        if not sep or not field or not key:
+            raise DataError(f"{what} {text!r}: expected FIELD=KEY[,FIELD=KEY...], e.g. prompt=question")
+        out[field] = key
+    return out
+
+
 def _map_columns(obj: dict, columns: dict | None, where: dict) -> dict:
     if not columns:
         return obj
@@ -208,8 +222,10 @@ def _choose(fmt: str, target: str, obj: dict, columns: dict | None, table: str, 
     elif fmt == "auto" and not columns:
         kind = detect_format(row)
         if kind is None:
-            raise DataError(f"cannot detect the format from the keys {sorted(row)}; pass format= (one of "
-                            f"{', '.join(FORMATS[1:])}) or columns=", **where)
+            raise DataError(f"cannot detect the format from the keys {sorted(row)}; name your columns (a command: "
+                            "data.columns.prompt=KEY data.columns.completion=KEY, or chosen=/rejected=/label=; "
+                            "Python: columns=) or the format (data.format= / format=: one of "
+                            f"{', '.join(FORMATS[1:])})", **where)
         if kind in PUBLIC_PARSERS:
             return PUBLIC_PARSERS[kind]
     else:  # a generic table: whichever project kind the row holds, else the target (errors then name fields)
@@ -313,12 +329,16 @@ def load_rankings(path: str | os.PathLike, format: str = "auto", *, columns: dic
 
 def load_prompts(path: str | os.PathLike, format: str = "auto", *, columns: dict | None = None,
                  skip_bad: bool = False, skipped: SkipCounter | None = None,
-                 max_records: int | None = None) -> list[PromptRecord]:
+                 max_records: int | None = None, counts: dict | None = None) -> list[PromptRecord]:
     """The distinct prompts of any file above (first occurrence kept, file order), each with a reference
     answer when the file has one: an sft completion, the chosen side of a pair, the best of a ranking,
     a desirable binary completion, or a chat's last assistant turn. A file of bare {"prompt": ...}
-    objects (or a CSV with a prompt column) has none."""
+    objects (or a CSV with a prompt column) has none. `counts`, when given, receives how many prompts the
+    file holds (`read`), how many repeat an earlier one (`duplicates`) and how many were kept (`kept`)."""
     seen: set[str] = set()
-    unique = [r for r in _load(path, format, "prompt", columns, skip_bad, skipped, None)
-              if not (r.prompt in seen or seen.add(r.prompt))]  # first occurrence, in file order
-    return unique[:max_records] if max_records is not None else unique
+    records = _load(path, format, "prompt", columns, skip_bad, skipped, None)
+    unique = [r for r in records if not (r.prompt in seen or seen.add(r.prompt))]  # first occurrence, file order
+    kept = unique[:max_records] if max_records is not None else unique
+    if counts is not None:
+        counts.update(read=len(records), duplicates=len(records) - len(unique), kept=len(kept))
+    return kept

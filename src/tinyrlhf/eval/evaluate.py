@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import yaml
 
 from ..diskio import DiskError, atomic_write, make_dirs
 from ..errors import ConfigError
-from ..loading import check_model_dir, find_relative, load_causal_lm
+from ..loading import HUB_NAME, check_model_dir, find_relative, load_causal_lm, resolve_model_path
 from ..models import load_tokenizer
 from ..sampling import sample
 from ..tasks import get_task
 from . import metrics as M
+from ..train.data import data_new_tokens
 from ..train.policy_eval import completion_logps
 
 
@@ -34,8 +36,9 @@ from ..train.policy_eval import completion_logps
 class EvalSettings:
     n_prompts: int = 200
     """Prompts: the task's held-out prompts (drawn with data_seed), or the first N distinct prompts of --prompts."""
-    max_new_tokens: int = 24
-    """Longest completion."""
+    max_new_tokens: int = 0
+    """Longest completion; 0 = 24 on a task, else from the data's completion lengths (the prompts file's
+    reference answers, or the run's training file): 1.25 x their 95th percentile in tokens, plus one."""
     temperature: float = 1.0
     """Sampling temperature (1 makes the KL estimate exact in expectation)."""
     seed: int = 0
@@ -72,9 +75,15 @@ def resolve_model(path: str, task_name: str | None = None) -> tuple[str, dict | 
 
 def default_reference(run_cfg: dict | None, run_dir: str = ".") -> str:
     """The model a policy run started from (its SFT model), if it is a local directory. A relative
-    model.path is looked up from the run directory upwards, then here (loading.find_relative)."""
+    model.path is looked up from the run directory upwards, then here (loading.find_relative); a Hugging
+    Face hub name is its snapshot in the hub cache."""
     start = ((run_cfg or {}).get("model") or {}).get("path") or ""
     found = find_relative(start, run_dir) if start else None
+    if start and found is None and HUB_NAME.fullmatch(start):  # a hub name: the snapshot the run trained from
+        try:
+            found = resolve_model_path(start)
+        except ConfigError:
+            found = None
     return found if found and os.path.isdir(found) else ""
 
 
@@ -89,18 +98,70 @@ def _ci(values: list[float], seed: int) -> dict:
     return {"mean": mean, "low": low, "high": high}
 
 
-def eval_prompts(task, prompts_file: str, fmt: str, s: EvalSettings, tokenizer) -> tuple[list[str], list]:
+def eval_prompts(task, prompts_file: str, fmt: str, s: EvalSettings, tokenizer,
+                 counts: dict | None = None, columns: dict | None = None) -> tuple[list[str], list]:
     """(prompts, reference answers or Nones): the task's eval split, or the first n_prompts distinct
-    prompts of a file in any supported format, chat turns rendered with the model's tokenizer."""
+    prompts of a file in any supported format, in the model's prompt format (data/templates.py: the
+    template its tokenizer carries; a warning when the file is written in another). `counts` receives
+    load_prompts' counts (read, duplicates, kept)."""
     if task is not None:
         prompts = task.prompts("eval", s.n_prompts, s.data_seed)
         return prompts, [task.reference_answer(p) for p in prompts]
-    from ..data import load_prompts, render_chat
-    records = render_chat(load_prompts(prompts_file, fmt, max_records=s.n_prompts), tokenizer)
+    from ..data import load_prompts
+    from ..data.templates import data_format, format_records, preview, template_of
+    records = load_prompts(prompts_file, fmt, columns=columns, max_records=s.n_prompts, counts=counts)
+    name = template_of(tokenizer)
+    if name is not None:
+        written = data_format(records)
+        records, example = format_records(records, name, tokenizer)
+        if example and (written != name or name == "tokenizer" and written == "plain"):
+            print(f"warning: the prompts of {prompts_file} are in the {written} prompt format, but the model uses "
+                  f"the {name} format; they are rendered in {name}: {preview(example[0])} -> {preview(example[1])}",
+                  file=sys.stderr, flush=True)
     return [r.prompt for r in records], [r.reference for r in records]
 
 
+def prompts_new_tokens(model, tokenizer, refs: list, prompts_file: str, run_cfg: dict | None, run_dir: str) -> int:
+    """max_new_tokens for a prompts file: sized on its reference answers, else on the run's training
+    completions, else 24; at most half the model's context. Prints which, once."""
+    from ..loading import unwrap
+    given = [r for r in refs if r]
+    n, source = data_new_tokens(tokenizer, given), f"the {len(given)} reference answers of {prompts_file}"
+    if n is None:
+        texts, train_file = training_completions(run_cfg, run_dir)
+        n, source = data_new_tokens(tokenizer, texts), f"the {len(texts)} completions of {train_file}"
+    if n is None:
+        n, source = 24, "the default: no reference answers or training file to size it on"
+    n = min(n, unwrap(model).config.max_position_embeddings // 2)
+    print(f"max_new_tokens {n} (from {source}; max_new_tokens=N sets it)", flush=True)
+    return n
+
+
+def training_completions(run_cfg: dict | None, run_dir: str) -> tuple[list[str], str]:
+    """The completions of a run's training file (its path as the run was started; looked up from the run
+    directory upwards, then here), and that path as the config names it; ([], "") when there is none."""
+    from ..data import load_prompts
+    from ..errors import DataError
+    data = (run_cfg or {}).get("data") or {}
+    path = find_relative(data.get("train_file") or "", run_dir) if data.get("train_file") else None
+    if not path or not os.path.isfile(path):
+        return [], ""
+    columns = {k: v for k, v in (data.get("columns") or {}).items() if v} or None
+    from ..data import load_sft
+    try:  # every record's completion (pairs: the chosen one), else the distinct prompts' references
+        return [r.completion for r in load_sft(path, data.get("format") or "auto", columns=columns,
+                                               skip_bad=True)], data["train_file"]
+    except DataError:
+        pass
+    try:
+        records = load_prompts(path, data.get("format") or "auto", columns=columns, skip_bad=True)
+    except DataError:
+        return [], ""
+    return [r.reference for r in records if r.reference], data["train_file"]
+
+
 def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str = "", prompts_format: str = "auto",
+                   prompts_columns: dict | None = None,
                    reward: str = "", reference: str | None = None, judge=None,
                    settings: EvalSettings = EvalSettings(), device=None, task=None) -> dict:
     """All metrics of one model (see the module docstring), on `task_name`'s held-out prompts or on the
@@ -128,7 +189,11 @@ def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str
         raise ConfigError("--judge reward needs --reward (a reward run directory)")
     s = settings
     model, tok = load_eval_model(model_dir, device)
-    prompts, refs = eval_prompts(task, prompts_file, prompts_format, s, tok)
+    counts: dict = {}
+    prompts, refs = eval_prompts(task, prompts_file, prompts_format, s, tok, counts, prompts_columns)
+    if s.max_new_tokens == 0:  # from the data on a prompts file; 24 on a task (its answers are short)
+        n = 24 if task is not None else prompts_new_tokens(model, tok, refs, prompts_file, run_cfg, path)
+        s = replace(s, max_new_tokens=n)
     gen = dict(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, device=device)
     with autocast(device, s.precision):
         completions = sample(model, tok, prompts, temperature=s.temperature, seed=s.seed, **gen)
@@ -144,7 +209,8 @@ def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str
         out["gold_greedy"] = sum(task.gold_reward(p, c) for p, c in zip(prompts, greedy)) / len(prompts)
     else:
         out["prompts"] = {"file": prompts_file, "format": prompts_format, "n": len(prompts),
-                          "with_reference": sum(r is not None for r in refs)}
+                          "with_reference": sum(r is not None for r in refs), "in_file": counts.get("read"),
+                          "duplicates": counts.get("duplicates")}
     if refs and all(r is not None for r in refs):  # every prompt has a reference answer
         out["rouge_l"] = M.rouge_l(completions, refs)
         out["bleu"] = M.bleu(completions, refs)
@@ -180,10 +246,26 @@ def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str
     return out
 
 
+def prompts_used(result: dict) -> str:
+    """How many prompts an evaluation used, and why not all of the file's: '30 prompts (the file holds 40:
+    10 repeat an earlier prompt and were dropped)'."""
+    if "prompts" not in result:
+        return f"{result['settings']['n_prompts']} prompts"
+    p = result["prompts"]
+    n, read, dup = p["n"], p.get("in_file"), p.get("duplicates") or 0
+    if read is None or read == n:
+        return f"{n} prompts"
+    why = [f"{dup} repeat{'s' if dup == 1 else ''} an earlier prompt and {'was' if dup == 1 else 'were'} dropped"] \
+        if dup else []
+    if read - dup > n:
+        why.append(f"n_prompts={result['settings']['n_prompts']} kept the first {n} distinct")
+    return f"{n} prompts (the file holds {read}: {'; '.join(why)})"
+
+
 def format_report(result: dict) -> str:
     where = f"task: {result['task']}" if result.get("task") else f"prompts: {result['prompts']['file']}"
-    n = result["prompts"]["n"] if "prompts" in result else result["settings"]["n_prompts"]
-    lines = [f"model: {result['model']}  {where}  ({n} prompts)"]
+    lines = [f"model: {result['model']}  {where}",
+             f"  {prompts_used(result)}, up to {result['settings']['max_new_tokens']} new tokens each"]
     if "gold" in result:
         g = result["gold"]
         lines += [f"  gold reward          {g['mean']:.3f}  [95% CI {g['low']:.3f}, {g['high']:.3f}]  (max {g['max']})",

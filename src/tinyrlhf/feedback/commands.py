@@ -26,6 +26,7 @@ def add_parsers(sub) -> None:
                    "own prompt, two anonymous models)")
     p.add_argument("--labellers", default="", help="comma-separated names; each gets its own link (token)")
     p.add_argument("--prompts", default="", help="a prompts file (any format `eval --prompts` reads)")
+    p.add_argument("--columns", default="", help="your prompts file's own field names, e.g. prompt=question")
     p.add_argument("--task", default="", help="a built-in task: its held-out prompts")
     p.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
                    help="a run or model directory to sample outputs from (repeat for several)")
@@ -63,6 +64,7 @@ def _no_overrides(args, what: str):
 
 def _items(args, models) -> list[dict] | None:
     """The items this invocation adds (None: it adds none, it serves what the DB holds)."""
+    from ..data.formats import parse_columns
     from .sources import file_prompts, read_outputs_file, sampled_items, task_prompts
 
     if args.outputs:
@@ -72,7 +74,7 @@ def _items(args, models) -> list[dict] | None:
     if args.mode == "arena":
         raise TinyRLHFError("--mode arena takes the person's own prompts: drop --task / --prompts")
     prompts = (task_prompts(args.task, args.n_prompts, args.seed) if args.task
-               else file_prompts(args.prompts, args.n_prompts))
+               else file_prompts(args.prompts, args.n_prompts, parse_columns(args.columns, "--columns")))
     return sampled_items(models, prompts, args.mode, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, seed=args.seed)
 

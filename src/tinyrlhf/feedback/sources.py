@@ -12,11 +12,14 @@ from __future__ import annotations
 import random
 import threading
 
+from tqdm.auto import tqdm
+
 from ..data.records import parse_jsonl_lines
 from ..errors import DataError, TinyRLHFError
 from .checks import StoreError, check_items
 
 MODES = ("pair", "ranking", "binary", "arena")
+SAMPLE_CHUNK = 16  # prompts per sampling call while `label` prepares its items (the progress bar's unit)
 
 
 def read_outputs_file(path: str, mode: str) -> list[dict]:
@@ -53,9 +56,9 @@ def task_prompts(task: str, n: int, seed: int) -> list[str]:
     return get_task(task).prompts("eval", n, seed)
 
 
-def file_prompts(path: str, n: int) -> list[str]:
+def file_prompts(path: str, n: int, columns: dict | None = None) -> list[str]:
     from ..data.formats import load_prompts
-    return [r.prompt for r in load_prompts(path, max_records=n)]
+    return [r.prompt for r in load_prompts(path, columns=columns, max_records=n)]
 
 
 class Models:
@@ -75,11 +78,16 @@ class Models:
 
     def generate(self, name: str, prompts: list[str], *, max_new_tokens: int, temperature: float,
                  seed: int) -> list[str]:
+        """Completions of model `name`, each prompt rendered in the prompt format the model was trained on
+        (data/templates.py: a plain question becomes '\n\nHuman: ...\n\nAssistant:' for an hh model)."""
+        from ..data.templates import render_prompt, template_of
         from ..sampling import sample
 
         m = self.models[name]
+        template = template_of(m.tokenizer)
+        rendered = [render_prompt(p, template, m.tokenizer) for p in prompts]
         with self._lock:
-            return sample(m.model, m.tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+            return sample(m.model, m.tokenizer, rendered, max_new_tokens=max_new_tokens, temperature=temperature,
                           seed=seed)
 
 
@@ -102,13 +110,19 @@ def sampled_items(models: Models, prompts: list[str], mode: str, *, max_new_toke
         plan = [[n] for n in names for _ in prompts]
         prompts = [p for _ in names for p in prompts]
     texts: dict[tuple[int, int], str] = {}
-    for name in names:  # one batched call per model and slot
-        slots = sorted({j for row in plan for j, n in enumerate(row) if n == name})
-        for j in slots:
-            idx = [i for i, row in enumerate(plan) if j < len(row) and row[j] == name]
-            outs = models.generate(name, [prompts[i] for i in idx], max_new_tokens=max_new_tokens,
-                                   temperature=temperature, seed=seed * 1000 + j)
-            texts.update({(i, j): t for i, t in zip(idx, outs)})
+    total = sum(len(row) for row in plan)
+    with tqdm(total=total, desc=f"sampling {total} outputs to label", unit="output", dynamic_ncols=True) as bar:
+        for name in names:  # batched calls per model and slot, in chunks that show progress
+            slots = sorted({j for row in plan for j, n in enumerate(row) if n == name})
+            for j in slots:
+                idx = [i for i, row in enumerate(plan) if j < len(row) and row[j] == name]
+                for k in range(0, len(idx), SAMPLE_CHUNK):  # each chunk draws from its own seed
+                    part = idx[k:k + SAMPLE_CHUNK]
+                    outs = models.generate(name, [prompts[i] for i in part], max_new_tokens=max_new_tokens,
+                                           temperature=temperature, seed=seed * 1000 + j + 7919 * k)
+                    texts.update({(i, j): t for i, t in zip(part, outs)})
+                    bar.set_postfix(model=name)
+                    bar.update(len(part))
     kind = "pair" if mode == "arena" else mode
     return [{"prompt": prompts[i], "kind": kind,
              "outputs": [{"model": n, "text": texts[(i, j)]} for j, n in enumerate(row)]}

@@ -1,25 +1,32 @@
-"""Prompts as token ids: completion prompts as given, chat messages through a chat template.
+"""Prompts as token ids: completion prompts as given, chat messages through the model's prompt template.
 
-A tokenizer that has a chat template (tokenizer_config.json's `chat_template`) renders the messages with
-`apply_chat_template(..., add_generation_prompt=True)`. The models tinyrlhf trains have none: they were
-trained on bare prompts (a built-in task's question ending in "A:"), so their PLAIN template sends the
-messages' contents joined by newlines, in order, with no role markers. A single user message therefore
-reaches the model exactly as typed, which is how these models are meant to be prompted.
+A model tinyrlhf trained carries the prompt format it was trained on as its tokenizer's chat template
+(data/templates.py): PLAIN (a built-in task's bare question, or your own plain prompts: the messages'
+contents joined by newlines, no role markers, so a single user message reaches the model exactly as typed)
+or HH ("\n\nHuman: ..." turns ending in "\n\nAssistant:", for a model trained on hh-rlhf or chat data).
+Any other chat template (an instruct model's) is applied as it is, and a model with none gets PLAIN.
+`/v1/completions` sends its prompt as given, as OpenAI's does.
 """
 from __future__ import annotations
 
+from ..data.templates import render_turns, template_of
 from .protocol import APIError, ChatMessage
 
 PLAIN_TEMPLATE = "plain: message contents joined by newlines, no role markers"
+HH_TEMPLATE = "hh: '\n\nHuman: ...' and '\n\nAssistant: ...' turns, ending in '\n\nAssistant:'"
 
 
 def template_name(tokenizer) -> str:
-    return "tokenizer" if getattr(tokenizer, "chat_template", None) else PLAIN_TEMPLATE
+    return {None: PLAIN_TEMPLATE, "plain": PLAIN_TEMPLATE, "hh": HH_TEMPLATE}.get(template_of(tokenizer), "tokenizer")
 
 
 def render_chat(tokenizer, messages: list[ChatMessage]) -> str:
     if not messages:
         raise APIError(400, "'messages': at least one message is required", param="messages", code="invalid_value")
+    ours = template_of(tokenizer)
+    if ours in ("plain", "hh"):  # tinyrlhf's formats, rendered as training rendered them (a developer turn: system)
+        return render_turns([{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                             for m in messages], ours)
     if getattr(tokenizer, "chat_template", None):
         try:
             return tokenizer.apply_chat_template([{"role": m.role, "content": m.text()} for m in messages],

@@ -54,7 +54,7 @@ def summary_lines(spec, runs: dict, chosen: dict, baselines: list[tuple[str, str
 def markdown(spec, results: dict, files: dict) -> str:
     runs, chosen, base = results["runs"], results["chosen"], results["baselines"]
     bon = [b for b in base if b.startswith("best-of-")]
-    lines = [f"# Method comparison on `{spec.task}`", "",
+    lines = [f"# Method comparison on `{spec.task}`", "", *top_warnings(spec, results),
              f"Seeds: {spec.seeds} (each with its own data, SFT model, labels and reward model). Training budget: "
              f"**{spec.budget} prompts per method** (preference pairs or binary examples for offline methods, rollout "
              f"prompts for online ones). Label budget: **{spec.n_labels} preference labels per method**: the offline "
@@ -145,6 +145,31 @@ def markdown(spec, results: dict, files: dict) -> str:
               "the full battery of constant and heuristic answers). Each run directory holds its config, metrics and "
               f"`eval-{spec.task}.json` (samples in `eval-{spec.task}.samples.jsonl`)."]
     return "\n".join(lines) + "\n"
+
+
+def top_warnings(spec, results: dict) -> list[str]:
+    """What a reader must know before any number, at the top of the report: labels that are mostly coin flips
+    (the task card below has the details), and a comparison in which no method's interval against SFT
+    excludes 0 (the primary, decoding-matched table when there is one), each with what to raise."""
+    out = []
+    card = results.get("task_card") or {}
+    flips = card.get("coin_flip_labels")
+    if flips is not None and flips > 0.6:
+        out += [f"**Warning: {flips:.0%} of the preference labels are coin flips**, so the methods can hardly be "
+                "told apart; raise the SFT length or the model preset first (the task card below), then the label "
+                "budget.", ""]
+    dm, runs, chosen = results.get("decoding"), results["runs"], results["chosen"]
+    if dm and "sft" in dm.get("compared", ()):
+        deltas = [e["vs"]["sft"] for m, e in dm["rows"].items() if m != "sft" and "sft" in e.get("vs", {})]
+    else:
+        deltas = [runs[chosen[m]]["vs"]["sft"] for m in spec.methods if m != "sft"]
+    if deltas and not any(d["significant"] for d in deltas):
+        out += [f"**Warning: every method's 95 % interval against SFT includes 0**: at {spec.seeds} seed(s), "
+                f"{spec.budget} prompts and {spec.n_labels} labels per method this comparison cannot tell the "
+                "methods from SFT (nor, then, from each other). Raise `--seeds` (narrower intervals) and `--budget` "
+                "/ `--labels` (more signal)" + (", after the SFT length (the labels are mostly coin flips)"
+                                                if flips is not None and flips > 0.6 else "") + ".", ""]
+    return out
 
 
 def task_lines(card: dict) -> list[str]:

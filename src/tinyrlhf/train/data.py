@@ -3,6 +3,7 @@ task) or explicit files in any supported format. Shared by every offline loop.""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -26,16 +27,14 @@ def task_data_dir(cfg: DataConfig) -> str:
     return path
 
 
-def _load(path: str, kind: str, fmt: str, skip_bad: bool, skipped: R.SkipCounter):
+def _load(path: str, kind: str, cfg: DataConfig, skipped: R.SkipCounter):
     from .. import data as D
 
-    if fmt in ("auto", "jsonl") and path.endswith(".jsonl") and _is_project_format(path, kind):
-        return R.read_records(path, kind if kind != "pair" else "pair", skip_bad=skip_bad, skipped=skipped)
-    if kind == "sft":
-        return D.load_sft(path, format=fmt, skip_bad=skip_bad, skipped=skipped)
-    if kind == "pair":
-        return D.load_preferences(path, format=fmt, skip_bad=skip_bad, skipped=skipped)
-    return D.load_binary(path, format=fmt, skip_bad=skip_bad, skipped=skipped)
+    fmt, columns = cfg.format, cfg.columns.mapping()
+    if columns is None and fmt in ("auto", "jsonl") and path.endswith(".jsonl") and _is_project_format(path, kind):
+        return R.read_records(path, kind, skip_bad=cfg.skip_bad, skipped=skipped)
+    loader = {"sft": D.load_sft, "pair": D.load_preferences}.get(kind, D.load_binary)
+    return loader(path, format=fmt, columns=columns, skip_bad=cfg.skip_bad, skipped=skipped)
 
 
 def _is_project_format(path: str, kind: str) -> bool:
@@ -63,8 +62,8 @@ def load_records(cfg: DataConfig, kind: str) -> tuple[list, list, dict]:
         if getattr(cfg, key):
             R.check_data_file(getattr(cfg, key), f"data.{key}")
     if cfg.train_file:
-        train = _load(cfg.train_file, kind, cfg.format, cfg.skip_bad, skipped)
-        evals = _load(cfg.eval_file, kind, cfg.format, cfg.skip_bad, skipped) if cfg.eval_file else []
+        train = _load(cfg.train_file, kind, cfg, skipped)
+        evals = _load(cfg.eval_file, kind, cfg, skipped) if cfg.eval_file else []
     else:
         if not cfg.task and not cfg.dir:
             raise ConfigError("no data: set data.task (built-in task), data.dir or data.train_file")
@@ -89,6 +88,21 @@ def load_records(cfg: DataConfig, kind: str) -> tuple[list, list, dict]:
     return train, evals, {"data/skipped": skipped.count, "data/train_records": len(train)}
 
 
+CORPUS_CHARS = 20_000_000  # a preset's tokenizer trains on at most this much of the run's own text
+
+
+def record_texts(records: list) -> list[str]:
+    """Every text field of `records` (prompts, completions, chosen, rejected, ranked completions), each
+    distinct text once, in file order."""
+    texts: dict[str, None] = {}
+    for r in records:
+        for key in ("prompt", "completion", "chosen", "rejected"):
+            if isinstance(getattr(r, key, None), str) and getattr(r, key):
+                texts[getattr(r, key)] = None
+        texts.update(dict.fromkeys(getattr(r, "completions", ()) or ()))
+    return list(texts)
+
+
 @dataclass
 class RunStart:
     """What every offline loop starts from (see `begin_run`)."""
@@ -99,6 +113,95 @@ class RunStart:
     evals: list
     data_metrics: dict
     t_start: float = field(default_factory=time.time)
+
+    def corpus(self, data_seed: int) -> list[str] | None:
+        """What a preset's tokenizer is trained on: the task's text with data.task, else the run's own
+        records (train and held-out: every text field, the first CORPUS_CHARS characters)."""
+        if self.task is not None:
+            return self.task.corpus(4000, data_seed)
+        texts, size = [], 0
+        for text in record_texts(self.train + self.evals):
+            texts.append(text)
+            size += len(text)
+            if size >= CORPUS_CHARS:
+                break
+        return texts or None
+
+
+def own_data_with_task(cfg: DataConfig) -> str | None:
+    """A warning when data.task is set with data.train_file that a `tinyrlhf data` directory of that task
+    did not write: the task's gold evaluation (and a preset's tokenizer) would then use the task's prompts
+    and text, not the file's."""
+    if not (cfg.task and cfg.train_file):
+        return None
+    import json
+    manifest = os.path.join(os.path.dirname(os.path.abspath(cfg.train_file)), "manifest.json")
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            if json.load(f).get("task") == cfg.task:
+                return None
+    except (OSError, ValueError, AttributeError):
+        pass
+    return (f"warning: data.task={cfg.task} with your own data.train_file={cfg.train_file}: the gold evaluation "
+            f"scores {cfg.task}'s own prompts (and a preset's tokenizer learns {cfg.task}'s text), not your "
+            "file's; leave data.task out unless the file holds that task's data")
+
+
+def data_new_tokens(tokenizer, texts: list[str]) -> int | None:
+    """Room for the data's completions: 1.25 x the 95th percentile of their token counts, plus one (EOS);
+    None without any."""
+    texts = [t for t in texts if t]
+    if not texts:
+        return None
+    lengths = sorted(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    return max(1, int(1.25 * lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]) + 1)
+
+
+def sized_sampling(cfg, tokenizer, records: list, context: int):
+    """`cfg` with eval.max_new_tokens (and rollout.max_new_tokens) 0 replaced by data_new_tokens of the
+    records' completions (chosen ones for pairs), else 24; at most half the model's context. Prints the
+    value once. The run's config.yaml keeps 0 (the rule, not its result)."""
+    import dataclasses
+    from .. import dist
+    keys = [k for k in ("eval", "rollout") if getattr(getattr(cfg, k, None), "max_new_tokens", None) == 0]
+    if not keys:
+        return cfg
+    texts = [getattr(r, "completion", None) or getattr(r, "chosen", None) or "" for r in records]
+    n = data_new_tokens(tokenizer, texts)
+    source = f"from the {sum(bool(t) for t in texts)} completions of the training data" if n else \
+        "the default: the data has no completions to size it on"
+    n = min(n or 24, context // 2)
+    if dist.is_main():
+        print(f"{' and '.join(k + '.max_new_tokens' for k in keys)}: {n} ({source})", flush=True)
+    changes = {k: dataclasses.replace(getattr(cfg, k), max_new_tokens=n) for k in keys}
+    return dataclasses.replace(cfg, **changes)
+
+
+def prompt_format(tokenizer, named: dict[str, list], cfg) -> tuple[dict[str, list], str]:
+    """Every record list of `named` in the model's prompt template (data/templates.py), and the template.
+    A model without one (a preset, a base model) takes the format of the first non-empty list, and its
+    tokenizer keeps it (saved in final/). Records written in another format are rendered in the model's,
+    with one warning naming both, with an example."""
+    from .. import dist
+    from ..data.templates import data_format, format_records, preview, set_template, template_of
+
+    model = cfg.model.path or f"the {cfg.model.preset} preset"
+    source = cfg.data.train_file or cfg.data.dir or (f"task {cfg.data.task}" if cfg.data.task else "")
+    name = template_of(tokenizer)
+    if name is None:
+        name = data_format(next((r for r in named.values() if r), []))
+        set_template(tokenizer, name)
+    out, warned = {}, False
+    for label, records in named.items():
+        out[label], example = format_records(records, name, tokenizer)
+        written = data_format(records)
+        if example and not warned and (written != name or name == "tokenizer" and written == "plain") \
+                and dist.is_main():
+            print(f"warning: {label} ({source}) are in the {written} prompt format, but {model} uses the {name} "
+                  f"format; this run renders them in {name} (one format per run): {preview(example[0])} -> "
+                  f"{preview(example[1])}", file=sys.stderr, flush=True)
+            warned = True
+    return out, name
 
 
 def begin_run(cfg, kind: str) -> RunStart | dict:
@@ -133,6 +236,8 @@ def begin_run(cfg, kind: str) -> RunStart | dict:
             print(f"{cfg.out_dir} is already finished with this config; reusing it")
         return done
     run.prepare_resume()
+    if dist.is_main() and (note := own_data_with_task(cfg.data)):
+        print(note, file=sys.stderr, flush=True)
     t_start = time.time()
     set_seed(cfg.seed)
     device = resolve_device(cfg.train)

@@ -109,6 +109,15 @@ def total_steps(cfg: TrainConfig, plan: BatchPlan) -> int:
     return max(1, int(cfg.epochs * plan.per_epoch() / cfg.grad_accum))
 
 
+def run_length(desc: str, examples: int, cfg: TrainConfig, batches_per_epoch: int, steps: int) -> str:
+    """The line a run starts with: how many examples, steps and passes over the data (epochs)."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    epochs = steps * per_step / max(examples, 1)
+    how = f"train.epochs={cfg.epochs:g}" if cfg.max_steps == 0 else "train.max_steps"
+    return (f"{desc}: {examples:,} examples, {per_step} per step ({batches_per_epoch / cfg.grad_accum:g} steps per "
+            f"epoch); {steps:,} steps ({how}) = {epochs:.3g} epochs")
+
+
 def batch_tokens(batch) -> int:
     """Tokens of the sequences in a batch: flat rows, or a `pad_groups` batch counted as its k*B
     prompt+completion sequences (what a tokens/s figure is quoted in, however the prompt is shared)."""
@@ -139,6 +148,8 @@ def fit(run: RunDir, model: torch.nn.Module, cfg: TrainConfig, plan: BatchPlan, 
     from .parallel import between_steps, load_checkpoint, save_checkpoint
     dist.check_divisible(cfg.batch_size, "train.batch_size")
     steps = total_steps(cfg, plan)
+    if dist.is_main():
+        print(run_length(desc, len(plan.lengths), cfg, plan.per_epoch(), steps), flush=True)
     trainer = dist.Trainer({"model": model}, cfg.parallel, device)
     if dist.active():
         set_seed(dist.rank_seed(plan.seed))  # each rank its own dropout stream, rank 0 the run's

@@ -26,15 +26,17 @@ import torch
 from .. import losses as L
 from ..config import KTOConfig
 from ..data.collate import BatchPlan, TruncationStats, encode_groups, group_slot, pad_groups
-from ..data import PairRecord, load_preferences, pair_to_binary, render_chat
+from ..data import PairRecord, load_preferences, pair_to_binary
 from ..errors import DataError
 from ..logprobs import grouped_token_logps
 from .. import dist
+from ..loading import unwrap
 from ..models import save_hf
-from .data import begin_run
+from .data import begin_run, prompt_format, sized_sampling
 from .engine import fit
 from .parallel import save_final
-from .preference import EVAL_MAX, offline_policy, policy_evaluator
+from .moved import check_offline
+from .preference import EVAL_MAX, offline_policy, policy_evaluator, reference_scorer
 from .reference import group_logps, model_fingerprint, reference_logps
 
 
@@ -104,8 +106,12 @@ def run_kto(cfg: KTOConfig) -> dict:
     if isinstance(start, dict):
         return start
     run, device, task = start.run, start.device, start.task
-    model, tokenizer = offline_policy(cfg, task, device)
-    records = render_chat(start.train, tokenizer)
+    model, tokenizer = offline_policy(cfg, task, device, start.corpus(cfg.data.seed))
+    examples, n_pairs = heldout_examples(cfg, start.evals)
+    named = {"the training examples": start.train, "the held-out examples": examples}
+    formatted, _ = prompt_format(tokenizer, named, cfg)
+    records, examples = formatted["the training examples"], formatted["the held-out examples"]
+    cfg = sized_sampling(cfg, tokenizer, records, unwrap(model).config.max_position_embeddings)
     n_good = sum(r.label for r in records)
 
     stats = TruncationStats()
@@ -121,8 +127,7 @@ def run_kto(cfg: KTOConfig) -> dict:
     model_key = model_fingerprint(model)
     ref, _ = reference_logps(model, groups, tokenizer.pad_token_id, device, cfg.train.precision,
                              cfg.ref_cache_dir, share_prompt=share, model_key=model_key)
-    examples, n_pairs = heldout_examples(cfg, start.evals)
-    heldout = heldout_kto(cfg, model, tokenizer, render_chat(examples, tokenizer), n_pairs, device, share, model_key)
+    heldout = heldout_kto(cfg, model, tokenizer, examples, n_pairs, device, share, model_key)
     t_ref = time.time() - t_ref
     plan = BatchPlan([len(p) + len(cs[0]) for p, cs in groups], cfg.train.batch_size, cfg.seed)
 
@@ -153,7 +158,9 @@ def run_kto(cfg: KTOConfig) -> dict:
     gold = policy_evaluator(model, tokenizer, task, cfg, device)
     summary = fit(run, model, cfg.train, plan, device, make_batch, loss_fn, lambda: {**heldout(), **gold()},
                   stop_after=cfg.train.stop_after, desc="kto")
-    if summary["finished"]:
+    if summary["finished"]:  # did the policy move at all? (train/moved.py)
+        summary.update(check_offline(cfg, summary, "kto", model, tokenizer, examples or records,
+                                     reference_scorer(model, tokenizer, device, cfg.train.precision), device))
         save_final(run, model, tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled,
                    save_hf=save_hf)
     summary.update(**start.data_metrics, **stats.as_metrics(), reference_seconds=t_ref,

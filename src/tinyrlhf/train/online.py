@@ -12,18 +12,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import dist
-from ..data import render_chat
 from ..errors import ConfigError
 from .policy_eval import completion_logps, policy_eval
 from ..models import add_lora, build_model, save_hf, set_dropout
 from ..rollout import Rollout, encode_prompts, generate
-from .data import begin_run
+from .data import begin_run, prompt_format, sized_sampling
 from .engine import autocast, build_optimizer, build_scheduler, current_rss_mib, peak_memory_mib, set_seed
 from .parallel import between_steps, load_checkpoint, save_checkpoint, save_final
 from .guard import SaveSchedule, StopOnSignal, check_weights
+from .moved import check_online
 from .reference import reference_disabled
 from .rl import KLController, check_finite, frozen_reference, reward_source
-from .sft import task_corpus
 
 
 @dataclass
@@ -52,9 +51,11 @@ def open_online(cfg) -> Online | dict:
     start = begin_run(cfg, "sft")
     if isinstance(start, dict):
         return start
-    policy, tokenizer = build_model(cfg.model, task_corpus(start.task, cfg.data.seed), seed=cfg.seed)
-    # unique, in file order; chat prompts in the tokenizer's chat template when it has one
-    prompts = list(dict.fromkeys(r.prompt for r in render_chat(start.train, tokenizer)))
+    policy, tokenizer = build_model(cfg.model, start.corpus(cfg.data.seed), seed=cfg.seed)
+    # unique, in file order, in the model's prompt format (data/templates.py)
+    formatted, _ = prompt_format(tokenizer, {"the training prompts": start.train}, cfg)
+    prompts = list(dict.fromkeys(r.prompt for r in formatted["the training prompts"]))
+    cfg = sized_sampling(cfg, tokenizer, formatted["the training prompts"], policy.config.max_position_embeddings)
     set_dropout(policy, 0.0)  # dropout off: rollout, old and new log-probs must agree [details]
     policy = add_lora(policy, cfg.lora).to(start.device)
     reward, rm = reward_source(cfg.reward, start.task, start.device, cfg.train.precision, cfg.data.max_length)
@@ -163,11 +164,16 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
     S.optimizer = build_optimizer(None, cfg.train, extra_params=params)
     S.scheduler = build_scheduler(S.optimizer, cfg.train, steps * updates_per_step)
     kl = kl or KLController(0.0, False, 1.0, 1)
+    if dist.is_main():
+        per_step = cfg.rollout.prompts_per_step
+        print(f"{desc}: {len(S.prompts):,} distinct training prompts, {per_step} per step; {steps:,} steps "
+              f"(train.max_steps) = {steps * per_step / max(len(S.prompts), 1):.3g} passes over them", flush=True)
     start, extra = 0, {}
     loaded = load_checkpoint(run, S.trainer, modules, S.optimizer, S.scheduler) if cfg.train.resume else None
     if loaded is not None:
         start, extra = loaded
         kl.value = extra.get("kl_coef", kl.value)
+        kl.reached = extra.get("kl_reached", True)  # a checkpoint from before `reached` existed: adapting
     run.truncate_metrics(start)
     scorer = reference_scorer(S)
 
@@ -178,6 +184,7 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
                            cfg.train.precision, scorer)
 
     episodes, seconds = extra.get("episodes", 0), extra.get("seconds", 0.0)
+    recent_kl: list[float] = extra.get("recent_kl", [])  # kl/seq of the last rollouts: did the policy move?
     last_eval, step = extra.get("last_eval", {}), start
     schedule = SaveSchedule(cfg.train, steps)
     with StopOnSignal() as stop, tqdm(total=steps, initial=start, desc=desc, dynamic_ncols=True,
@@ -187,6 +194,7 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
             metrics = update(step, kl)
             dt = time.perf_counter() - t0
             episodes += metrics.pop("episodes")
+            recent_kl = (recent_kl + [metrics["kl/seq"]])[-max(3, steps // 10):]
             seconds += dt
             row = {"step": step, "lr": S.scheduler.get_last_lr()[0], "kl/coef": kl.value, **metrics,
                    "time/step": dt, "episodes_per_s": episodes / seconds, "mem/rss_mib": current_rss_mib()}
@@ -200,7 +208,8 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
             save_now, stopping = between_steps(stop, schedule, step)
             if save_now:
                 save_checkpoint(run, S.trainer, modules, S.optimizer, S.scheduler, step, extra={
-                    "kl_coef": kl.value, "episodes": episodes, "seconds": seconds, "last_eval": last_eval})
+                    "kl_coef": kl.value, "kl_reached": kl.reached, "episodes": episodes, "seconds": seconds,
+                    "last_eval": last_eval, "recent_kl": recent_kl})
                 schedule.saved()
             if stopping and step < steps:
                 raise stop.interrupted(run, step, steps)
@@ -214,6 +223,8 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
                "train_seconds": seconds, "episodes_per_s": episodes / max(seconds, 1e-9), "kl/coef": kl.value,
                **peak_memory_mib(S.device), **last_eval, "wall_seconds": time.time() - S.t_start,
                "device": str(S.device), **({"world_size": dist.world()} if dist.active() else {})}
+    if finished:
+        summary.update(check_online(cfg, summary, desc, recent_kl))
     run.write_summary(summary)
     return summary
 

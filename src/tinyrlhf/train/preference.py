@@ -23,16 +23,16 @@ import torch
 
 from .. import losses as L
 from ..config import PreferenceConfig
-from ..data import render_chat
 from ..data.collate import BatchPlan, TruncationStats, encode_groups, pad_groups
 from .policy_eval import completion_logps, policy_eval
 from ..logprobs import grouped_token_logps, scored_tokens
+from ..loading import unwrap
 from ..models import add_lora, build_model, save_hf, store_frozen_base
-from .data import begin_run
+from .data import begin_run, prompt_format, sized_sampling
 from .engine import compute_dtype, fit
+from .moved import check_offline
 from .parallel import save_final
 from .reference import group_logps, model_fingerprint, reference_disabled, reference_logps
-from .sft import task_corpus
 
 EVAL_MAX = 1000  # held-out pairs (or KTO examples) scored at each evaluation
 
@@ -111,10 +111,13 @@ def heldout_pairs(cfg: PreferenceConfig, model, tokenizer, pairs, device, share:
     return evaluate
 
 
-def offline_policy(cfg, task, device):
+def offline_policy(cfg, task, device, corpus: list[str] | None = None):
     """(policy, tokenizer) of a DPO / KTO run: the model with LoRA added, on `device`. With LoRA under bf16
-    from a model directory, the adapted layers' frozen weights are kept in bf16 (lora.bf16_base)."""
-    model, tokenizer = build_model(cfg.model, task_corpus(task, cfg.data.seed), seed=cfg.seed)
+    from a model directory, the adapted layers' frozen weights are kept in bf16 (lora.bf16_base). `corpus`
+    trains a preset's tokenizer (default: the task's text)."""
+    if corpus is None and task is not None:
+        corpus = task.corpus(4000, cfg.data.seed)
+    model, tokenizer = build_model(cfg.model, corpus, seed=cfg.seed)
     model = add_lora(model, cfg.lora).to(device)
     if cfg.lora.enabled and cfg.lora.bf16_base and cfg.model.path \
             and compute_dtype(device, cfg.train.precision) == torch.bfloat16:
@@ -127,8 +130,11 @@ def run_preference(cfg: PreferenceConfig) -> dict:
     if isinstance(start, dict):
         return start
     run, device, task = start.run, start.device, start.task
-    model, tokenizer = offline_policy(cfg, task, device)
-    pairs, eval_pairs = render_chat(start.train, tokenizer), render_chat(start.evals, tokenizer)
+    model, tokenizer = offline_policy(cfg, task, device, start.corpus(cfg.data.seed))
+    named = {"the training pairs": start.train, "the held-out pairs": start.evals}
+    formatted, _ = prompt_format(tokenizer, named, cfg)
+    pairs, eval_pairs = formatted["the training pairs"], formatted["the held-out pairs"]
+    cfg = sized_sampling(cfg, tokenizer, pairs, unwrap(model).config.max_position_embeddings)
 
     stats = TruncationStats()
     # one prompt, two completions: chosen and rejected keep the same (truncated) prompt
@@ -159,7 +165,9 @@ def run_preference(cfg: PreferenceConfig) -> dict:
     gold = policy_evaluator(model, tokenizer, task, cfg, device)
     summary = fit(run, model, cfg.train, plan, device, make_batch, loss_fn, lambda: {**heldout(), **gold()},
                   stop_after=cfg.train.stop_after, desc=cfg.loss)
-    if summary["finished"]:
+    if summary["finished"]:  # did the policy move at all? (one warning with the knob when not: train/moved.py)
+        summary.update(check_offline(cfg, summary, cfg.loss, model, tokenizer, eval_pairs or pairs,
+                                     reference_scorer(model, tokenizer, device, cfg.train.precision), device))
         save_final(run, model, tokenizer, merge_lora=cfg.lora.merge or not cfg.lora.enabled,
                    save_hf=save_hf)
     summary.update(**start.data_metrics, **stats.as_metrics(), reference_seconds=t_ref,

@@ -11,15 +11,13 @@ import torch
 
 from ..config import RewardConfig
 from ..errors import ConfigError
-from ..data import render_chat
 from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..losses import bradley_terry_loss
 from ..loading import check_model_dir
 from ..models import RewardModel, add_lora, build_model, load_tokenizer, save_reward_model
 from ..sampling import sample
-from .data import begin_run
+from .data import begin_run, prompt_format, sized_sampling
 from .engine import autocast, fit
-from .sft import task_corpus
 
 
 @torch.no_grad()
@@ -88,8 +86,11 @@ def run_reward(cfg: RewardConfig) -> dict:
         pairs = pairs + ranking_pairs(cfg)
         data_metrics = {**data_metrics, "data/train_pairs": len(pairs)}
 
-    lm, tokenizer = build_model(cfg.model, task_corpus(task, cfg.data.seed), seed=cfg.seed)
-    pairs, eval_pairs = render_chat(pairs, tokenizer), render_chat(eval_pairs, tokenizer)  # chat templates
+    lm, tokenizer = build_model(cfg.model, start.corpus(cfg.data.seed), seed=cfg.seed)
+    named = {"the training pairs": pairs, "the held-out pairs": eval_pairs}
+    formatted, _ = prompt_format(tokenizer, named, cfg)
+    pairs, eval_pairs = formatted["the training pairs"], formatted["the held-out pairs"]
+    cfg = sized_sampling(cfg, tokenizer, pairs, lm.config.max_position_embeddings)
     rm = RewardModel(add_lora(lm, cfg.lora), pool=cfg.pool, logp_feature=cfg.logp_feature).to(device)
 
     stats = TruncationStats()

@@ -8,8 +8,10 @@
     .lock            flock'ed by the process that owns the run (its pid inside)
 
 Identity: an existing run is resumed or reused only when its config matches the new one, apart from the
-keys in HARMLESS; otherwise one error names the differing keys. `train.force_new` (`--force-new`) moves
-the old run aside to `<out_dir>.old-N` and starts anew: nothing is ever mixed or silently deleted.
+keys in HARMLESS; otherwise one error names the differing keys. A run that stopped before its first step
+(no checkpoint, metrics, summary or final/) has no identity: a corrected command simply starts it.
+`train.force_new` (`--force-new`) moves the old run aside to `<out_dir>.old-N` and starts anew: nothing is
+ever mixed or silently deleted.
 """
 from __future__ import annotations
 
@@ -91,9 +93,35 @@ def _defaults(cls) -> dict:
     return out
 
 
+def _short(key: str, value) -> str:
+    """One readable word for a changed key: lr3e-4, max_steps1, seed2, lora, no-lora, ipo; a path gives its
+    file's stem (my_sft) or, for a run's final/, the run's name."""
+    parts = key.split(".")
+    name = parts[-2] if parts[-1] == "enabled" and len(parts) > 1 else parts[-1]
+    if isinstance(value, bool):
+        return name if value else f"no-{name}"
+    if isinstance(value, float):
+        if value and abs(value) < 1e-2:  # 3e-4, not 0.0003
+            mantissa, exponent = f"{value:.2e}".split("e")
+            return f"{name}{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return f"{name}{value:g}"
+    text = str(value)
+    if "/" in text or os.sep in text or re.search(r"\.(jsonl?|csv|parquet|gz)$", text):  # a path: its name
+        parts = [p for p in re.split(r"[/\\]", text) if p]
+        text = (parts[-2] if len(parts) > 1 and parts[-1] == "final" else parts[-1] if parts else "").split(".")[0]
+    elif len(text) < 6 and not isinstance(value, str) or not text:
+        text = f"{name}{text or 'none'}"
+    return re.sub(r"[^A-Za-z0-9._+-]", "", text)[:24]
+
+
 def _suggest(out_dir: str, diffs) -> str:
-    parts = [f"{k.split('.')[-1]}{v}" for k, _, v in diffs[:3]]
-    return out_dir.rstrip("/") + "-" + re.sub(r"[^A-Za-z0-9._=+-]", "", "-".join(parts))[:60]
+    """A new out_dir for a changed config: the old one plus up to two short words for what changed, and
+    -2, -3 ... if that exists too (runs/sft + max_steps 1 and a data file -> runs/sft-max_steps1-mydata)."""
+    base = out_dir.rstrip("/" + os.sep) + "-" + "-".join(_short(k, v) for k, _, v in diffs[:2])
+    n, name = 2, base
+    while os.path.exists(name):
+        name, n = f"{base}-{n}", n + 1
+    return name
 
 
 _ACTIVE: list = []  # weak references to the runs opened and not yet finished (for interrupted_note)
@@ -177,7 +205,25 @@ class RunDir:
         self._finalizer = weakref.finalize(self, release, self._key)
         print(f"--force-new: moved the existing run '{self.path}' to '{old}'")
 
+    def _never_trained(self) -> bool:
+        """True when the run on disk stopped before its first training step (bad data, a model that did not
+        load, a typo found after config.yaml was written): no checkpoint, no metrics row past step 0, no
+        summary and no final model. Such a run has no identity worth keeping."""
+        if os.path.isdir(self.checkpoints) and os.listdir(self.checkpoints) or os.path.exists(self.summary_file) \
+                or os.path.isdir(self.final_dir):
+            return False
+        try:
+            return all(row.get("step", 0) == 0 for row in self.read_metrics())
+        except DataError:
+            return False
+
     def _check_identity(self, resume: bool):
+        if os.path.isfile(self.config_file) and self._never_trained() and self._differs():
+            for name in (self.config_file, self.metrics_file):  # its step-0 rows (scores before training) too
+                if os.path.exists(name):
+                    os.remove(name)
+            print(f"note: {self.path} held a run that stopped before its first step; starting it with this config",
+                  flush=True)
         if not os.path.isfile(self.config_file):
             if self._has_run_files():
                 raise ConfigError(f"out_dir '{self.path}' is not empty and holds no config.yaml: it is not a "
@@ -207,6 +253,18 @@ class RunDir:
             raise ConfigError(f"run directory '{self.path}' holds a run with another config ({shown}{more}; "
                               f"config.yaml unchanged): use another out_dir (e.g. out_dir={_suggest(self.path, diffs)})"
                               " or --force-new (train.force_new=true) to move the old run aside and start anew")
+
+    def _differs(self) -> bool:
+        """Whether config.yaml on disk names another stage or another config than this run's (unreadable: yes)."""
+        try:
+            with open(self.config_file, encoding="utf-8") as f:
+                text = f.read()
+            old = yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return True
+        match = _HEADER_RE.match(text)
+        return not isinstance(old, dict) or bool(match and match.group(1) != type(self.config).__name__) \
+            or bool(config_differences(old, self.config))
 
     # ------------------------------------------------------------ summary, resume preparation
 

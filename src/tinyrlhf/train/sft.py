@@ -10,12 +10,12 @@ import time
 import torch
 
 from ..config import SFTConfig
-from ..data import render_chat
 from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..logprobs import token_logps
 from .. import dist
+from ..loading import unwrap
 from ..models import add_lora, build_model, save_hf
-from .data import begin_run
+from .data import begin_run, prompt_format, sized_sampling
 from .engine import RunDir, autocast, fit
 from .parallel import save_final
 
@@ -25,10 +25,6 @@ def gold_eval(model, tokenizer, task, cfg, device, seed: int, data_seed: int) ->
     eval.n_prompts=0 turns it off (e.g. when `tinyrlhf compare` evaluates the final model itself)."""
     from .policy_eval import policy_eval
     return policy_eval(model, tokenizer, task, cfg, device, seed, data_seed)
-
-
-def task_corpus(task, data_seed: int) -> list[str] | None:
-    return task.corpus(4000, data_seed) if task is not None else None
 
 
 @torch.no_grad()
@@ -85,10 +81,14 @@ def run_sft(cfg: SFTConfig) -> dict:
     run, device, task, t_start = start.run, start.device, start.task, start.t_start
     train_records, eval_records, data_metrics = start.train, start.evals, start.data_metrics
 
-    model, tokenizer = build_model(cfg.model, task_corpus(task, cfg.data.seed), seed=cfg.seed)
+    model, tokenizer = build_model(cfg.model, start.corpus(cfg.data.seed), seed=cfg.seed)
     model = add_lora(model, cfg.lora).to(device)
-    # chat records (messages, hh-rlhf turns) in the tokenizer's chat template when it has one
-    train_records, eval_records = render_chat(train_records, tokenizer), render_chat(eval_records, tokenizer)
+    # one prompt format per run: the model's template, or (a preset, a base model) the data's, kept in final/
+    named = {"the training data": train_records, "the held-out data": eval_records}
+    formatted, _ = prompt_format(tokenizer, named, cfg)
+    train_records, eval_records = formatted["the training data"], formatted["the held-out data"]
+    if task is not None:  # SFT samples only for the gold evaluation and its learnability report
+        cfg = sized_sampling(cfg, tokenizer, train_records, unwrap(model).config.max_position_embeddings)
 
     stats = TruncationStats()
     examples = encode(tokenizer, [r.prompt for r in train_records], [r.completion for r in train_records],
