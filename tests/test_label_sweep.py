@@ -38,9 +38,15 @@ def test_the_verdict_names_the_limit_its_numbers_show():
                                     "reward_model": {"accuracy_gold": 0.66, "pairs": [6000]}}}}
     text = " ".join(L.verdict(rising))
     assert "base model limits" in text  # oracle best-of-8 only 0.01 above SFT
-    assert "still rising, so more labels would help" in text
+    assert "still rising at the largest budget, so more labels would help" in text
     assert "0.550 at 640 labels -> 0.660 at 10,240" in text
     assert "38% of the oracle's gain" in text and "quality limits" in text
+    # three budgets: most of the gain by the middle one is not "still rising"
+    saturating = json.loads(json.dumps(rising))
+    saturating["budgets"]["2560"] = {"ppo": {"gold": _ci(0.44, 0.42, 0.46), "vs_sft": _ci(0.14, 0.12, 0.16)},
+                                     "reward_model": {"accuracy_gold": 0.6, "pairs": [1500]}}
+    text = " ".join(L.verdict(saturating))
+    assert "most of it came by 2,560 labels (then +0.010)" in text and "still rising" not in text
     flat = json.loads(json.dumps(rising))
     flat["oracle_best_of_8"] = 0.6
     flat["budgets"]["10240"]["ppo"]["gold"] = _ci(0.325, 0.30, 0.35)

@@ -129,13 +129,16 @@ def verdict(r: dict) -> list[str]:
         lines.append(f"Coverage: the SFT model's oracle best-of-8 is {r['oracle_best_of_8']:.3f} vs its T=1 gold "
                      f"{sft:.3f} (+{gap:.3f})" + (": its samples hold little better to prefer, so the base model limits "
                                                   "the task." if gap < 0.05 else "."))
+    prev = budgets[-2]
     for m in [k for k in r["budgets"][hi] if k != "reward_model"]:
-        a, b = r["budgets"][lo][m]["gold"]["mean"], r["budgets"][hi][m]["gold"]["mean"]
+        a, p, b = (r["budgets"][x][m]["gold"]["mean"] for x in (lo, prev, hi))
         gain = r["budgets"][hi][m]["vs_sft"]
-        lines.append(f"{m}: gold {a:.3f} at {int(lo):,} labels -> {b:.3f} at {int(hi):,} (vs SFT at {int(hi):,}: "
-                     f"{gain['mean']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}])"
-                     + ("; still rising, so more labels would help." if b - a > max(0.02, (gain["high"] - gain["low"]) / 2)
-                        else "; flat across budgets, so labels are not what limits it."))
+        noise = max(0.02, (gain["high"] - gain["low"]) / 2)  # a change smaller than this is not told from noise
+        trend = ("still rising at the largest budget, so more labels would help" if b - p > noise else
+                 f"most of it came by {int(prev):,} labels (then {b - p:+.3f}), so more labels alone would add little"
+                 if b - a > noise else "flat across budgets, so labels are not what limits it")
+        lines.append(f"{m}: gold {a:.3f} at {int(lo):,} labels -> {p:.3f} at {int(prev):,} -> {b:.3f} at {int(hi):,} "
+                     f"(vs SFT at {int(hi):,}: {gain['mean']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]); {trend}.")
     acc = [r["budgets"][b]["reward_model"]["accuracy_gold"] for b in budgets]
     lines.append(f"Reward model accuracy against gold: {acc[0]:.3f} at {int(lo):,} labels -> {acc[-1]:.3f} at "
                  f"{int(hi):,}.")
