@@ -157,7 +157,7 @@ class TensorBoard:
         self.dir = os.path.join(t.dir, "tb", t.name.strip("/")) if t.shared else os.path.join(t.dir, "tb")
         earlier = os.path.isdir(self.dir) and any(".tfevents." in f for f in os.listdir(self.dir))
         # purge_step: TensorBoard hides every event earlier files hold at this step or later (here: all)
-        self.writer = SummaryWriter(self.dir, purge_step=0 if earlier else None)
+        self.writer = SummaryWriter(self.dir, purge_step=0 if earlier else None, flush_secs=30)  # 30 s: a live view
         table = "\n".join(f"|{k}|{v}|" for k, v in t.config.items())
         self.writer.add_text("config", f"{t.stage} run `{t.run_path}`\n\n|key|value|\n|-|-|\n{table}", 0)
 
