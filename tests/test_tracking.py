@@ -337,3 +337,48 @@ def test_compare_and_loop_name_and_group_each_stage(tmp_path, monkeypatch):
         L.policy_stage(spec, 0, 2)
     train = seen["loop"].train
     assert (train.run_name, train.tracking_dir, train.tracking_group) == (f"seed0-{spec.cond}-round2-policy", out, "mine")
+
+
+class Broken:
+    """A tracker whose `log` fails from step 2 on (or, with start=True, that cannot start)."""
+    start = False
+
+    def __init__(self, t, state):
+        if Broken.start:
+            raise OSError("no space left on device\nsecond line")
+        self.through, self.logged = -1, []
+
+    def log(self, step, values):
+        if step >= 2:
+            raise OSError("disk full")
+        self.logged.append(step)
+
+    def flush(self):
+        pass
+
+    def close(self, finished):
+        pass
+
+    def state(self):
+        return {}
+
+
+def test_a_tracker_that_fails_is_one_line_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    from tinyrlhf.errors import TinyRLHFError
+    from tinyrlhf.train.rundir import RunDir
+    monkeypatch.setattr(tracking, "check_installed", lambda names: None)
+    monkeypatch.setitem(tracking.BACKENDS, "mlflow", Broken)
+    cfg = load_config(SFTConfig, None, [f"out_dir={tmp_path / 'r'}", "train.report_to=[mlflow]"])
+    run = RunDir(cfg.out_dir, cfg)
+    for step in range(1, 5):
+        run.log({"step": step, "loss": 1.0 / step})
+    assert [r["step"] for r in run.read_metrics()] == [1, 2, 3, 4] and run.tracking.backends == {}
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["tracking: mlflow failed at step 2 (OSError: disk full); it is off for the rest of this run "
+                   "(metrics.jsonl has every row)"]
+    run.write_summary({"finished": True})
+    monkeypatch.setattr(Broken, "start", True)
+    cfg = load_config(SFTConfig, None, [f"out_dir={tmp_path / 's'}", "train.report_to=[mlflow]"])
+    with pytest.raises(TinyRLHFError, match=r"^train.report_to: mlflow could not start \(OSError: no space left on "
+                                            r"device\)$"):
+        RunDir(cfg.out_dir, cfg).log({"step": 1, "loss": 1.0})

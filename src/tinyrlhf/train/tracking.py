@@ -172,7 +172,7 @@ class TensorBoard:
         self.writer.close()
 
     def state(self) -> dict:
-        return {"dir": self.dir}
+        return {"dir": os.path.abspath(self.dir)}
 
 
 class Trackio:
