@@ -1,6 +1,6 @@
 """What each experiment tracker (train.report_to) costs per logged row, against no tracker in the same run.
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/bench_tracking.py [--rows 600] [--only tensorboard,mlflow]
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/bench_tracking.py [--rows 600] [--repeats 3] [--only mlflow]
 
 A row is what RunDir.log gets at a log step (every train.log_every steps): here a PPO row's 24 numbers. Each
 tracker is measured in a child process of its own (cold imports; trackers keep process-wide state), where two
@@ -13,7 +13,8 @@ the tracker. Reported per row, against the baseline in the same child:
           and the flush after them (on a machine of 2 cores, background work slows training too);
   first   the first row (the tracker's import and start, once per process), flush (at each checkpoint) and
           close (at the end), each once.
-"all" is the four trackers at once. A tracker that is not installed is skipped.
+"all" is the four trackers at once. A tracker that is not installed is skipped. With --repeats N each case runs
+in N children (interleaved: every case once, then again) and each figure is the median over them.
 """
 from __future__ import annotations
 
@@ -99,6 +100,7 @@ def child(names: list[str], rows: int, out: str):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=600, help="rows logged to each directory")
+    ap.add_argument("--repeats", type=int, default=1, help="children per case; figures are medians over them")
     ap.add_argument("--only", default="", help="comma-separated trackers (default: every installed one, then all)")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="", help=argparse.SUPPRESS)
@@ -111,18 +113,22 @@ def main():
     if not args.only and len(installed) > 1:
         cases.append(installed)
     print(f"{args.rows} rows of {len(KEYS)} numbers per directory; per-row times in microseconds; x = tracked / plain "
-          f"in the same child process")
+          f"in the same child process; medians of {args.repeats} children")
     print(f"{'tracker':28s} {'wall plain':>10s} {'wall +trk':>10s} {'x':>6s} {'cpu plain':>10s} {'cpu +trk':>10s} {'x':>6s}"
           f" {'first row':>10s} {'flush':>8s} {'close':>8s}")
-    for names in cases:
-        with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            proc = subprocess.run([sys.executable, __file__, "--child", ",".join(names), "--rows", str(args.rows),
-                                   "--out", tmp.name], env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(f"{','.join(names):28s} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1]}")
-                continue
-            r = json.load(open(tmp.name))
+    results: dict = {}
+    for _ in range(args.repeats):
+        for names in cases:
+            with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+                env = {**os.environ, "OMP_NUM_THREADS": "1"}
+                proc = subprocess.run([sys.executable, __file__, "--child", ",".join(names), "--rows", str(args.rows),
+                                       "--out", tmp.name], env=env, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(f"{','.join(names):28s} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1]}")
+                    continue
+                results.setdefault(tuple(names), []).append(json.load(open(tmp.name)))
+    for names, runs in results.items():
+        r = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
         label = "all" if len(names) > 1 else names[0]
         print(f"{label:28s} {r['wall_plain'] * 1e6:10.0f} {r['wall_tracked'] * 1e6:10.0f} "
               f"{r['wall_tracked'] / r['wall_plain']:6.1f} {r['cpu_plain'] * 1e6:10.0f} {r['cpu_tracked'] * 1e6:10.0f} "
