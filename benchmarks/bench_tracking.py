@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -91,6 +92,7 @@ def child(names: list[str], rows: int, out: str):
     tracked.write_summary({"finished": True})
     close = time.perf_counter() - t
     n = rows // BLOCK * BLOCK
+    shutil.rmtree(root, ignore_errors=True)
     with open(out, "w") as f:
         json.dump({"wall_plain": statistics.median(walls["plain"]), "wall_tracked": statistics.median(walls["tracked"]),
                    "cpu_plain": cpu["plain"] / n, "cpu_tracked": cpu["tracked"] / n, "first": first, "flush": flush,
