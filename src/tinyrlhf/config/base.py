@@ -187,6 +187,20 @@ class TrainConfig:
     """Under torchrun (several processes): ddp replicates the model on every rank and averages gradients;
     fsdp shards parameters, gradients and optimizer state over the ranks (FSDP2 `fully_shard`) and writes
     sharded checkpoints (torch.distributed.checkpoint). Ignored in a single process."""
+    report_to: tuple[Literal["tensorboard", "trackio", "wandb", "mlflow"], ...] = ()
+    """Experiment trackers that also get every metrics.jsonl row (its numbers), from rank 0 only, offline: any
+    of tensorboard, trackio, wandb, mlflow, e.g. `train.report_to=[tensorboard,mlflow]`. Each is an extra:
+    `pip install 'tinyrlhf[tensorboard]'`. Where each writes and how to view it: docs/guides/tracking.md."""
+    tracking_dir: str = ""
+    """Where the trackers write: DIR/tb, DIR/trackio, DIR/wandb, DIR/mlruns ("" = the run directory). compare
+    and loop set it to their --out, so all their stages land in one place."""
+    run_name: str = ""
+    """The run's name in the trackers ("" = out_dir); compare and loop name each stage `seed<N>-<stage>`."""
+    tracking_project: str = "tinyrlhf"
+    """The W&B and trackio project, and the MLflow experiment."""
+    tracking_group: str = ""
+    """Runs that belong together: the W&B and trackio group, MLflow's `group` tag. compare and loop set it to
+    their --out's name."""
 
     def __post_init__(self):
         check_range(self, "lr", 0, lo_open=True)
@@ -202,6 +216,8 @@ class TrainConfig:
             check_range(self, name, 1)
         if not DEVICE.fullmatch(self.device):
             raise FieldError("device", f"'{self.device}' is not one of auto, cpu, cuda, cuda:N")
+        if self.report_to and not self.tracking_project.strip():
+            raise FieldError("tracking_project", "must not be empty while report_to names a tracker")
 
 
 @dataclass(frozen=True)

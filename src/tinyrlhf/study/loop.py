@@ -30,7 +30,7 @@ from .loop_labels import (finish_labels, human_labels, merged_data_dir, round_pr
                           simulated_labels, train_prompts)
 from .loop_report import evaluate_round, note, write_report
 from .loop_spec import LoopConfig, LoopSpec, parse_loop, reward_dir, round_dir, write_spec
-from .spec import METHODS, paths, read_json, stage_config
+from .spec import METHODS, paths, read_json, stage_config, tracking_args
 from .stages import run_stage
 
 def _policy_models(spec: LoopSpec, seed: int, r: int) -> list[tuple[str, str]]:
@@ -85,7 +85,8 @@ def reward_stage(spec: LoopSpec, seed: int, r: int) -> dict:
     n = merged_data_dir(paths(spec.compare, seed)["data"], _label_dirs(spec, seed, r), data)
     sft = paths(spec.compare, seed)["sft_final"]
     args = [f"out_dir={os.path.join(rd, 'reward')}", f"model.path={sft}", f"normalize_on={sft}",
-            *_common(spec, seed, r), f"data.dir={data}", f"data.max_train={n}"]
+            *_common(spec, seed, r), f"data.dir={data}", f"data.max_train={n}",
+            *tracking_args(spec.out, seed, f"{spec.cond}-round{r}-reward")]
     return run_reward(stage_config(spec.compare, "reward", "reward", C.RewardConfig, args))
 
 
@@ -93,7 +94,8 @@ def policy_stage(spec: LoopSpec, seed: int, r: int) -> dict:
     """ROUND/policy: `method` from the previous round's policy for loop.policy_steps steps."""
     config_name, cls, loop, extra, _ = METHODS[spec.method]
     rd, start = round_dir(spec, seed, r), _policy_models(spec, seed, r)[-1][1]
-    args = [f"out_dir={os.path.join(rd, 'policy')}", f"model.path={start}", *_common(spec, seed, r), *extra]
+    args = [f"out_dir={os.path.join(rd, 'policy')}", f"model.path={start}", *_common(spec, seed, r), *extra,
+            *tracking_args(spec.out, seed, f"{spec.cond}-round{r}-policy")]
     if spec.needs_rm:
         args.append(f"reward={reward_dir(spec, seed, r)}")
     else:  # DPO learns from every label so far, with the round's starting policy as its reference

@@ -248,6 +248,14 @@ def paths(spec: CompareSpec, seed: int) -> dict[str, str]:
             "baselines": os.path.join(root, "baselines.json")}
 
 
+def tracking_args(out: str, seed: int, name: str) -> list[str]:
+    """A comparison's (or loop's) stage in the trackers (they log only with train.report_to set): under --out,
+    in the group named after it, as run `seed<N>-<name>`. Before the user's overrides, which win."""
+    out = os.path.normpath(out)  # string keys take their text as typed (config.load)
+    return [f"train.tracking_dir={out}", f"train.tracking_group={os.path.basename(out)}",
+            f"train.run_name=seed{seed}-{name}"]
+
+
 def run_dir(spec: CompareSpec, seed: int, run: str) -> str:
     """Where a run of seed `seed` lives (SFT in the shared comparison's directory when there is one)."""
     p = paths(spec, seed)

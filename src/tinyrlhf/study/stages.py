@@ -10,7 +10,7 @@ from .baselines import run_baselines
 from .decoding import decode_run
 from .run_eval import evaluate_run
 from .spec import (METHODS, POLICY_PAIRS, CompareSpec, is_offline, method_of, needs_rm, paths, runs_of, stage_config,
-                   stage_overrides)
+                   stage_overrides, tracking_args)
 
 
 def data_settings(spec: CompareSpec) -> dict:
@@ -47,7 +47,8 @@ def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
         from ..train.sft import run_sft
         # SFT keeps its own before/after gold evaluation (the untrained model's score is only known here)
         return launched(spec, run_sft, stage_config(spec, "sft", "sft", C.SFTConfig,
-                                                [f"out_dir={p['sft']}", *common, "eval.n_prompts=200"]))
+                                                [f"out_dir={p['sft']}", *common, "eval.n_prompts=200",
+                                                 *tracking_args(spec.out, seed, "sft")]))
     if stage == "pairs":
         from .policy_data import write_policy_data
         if os.path.isfile(os.path.join(p["pairs"], "manifest.json")):
@@ -59,7 +60,7 @@ def run_stage(spec: CompareSpec, seed: int, stage: str) -> dict:
     if stage == "reward":
         from ..train.reward import run_reward
         args = [f"out_dir={p['reward']}", f"model.path={p['sft_final']}", f"normalize_on={p['sft_final']}", *common,
-                f"logp_feature={str(spec.rm_logp).lower()}"]
+                f"logp_feature={str(spec.rm_logp).lower()}", *tracking_args(spec.out, seed, "reward")]
         if spec.rm_data == "policy":  # the same preference labels the offline methods learn from
             args += [f"data.dir={p['pairs']}", f"data.max_train={spec.n_labels}"]
         else:
@@ -82,7 +83,8 @@ def _train(spec: CompareSpec, seed: int, run: str, p: dict, common: list[str]) -
             common = [c if not c.startswith("data.dir=") else f"data.dir={p['pairs']}" for c in common]
         common = [*common, f"data.max_train={spec.n_labels}"]  # offline methods see at most the label budget
     trial = dict(runs_of(spec, method))[run]
-    args = [f"out_dir={os.path.join(p['root'], run)}", f"model.path={p['sft_final']}", *common, *extra]
+    args = [f"out_dir={os.path.join(p['root'], run)}", f"model.path={p['sft_final']}", *common, *extra,
+            *tracking_args(spec.out, seed, run)]
     if needs_rm(method):
         args.append(f"reward={p['reward']}")
     cfg = stage_config(spec, config_name, method, cls, args)

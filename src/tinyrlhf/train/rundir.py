@@ -6,6 +6,7 @@
     checkpoints/     last/ and prev/, each with a manifest of sha256 checksums (checkpoint.py)
     final/           the Hugging Face directory, published whole by a rename
     .lock            flock'ed by the process that owns the run (its pid inside)
+    tracking.json    train.report_to's run ids (tracking.py); their logs in tb/, trackio/, wandb/, mlruns/
 
 Identity: an existing run is resumed or reused only when its config matches the new one, apart from the
 keys in HARMLESS; otherwise one error names the differing keys. A run that stopped before its first step
@@ -32,13 +33,16 @@ from ..diskio import disk_errors
 from ..loading import STAGING
 from ..errors import ConfigError, DataError
 from . import checkpoint as ckpt
+from .tracking import Tracking
 from .runlock import RunInUse, acquire, release  # noqa: F401 (RunInUse: re-exported)
 
 HARMLESS = ("out_dir", "train.threads", "train.progress", "train.stop_after", "train.resume", "train.force_new",
             "train.device", "train.save_every", "train.save_minutes", "train.log_every", "train.eval_every",
-            "ref_cache_dir")
+            "ref_cache_dir", "train.report_to", "train.tracking_dir", "train.run_name", "train.tracking_project",
+            "train.tracking_group")
 """Keys that may differ between the run on disk and the command that continues or reuses it: where and
-how fast it runs, when it logs, evaluates and checkpoints, where caches live. None changes the weights
+how fast it runs, when it logs, evaluates and checkpoints, where caches live, which trackers see its
+metrics. None changes the weights
 (evaluation samples on its own RNG stream; checkpoints do not touch RNG state)."""
 
 STAGES = {"SFTConfig": "sft", "RewardConfig": "reward", "PreferenceConfig": "dpo", "KTOConfig": "kto",
@@ -160,6 +164,10 @@ class RunDir:
         self.config = config
         self.stage = stage_name(config)
         self.checkpoint_step: int | None = None  # the newest complete checkpoint on disk, once known
+        train = getattr(config, "train", None)  # the trackers (opened on the first row; tracking.py)
+        self.tracking = (Tracking(path, train, _flat(config_to_dict(config)), self.stage,
+                                  self.read_metrics)
+                         if train is not None and train.report_to else None)
         if os.path.exists(path) and not os.path.isdir(path):
             raise ConfigError(f"out_dir '{path}' is a file, not a directory")
         try:
@@ -182,6 +190,8 @@ class RunDir:
 
     def close(self):
         """Release the lock now (it is also released when the object goes away or the process dies)."""
+        if self.tracking is not None:
+            self.tracking.close(finished=False)
         self._finalizer()
         _ACTIVE[:] = [r for r in _ACTIVE if r() is not None and r() is not self]
 
@@ -301,7 +311,9 @@ class RunDir:
     def log(self, metrics: dict):
         with self.disk_errors("could not append a row to", self.metrics_file):
             with open(self.metrics_file, "a", encoding="utf-8") as f:
-                f.write(json.dumps({k: _plain(v) for k, v in metrics.items()}) + "\n")
+                f.write(json.dumps(row := {k: _plain(v) for k, v in metrics.items()}) + "\n")
+        if self.tracking is not None:
+            self.tracking.log(row)
 
     def read_metrics(self) -> list[dict]:
         """The rows of metrics.jsonl. A last line without its newline (a kill during the append) is
@@ -354,6 +366,8 @@ class RunDir:
                 shutil.rmtree(old, ignore_errors=True)
         with self.disk_errors("could not write", self.summary_file):
             ckpt.write_atomic(self.summary_file, json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2))
+        if self.tracking is not None:
+            self.tracking.close(finished=bool(summary.get("finished")))
         if summary.get("finished"):
             _ACTIVE[:] = [r for r in _ACTIVE if r() is not None and r() is not self]
 
@@ -366,6 +380,8 @@ class RunDir:
                 ckpt.fsync_file(self.metrics_file)
             ckpt.save(self.checkpoints, ckpt.collect_state(modules, optimizer, scheduler, step, extra), step)
         self.checkpoint_step = step
+        if self.tracking is not None:
+            self.tracking.flush()
 
     def disk_errors(self, what: str, path: str, cleanup=()):
         """diskio.disk_errors with what a re-run resumes from: a full disk during a checkpoint, the final
