@@ -16,7 +16,6 @@ ever mixed or silently deleted.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -33,17 +32,9 @@ from ..diskio import disk_errors
 from ..loading import STAGING
 from ..errors import ConfigError, DataError
 from . import checkpoint as ckpt
+from .runconfig import HARMLESS, config_differences, flat, suggest_out_dir  # noqa: F401
 from .tracking import Tracking
 from .runlock import RunInUse, acquire, release  # noqa: F401 (RunInUse: re-exported)
-
-HARMLESS = ("out_dir", "train.threads", "train.progress", "train.stop_after", "train.resume", "train.force_new",
-            "train.device", "train.save_every", "train.save_minutes", "train.log_every", "train.eval_every",
-            "ref_cache_dir", "train.report_to", "train.tracking_dir", "train.run_name", "train.tracking_project",
-            "train.tracking_group")
-"""Keys that may differ between the run on disk and the command that continues or reuses it: where and
-how fast it runs, when it logs, evaluates and checkpoints, where caches live, which trackers see its
-metrics. None changes the weights
-(evaluation samples on its own RNG stream; checkpoints do not touch RNG state)."""
 
 STAGES = {"SFTConfig": "sft", "RewardConfig": "reward", "PreferenceConfig": "dpo", "KTOConfig": "kto",
           "PPOConfig": "ppo", "GroupConfig": "rloo/grpo", "OnlineDPOConfig": "online-dpo"}
@@ -60,72 +51,6 @@ def stage_name(cfg) -> str:
     if name == "GroupConfig":
         return cfg.algo
     return STAGES.get(name, name)
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
-
-
-def config_differences(old: dict, new_cfg) -> list[tuple[str, object, object]]:
-    """(key, old value, new value) for every key of `new_cfg` that differs from the run on disk, HARMLESS
-    keys aside. A key missing on disk (added to tinyrlhf since) counts as its default."""
-    new = _flat(config_to_dict(new_cfg))
-    old = {**_defaults(type(new_cfg)), **_flat(old)}
-    return [(k, old.get(k), v) for k, v in new.items() if k not in HARMLESS and not _same(old.get(k), v)]
-
-
-def _defaults(cls) -> dict:
-    """Flat defaults of a run config class, read from its fields (the class itself is not constructed:
-    it may require some fields)."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.update(_flat(config_to_dict(value), f"{f.name}.") if dataclasses.is_dataclass(value)
-                   else {f.name: list(value) if isinstance(value, tuple) else value})
-    return out
-
-
-def _short(key: str, value) -> str:
-    """One readable word for a changed key: lr3e-4, max_steps1, seed2, lora, no-lora, ipo; a path gives its
-    file's stem (my_sft) or, for a run's final/, the run's name."""
-    parts = key.split(".")
-    name = parts[-2] if parts[-1] == "enabled" and len(parts) > 1 else parts[-1]
-    if isinstance(value, bool):
-        return name if value else f"no-{name}"
-    if isinstance(value, float):
-        if value and abs(value) < 1e-2:  # 3e-4, not 0.0003
-            mantissa, exponent = f"{value:.2e}".split("e")
-            return f"{name}{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-        return f"{name}{value:g}"
-    text = str(value)
-    if "/" in text or os.sep in text or re.search(r"\.(jsonl?|csv|parquet|gz)$", text):  # a path: its name
-        parts = [p for p in re.split(r"[/\\]", text) if p]
-        text = (parts[-2] if len(parts) > 1 and parts[-1] == "final" else parts[-1] if parts else "").split(".")[0]
-    elif len(text) < 6 and not isinstance(value, str) or not text:
-        text = f"{name}{text or 'none'}"
-    return re.sub(r"[^A-Za-z0-9._+-]", "", text)[:24]
-
-
-def _suggest(out_dir: str, diffs) -> str:
-    """A new out_dir for a changed config: the old one plus up to two short words for what changed, and
-    -2, -3 ... if that exists too (runs/sft + max_steps 1 and a data file -> runs/sft-max_steps1-mydata)."""
-    base = out_dir.rstrip("/" + os.sep) + "-" + "-".join(_short(k, v) for k, _, v in diffs[:2])
-    n, name = 2, base
-    while os.path.exists(name):
-        name, n = f"{base}-{n}", n + 1
-    return name
 
 
 _ACTIVE: list = []  # weak references to the runs opened and not yet finished (for interrupted_note)
@@ -165,7 +90,7 @@ class RunDir:
         self.stage = stage_name(config)
         self.checkpoint_step: int | None = None  # the newest complete checkpoint on disk, once known
         train = getattr(config, "train", None)  # the trackers (opened on the first row; tracking.py)
-        self.tracking = (Tracking(path, train, _flat(config_to_dict(config)), self.stage,
+        self.tracking = (Tracking(path, train, flat(config_to_dict(config)), self.stage,
                                   self.read_metrics)
                          if train is not None and train.report_to else None)
         if os.path.exists(path) and not os.path.isdir(path):
@@ -261,7 +186,7 @@ class RunDir:
             shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs[:6])
             more = f" and {len(diffs) - 6} more" if len(diffs) > 6 else ""
             raise ConfigError(f"run directory '{self.path}' holds a run with another config ({shown}{more}; "
-                              f"config.yaml unchanged): use another out_dir (e.g. out_dir={_suggest(self.path, diffs)})"
+                              f"config.yaml unchanged): use another out_dir (e.g. out_dir={suggest_out_dir(self.path, diffs)})"
                               " or --force-new (train.force_new=true) to move the old run aside and start anew")
 
     def _differs(self) -> bool:
