@@ -40,7 +40,8 @@ how fast it runs, when it logs, evaluates and checkpoints, where caches live. No
 (evaluation samples on its own RNG stream; checkpoints do not touch RNG state)."""
 
 STAGES = {"SFTConfig": "sft", "RewardConfig": "reward", "PreferenceConfig": "dpo", "KTOConfig": "kto",
-          "PPOConfig": "ppo", "GroupConfig": "rloo/grpo", "OnlineDPOConfig": "online-dpo"}
+          "PPOConfig": "ppo", "GroupConfig": "rloo/grpo/reinforce-pp", "OnlineDPOConfig": "online-dpo",
+          "RSConfig": "rs"}
 HEADER = "# tinyrlhf {cls} run config: written once when the run started, never rewritten\n"
 _HEADER_RE = re.compile(r"^# tinyrlhf (\w+) run config")
 
