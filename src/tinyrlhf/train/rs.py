@@ -96,7 +96,7 @@ def run_rs(cfg: RSConfig) -> dict:
         out = {"episodes": len(scores),  # every sample drawn counts as a rollout (compare's budget)
                "objective/scores": raw_scores.mean().item(),
                "kl/seq": seq_kl.mean().item(),
-               "rs/kept": len(kept), "rs/kept_score": scores[kept.to(scores.device)].mean().item(),
+               "rs/kept": len(kept), "rs/kept_score": raw_scores[kept.cpu()].mean().item(),
                "rs/kept_kl": seq_kl[kept].mean().item(), "rs/kept_length": kept_mask.sum(1).mean().item(),
                "response/length": mask.sum(1).mean().item(),
                "response/ended": ro.finished.float().mean().item(),
