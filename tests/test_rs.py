@@ -122,3 +122,32 @@ def test_rs_command_line(base, capsys):
     assert main(["rs", f"out_dir={root / 'rs_cli'}", f"model.path={model}", f"data.dir={data}", "reward=gold",
                  *COMMON, "train.max_steps=1"]) == 0
     assert "rs_cli" in capsys.readouterr().out and (root / "rs_cli" / "final").is_dir()
+
+
+def test_compare_runs_rs_and_the_new_rl_variants(tmp_path):
+    """`compare --methods rs,reinforce-pp,dr-grpo,dapo`: each trains from the seed's SFT against the reward model
+    of the same labels for --budget prompts, with its own config; rs's rollouts are every sample it drew."""
+    from test_compare import TINY
+    from tinyrlhf.study import compare as C
+    out = tmp_path / "cmp"
+    group = [f"{m}.{o}" for m in ("reinforce-pp", "dr-grpo", "dapo")
+             for o in ("rollout.prompts_per_step=4", "minibatch_size=8", "train.batch_size=8")]
+    spec = C.parse_spec("family_tree", "rs,reinforce-pp,dr-grpo,dapo", 1, str(out), 16, "", 8,
+                        [*TINY, *group, "rs.rollout.prompts_per_step=8", "rs.train.batch_size=8", "rs.minibatch_size=8",
+                         "train.threads=1"], val_prompts=8, best_of="", temperatures="")
+    result = C.run_compare(spec, log=lambda _: None)
+    res = json.load(open(out / "results.json"))
+    row = {r["run"]: r for r in res["rows"]}
+    assert sorted(row) == ["dapo", "dr-grpo", "reinforce-pp", "rs", "sft"]
+    summary = {m: json.load(open(out / "seed0" / m / "summary.json")) for m in row if m != "sft"}
+    config = {m: yaml.safe_load(open(out / "seed0" / m / "config.yaml")) for m in summary}
+    assert summary["rs"]["steps"] == 2 and row["rs"]["rollouts"] == summary["rs"]["episodes"] == 2 * 8 * 4
+    for m in ("reinforce-pp", "dr-grpo", "dapo"):  # 16 prompts = 4 steps of 4, k = 4 samples each
+        assert summary[m]["steps"] == 4 and row[m]["rollouts"] == 4 * 4 * 4
+    for m in summary:  # the same labels: the reward model's, for every method
+        assert config[m]["reward"].endswith("seed0/reward") and row[m]["labels"] == row["rs"]["labels"] > 0
+    assert (config["dapo"]["algo"], config["dapo"]["loss_type"], config["dapo"]["clip_high"]) == ("grpo", "dapo", 0.28)
+    assert (config["dr-grpo"]["algo"], config["dr-grpo"]["loss_type"]) == ("grpo", "dr_grpo")
+    assert config["reinforce-pp"]["algo"] == "reinforce-pp" and config["rs"]["keep"] == "best"
+    report = open(result["report"]).read()
+    assert all(f"**{m}**" in report for m in summary)
