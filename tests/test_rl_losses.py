@@ -130,7 +130,7 @@ def test_masked_whiten_and_mean():
 
 
 def test_ppo_policy_loss_clip_higher():
-    """DAPO's ε_low = 0.2, ε_high = 0.28. A = +1, ρ = e^0.5 ≈ 1.649 → clipped at 1.28 → −1.28 (1.2 if symmetric);
+    """DAPO's ε_low = 0.2, ε_high = 0.28. A = +1, ρ = e^0.5 ≈ 1.649 → clipped at 1.28 → −1.28 (−1.2 symmetric);
     A = −1, ρ = e^−0.5 ≈ 0.607 → max(0.607, 0.8) = 0.8 (the lower bound is still 1 − 0.2);
     A = +1, ρ = e^0.2 ≈ 1.221 → inside [0.8, 1.28]: −1.221 (symmetric would clip it to −1.2)."""
     new = torch.tensor([[0.5, -0.5, 0.2]])

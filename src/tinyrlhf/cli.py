@@ -114,7 +114,7 @@ def _cmd_train(args) -> int:
              "online-dpo": (C.OnlineDPOConfig, "online_dpo", "run_online_dpo"), "rs": (C.RSConfig, "rs", "run_rs")}
     cls, module, fn = table[args.command]
     overrides = list(args.overrides)
-    if args.command in ("rloo", "grpo", "reinforce-pp"):  # the command names the algorithm (and its defaults, e.g. kl_in)
+    if args.command in ("rloo", "grpo", "reinforce-pp"):  # the command names the algorithm (and its defaults)
         for key, value in C.parse_overrides(overrides):
             if key == "algo" and value != args.command:
                 raise TinyRLHFError(f"'tinyrlhf {args.command}' cannot run algo={value}; use 'tinyrlhf {value}'")

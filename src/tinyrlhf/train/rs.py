@@ -43,8 +43,8 @@ def run_rs(cfg: RSConfig) -> dict:
     k, R = cfg.k, cfg.rollout
     share = cfg.train.share_prompt and not cfg.model.gradient_checkpointing
     # optimizer steps per round for the schedule: exact for keep=best; keep=quantile keeps about (1 − q)·P·k
-    expected_kept = R.prompts_per_step if cfg.keep == "best" else max(1, round((1 - cfg.quantile) * R.prompts_per_step * k))
-    n_minibatches = -(-expected_kept // cfg.minibatch_size)
+    per_round = R.prompts_per_step if cfg.keep == "best" else max(1, round((1 - cfg.quantile) * R.prompts_per_step * k))
+    n_minibatches = -(-per_round // cfg.minibatch_size)
     dist.check_divisible(R.prompts_per_step, "rollout.prompts_per_step")
 
     def update(step: int, kl: KLController) -> dict:
