@@ -65,7 +65,8 @@ from tinyrlhf.cli import main  # noqa: E402
 STAGES = {"sft": (C.SFTConfig, []), "reward": (C.RewardConfig, []), "dpo": (C.PreferenceConfig, []),
           "ipo": (C.PreferenceConfig, ["loss=ipo"]), "kto": (C.KTOConfig, []), "ppo": (C.PPOConfig, []),
           "rloo": (C.GroupConfig, ["algo=rloo"]), "grpo": (C.GroupConfig, ["algo=grpo"]),
-          "online_dpo": (C.OnlineDPOConfig, [])}
+          "reinforce_pp": (C.GroupConfig, ["algo=reinforce-pp"]), "online_dpo": (C.OnlineDPOConfig, []),
+          "rs": (C.RSConfig, [])}
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "family_tree")
 
 
@@ -200,6 +201,22 @@ def test_group_kl_placement_follows_the_command(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["algo"] == "grpo" and printed["kl_in"] == "loss"
     assert main(["rloo", "algo=grpo", "--print-config"]) == 2
+    assert load_config(C.GroupConfig, None, ["algo=reinforce-pp"]).kl_in == "reward"
+    assert main(["reinforce-pp", "algo=rloo", "--print-config"]) == 2
+
+
+def test_group_loss_type_and_clip_higher():
+    """loss_type=dapo brings DAPO's clip-higher (0.28) unless clip_high is given; the others keep the symmetric
+    clip (empty); k=1 is only REINFORCE++'s (rloo and grpo need a group)."""
+    assert load_config(C.GroupConfig, None, ["algo=grpo"]).loss_type == "token_mean"
+    assert load_config(C.GroupConfig, None, ["algo=grpo", "loss_type=dapo"]).clip_high == 0.28
+    assert load_config(C.GroupConfig, None, ["algo=grpo", "loss_type=dapo", "clip_high=0.3"]).clip_high == 0.3
+    assert load_config(C.GroupConfig, None, ["algo=grpo", "loss_type=dr_grpo"]).clip_high is None
+    assert load_config(C.GroupConfig, None, ["algo=reinforce-pp", "k=1"]).k == 1
+    with pytest.raises(ConfigError, match="'loss_type': 'seq' is not one of"):
+        load_config(C.GroupConfig, None, ["loss_type=seq"])
+    with pytest.raises(ConfigError, match="'clip_high': must be > 0"):
+        load_config(C.GroupConfig, None, ["clip_high=0"])
 
 
 def test_duplicate_yaml_key_names_file_and_both_lines(tmp_path):
@@ -230,7 +247,8 @@ def test_string_keys_take_the_override_text_as_typed():
     assert (cfg.out_dir, cfg.rollout.stop_token, cfg.data.format) == ("runs/a: b", "yes", "1e3")
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward", "dpo", "kto", "ppo", "rloo", "grpo", "online-dpo"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "dpo", "kto", "ppo", "rloo", "grpo", "reinforce-pp", "online-dpo",
+                                   "rs"])
 def test_print_config_is_the_resolved_config_with_docs(stage, tmp_path, capsys):
     """--print-config prints YAML that loads back to the same config, a comment above every key, and runs
     nothing (the out_dir is not created)."""
@@ -241,8 +259,9 @@ def test_print_config_is_the_resolved_config_with_docs(stage, tmp_path, capsys):
     saved = tmp_path / "printed.yaml"
     saved.write_text(text)
     cls = {"sft": C.SFTConfig, "reward": C.RewardConfig, "dpo": C.PreferenceConfig, "kto": C.KTOConfig,
-           "ppo": C.PPOConfig, "rloo": C.GroupConfig, "grpo": C.GroupConfig, "online-dpo": C.OnlineDPOConfig}[stage]
-    extra = [f"algo={stage}"] if stage in ("rloo", "grpo") else []
+           "ppo": C.PPOConfig, "rloo": C.GroupConfig, "grpo": C.GroupConfig, "reinforce-pp": C.GroupConfig,
+           "online-dpo": C.OnlineDPOConfig, "rs": C.RSConfig}[stage]
+    extra = [f"algo={stage}"] if stage in ("rloo", "grpo", "reinforce-pp") else []
     assert load_config(cls, str(saved)) == load_config(cls, None, extra + [f"out_dir={out_dir}", "train.lr=3e-4",
                                                                           "seed=7"])
     lines = text.splitlines()

@@ -136,6 +136,33 @@ def test_ppo_two_ranks_equal_one_process(env):
                  atol_keys=("loss/policy", "policy/approx_kl", "kl/seq"))
 
 
+@pytest.mark.parametrize("stage", ["grpo", "rs"])
+def test_grpo_loss_type_and_rs_two_ranks_equal_one_process(env, stage):
+    """GRPO's per-response mean (loss_type=grpo, 2 epochs: clipping active) and rejection sampling's token mean:
+    their weights are computed over the whole minibatch, each rank sums its own rows' share, so two ranks give
+    the losses and gradients of one process."""
+    from tinyrlhf.config import GroupConfig, RSConfig
+    from tinyrlhf.train.group import run_group
+    from tinyrlhf.train.rs import run_rs
+    root, data, model = env
+    args = [f"model.path={model}", f"data.dir={data}", "data.task=family_tree", "reward=gold", "train.max_steps=2",
+            "rollout.prompts_per_step=8", "rollout.max_new_tokens=6", "train.save_every=0", "k=2", *FP32]
+    if stage == "grpo":
+        args += ["algo=grpo", "loss_type=grpo", "epochs=2", "minibatch_size=8", "train.batch_size=4"]
+        small = ("loss/policy", "loss/kl", "kl/seq")
+        keys = (*small, "objective/scores", "grad_norm")
+    else:
+        args += ["minibatch_size=4", "train.batch_size=2"]
+        keys, small = ("loss/sft", "rs/kept_score", "objective/scores", "grad_norm"), ()
+    one, two = str(root / f"{stage}1"), str(root / f"{stage}2")
+    (run_group if stage == "grpo" else run_rs)(load_config(GroupConfig if stage == "grpo" else RSConfig, None,
+                                                           [f"out_dir={one}", *args]))
+    run2(stage, [f"out_dir={two}", *args], str(root / f"{stage}2.log"))
+    one_rows = [r for r in map(json.loads, open(os.path.join(one, "metrics.jsonl")))]
+    two_rows = [r for r in map(json.loads, open(os.path.join(two, "metrics.jsonl")))]
+    assert_close(two_rows, one_rows, keys, atol_keys=small)
+
+
 def _rank_pid(torchrun_pid: int, rank: int) -> int | None:
     """The pid of worker `rank` among torchrun's children (read from their environment)."""
     try:

@@ -1,5 +1,6 @@
-"""Online RL end to end on a tiny model: PPO (shared and separate value, LoRA), RLOO, GRPO and online DPO
-run and log; same seed same numbers; resume is exact; reward sources fail clearly; memory stays flat."""
+"""Online RL end to end on a tiny model: PPO (shared and separate value, LoRA), RLOO, GRPO (and its loss types),
+REINFORCE++ and online DPO run and log; same seed same numbers; resume is exact; reward sources fail clearly;
+memory stays flat."""
 import json
 import os
 import sys
@@ -13,7 +14,7 @@ from tinyrlhf.cli import main
 from tinyrlhf.config import GroupConfig, OnlineDPOConfig, PPOConfig, load_config
 from tinyrlhf.errors import ConfigError
 from tinyrlhf.rollout import Rollout
-from tinyrlhf.train.group import run_group
+from tinyrlhf.train.group import run_group, token_advantages
 from tinyrlhf.train.online import truncate_at_stop
 from tinyrlhf.train.online_dpo import run_online_dpo
 from tinyrlhf.train.ppo import run_ppo
@@ -185,6 +186,56 @@ def test_group_methods_run(base, algo, extra):
     log = rows(root / algo)
     assert "adv/zero_groups" in log[0] and 0 <= log[0]["adv/zero_groups"] <= 1
     assert ("loss/kl" in log[0]) == (algo == "grpo")
+
+
+@pytest.mark.parametrize("algo,extra", [("grpo", ["loss_type=grpo"]), ("grpo", ["loss_type=dr_grpo"]),
+                                        ("grpo", ["loss_type=dapo", "epochs=2"]), ("reinforce-pp", ["epochs=2"]),
+                                        ("reinforce-pp", ["k=1", "kl.coef=0.5"])])
+def test_group_variants_run(base, algo, extra):
+    root, data, model = base
+    name = f"{algo}-" + "-".join(e.replace("=", "") for e in extra)
+    args = ["k=2", *extra] if not any(e.startswith("k=") for e in extra) else extra
+    summary = run_group(cfg(GroupConfig, root, data, model, name, f"algo={algo}", "reward=gold",
+                            "train.max_steps=2", "minibatch_size=8", *args))
+    k = 1 if "k=1" in extra else 2
+    assert summary["finished"] and summary["episodes"] == 2 * 8 * k
+    log = rows(root / name)
+    assert all(r["grad_norm"] >= 0 and abs(r["loss/policy"]) < 10 for r in log)
+    assert ("adv/zero_groups" in log[0]) == (k >= 2)
+    clip_high = load_config(GroupConfig, os.path.join(root, name, "config.yaml")).clip_high
+    assert clip_high == (0.28 if "loss_type=dapo" in extra else None)
+
+
+def test_token_advantages_of_each_algorithm():
+    """Scores (1, 3 | 5, 5), k = 2, no KL. RLOO: s − the other (−2, 2, 0, 0). GRPO: (∓1/√2, 0, 0) (std of (1, 3)
+    is √2). Dr. GRPO: s − group mean (−1, 1, 0, 0). REINFORCE++ w/ baseline: the same, over the batch's 8 tokens
+    mean 0, variance 4/8, so (∓√2, 0, 0). Plain REINFORCE++ (k = 1): batch mean 3.5, deviations
+    (−2.5, −0.5, 1.5, 1.5), variance 11/4. Each row's advantage fills its 2 real tokens."""
+    scores, mask, kl = torch.tensor([1.0, 3.0, 5.0, 5.0]), torch.ones(4, 2), torch.zeros(4, 2)
+
+    def adv(*o):
+        return token_advantages(load_config(GroupConfig, None, list(o)), scores, kl, mask, 0.05)[:, 0].tolist()
+    assert adv("algo=rloo", "k=2") == pytest.approx([-2, 2, 0, 0])
+    assert adv("algo=grpo", "k=2") == pytest.approx([-2 ** -0.5, 2 ** -0.5, 0, 0], abs=1e-4)
+    assert adv("algo=grpo", "k=2", "loss_type=dapo") == adv("algo=grpo", "k=2")
+    assert adv("algo=grpo", "k=2", "loss_type=dr_grpo") == pytest.approx([-1, 1, 0, 0])
+    assert adv("algo=reinforce-pp", "k=2") == pytest.approx([-2 ** 0.5, 2 ** 0.5, 0, 0], abs=1e-5)
+    assert adv("algo=reinforce-pp", "k=1") == pytest.approx([x / 2.75 ** 0.5 for x in (-2.5, -0.5, 1.5, 1.5)], abs=1e-5)
+
+
+def test_loss_types_are_exact_across_micro_batches(base):
+    """The loss of a minibatch is Σ w·loss with w over the whole minibatch, so micro-batches of 2 prompts
+    give the same run as one micro-batch of 4 (fp32), for GRPO's per-response mean and Dr. GRPO's sum."""
+    root, data, model = base
+    for loss_type in ("grpo", "dr_grpo"):
+        logs = []
+        for micro in (8, 4):
+            name = f"micro-{loss_type}-{micro}"
+            run_group(cfg(GroupConfig, root, data, model, name, "algo=grpo", f"loss_type={loss_type}", "k=2",
+                          "reward=gold", "train.precision=fp32", "train.max_steps=2", "minibatch_size=8",
+                          f"train.batch_size={micro}"))
+            logs.append([r[k] for r in rows(root / name) for k in ("loss/policy", "loss/kl", "grad_norm")])
+        assert logs[0] == pytest.approx(logs[1], abs=1e-5), loss_type
 
 
 def test_group_needs_two_samples(base):

@@ -1,11 +1,12 @@
-"""Online-RL pieces: GAE against a plain loop, KL estimators, clipped PPO losses, RLOO/GRPO advantages."""
+"""Online-RL pieces: GAE against a plain loop, KL estimators, clipped PPO losses (clip-higher included), RLOO,
+GRPO, Dr. GRPO and REINFORCE++ advantages, and how each loss_type sums token losses, each by a hand computation."""
 import math
 
 import pytest
 import torch
 
-from tinyrlhf.losses import (gae, grpo_advantages, kl_per_token, masked_mean, masked_whiten, ppo_policy_loss,
-                             ppo_value_loss, rloo_advantages)
+from tinyrlhf.losses import (POLICY_LOSS_WEIGHTS, dr_grpo_advantages, gae, grpo_advantages, kl_per_token, masked_mean,
+                             masked_whiten, ppo_policy_loss, ppo_value_loss, reinforce_pp_advantages, rloo_advantages)
 
 
 def gae_loop(rewards, values, lengths, gamma, lam):
@@ -126,3 +127,62 @@ def test_masked_whiten_and_mean():
     assert (w[mask == 0] == 0).all()
     kept = masked_whiten(x, mask, shift_mean=False)
     assert abs(masked_mean(kept, mask).item() - 4.0) < 1e-5
+
+
+def test_ppo_policy_loss_clip_higher():
+    """DAPO's ε_low = 0.2, ε_high = 0.28. A = +1, ρ = e^0.5 ≈ 1.649 → clipped at 1.28 → −1.28 (−1.2 symmetric);
+    A = −1, ρ = e^−0.5 ≈ 0.607 → max(0.607, 0.8) = 0.8 (the lower bound is still 1 − 0.2);
+    A = +1, ρ = e^0.2 ≈ 1.221 → inside [0.8, 1.28]: −1.221 (symmetric would clip it to −1.2)."""
+    new = torch.tensor([[0.5, -0.5, 0.2]])
+    adv = torch.tensor([[1.0, -1.0, 1.0]])
+    losses, m = ppo_policy_loss(new, torch.zeros(1, 3), adv, torch.ones(1, 3), clip=0.2, clip_high=0.28)
+    assert torch.allclose(losses, torch.tensor([[-1.28, 0.8, -math.exp(0.2)]]), atol=1e-6)
+    assert math.isclose(m["clipfrac"].item(), 2 / 3, rel_tol=1e-6)
+    symmetric, _ = ppo_policy_loss(new, torch.zeros(1, 3), adv, torch.ones(1, 3), clip=0.2)
+    assert torch.allclose(symmetric, torch.tensor([[-1.2, 0.8, -1.2]]), atol=1e-6)
+
+
+def test_dr_grpo_advantage_has_no_std_division():
+    """Liu et al. 2025: s − group mean. Scores (1, 3) → (−1, +1) where GRPO gives (∓1/√2); 10x the scores
+    give 10x the advantages (GRPO's would not change); equal scores give 0."""
+    scores = torch.tensor([[1.0, 3.0], [2.0, 2.0], [0.0, 6.0]])
+    assert torch.allclose(dr_grpo_advantages(scores), torch.tensor([[-1.0, 1.0], [0.0, 0.0], [-3.0, 3.0]]))
+    assert torch.allclose(dr_grpo_advantages(10 * scores), 10 * dr_grpo_advantages(scores))
+    assert torch.allclose(grpo_advantages(10 * scores), grpo_advantages(scores), atol=1e-4)
+
+
+def test_reinforce_pp_advantage_by_hand():
+    """Hu et al. 2025, eqs. 8-10, β = 0.5. Row 0: s = 1, KL (0.1, 0.2, 0.3), KL to go (0.6, 0.5, 0.3),
+    A = 1 − 0.5·(0.6, 0.5, 0.3) = (0.70, 0.75, 0.85). Row 1: s = 0, two real tokens with KL (0.4, 0) (the 9.9
+    is padding), to go (0.4, 0), A = (−0.2, 0). Over the 5 real tokens: mean 2.1/5 = 0.42, deviations
+    (0.28, 0.33, 0.43, −0.62, −0.42), variance 0.933/5 = 0.1866; A_norm = deviation / √0.1866."""
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.0, 9.9]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    adv = reinforce_pp_advantages(torch.tensor([1.0, 0.0]), kl, mask, beta=0.5)
+    std = math.sqrt(0.1866)
+    expected = torch.tensor([[0.28, 0.33, 0.43], [-0.62, -0.42, 0.0]]) / std
+    assert torch.allclose(adv, expected * mask, atol=1e-5)
+    assert adv[1, 2] == 0
+    # one global baseline: a constant added to every score changes nothing
+    assert torch.allclose(reinforce_pp_advantages(torch.tensor([6.0, 5.0]), kl, mask, beta=0.5), adv, atol=1e-5)
+    # β = 0: A = (1, 1, 1 | 0, 0), mean 0.6, variance (3·0.4² + 2·0.6²)/5 = 0.24
+    flat = reinforce_pp_advantages(torch.tensor([1.0, 0.0]), kl, mask, beta=0.0)
+    assert torch.allclose(flat, torch.tensor([[0.4, 0.4, 0.4], [-0.6, -0.6, 0.0]]) / math.sqrt(0.24), atol=1e-5)
+
+
+def test_loss_type_weights_by_hand():
+    """Token losses l = (1, 2, 3 | 4) on responses of 3 and 1 real tokens (100 = padding), max_tokens = 4.
+    token_mean and dapo: (1+2+3+4)/4 = 2.5. grpo: ((1+2+3)/3 + 4/1)/2 = 3.0 (the 1-token response's token
+    weighs 1/2, each of the 3-token response's 1/6). dr_grpo: (1+2+3+4)/(2·4) = 1.25."""
+    losses = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 100.0, 100.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    expected = {"token_mean": 2.5, "dapo": 2.5, "grpo": 3.0, "dr_grpo": 1.25}
+    assert set(POLICY_LOSS_WEIGHTS) == set(expected)
+    for name, value in expected.items():
+        w = POLICY_LOSS_WEIGHTS[name](mask, 4)
+        assert math.isclose((losses * w).sum().item(), value, rel_tol=1e-6), name
+        assert (w[mask == 0] == 0).all()
+        # weights of the whole minibatch: its rows split into micro-batches add up to the same loss
+        parts = (losses[:1] * w[:1]).sum() + (losses[1:] * w[1:]).sum()
+        assert math.isclose(parts.item(), value, rel_tol=1e-6), name
+    assert torch.allclose(POLICY_LOSS_WEIGHTS["grpo"](mask, 4)[1, 0], torch.tensor(0.5))

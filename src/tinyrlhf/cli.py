@@ -6,7 +6,7 @@
     tinyrlhf dpo --config configs/family_tree/dpo.yaml loss=ipo
     tinyrlhf kto --config configs/family_tree/kto.yaml
     tinyrlhf ppo --config configs/family_tree/ppo.yaml reward=runs/family_tree/reward
-    tinyrlhf rloo|grpo|online-dpo --config configs/family_tree/X.yaml reward=gold
+    tinyrlhf rloo|grpo|reinforce-pp|online-dpo|rs --config configs/family_tree/X.yaml reward=gold
     tinyrlhf loop --task positive_review --rounds 3 --labels simulated --seeds 2 --out runs/loop
     tinyrlhf eval runs/ft/dpo --prompts my_prompts.jsonl --reward runs/ft/reward
     tinyrlhf export runs/ft/dpo --out exported/dpo --merge
@@ -110,11 +110,11 @@ def _cmd_train(args) -> int:
     table = {"sft": (C.SFTConfig, "sft", "run_sft"), "reward": (C.RewardConfig, "reward", "run_reward"),
              "dpo": (C.PreferenceConfig, "preference", "run_preference"), "kto": (C.KTOConfig, "kto", "run_kto"),
              "ppo": (C.PPOConfig, "ppo", "run_ppo"), "rloo": (C.GroupConfig, "group", "run_group"),
-             "grpo": (C.GroupConfig, "group", "run_group"),
-             "online-dpo": (C.OnlineDPOConfig, "online_dpo", "run_online_dpo")}
+             "grpo": (C.GroupConfig, "group", "run_group"), "reinforce-pp": (C.GroupConfig, "group", "run_group"),
+             "online-dpo": (C.OnlineDPOConfig, "online_dpo", "run_online_dpo"), "rs": (C.RSConfig, "rs", "run_rs")}
     cls, module, fn = table[args.command]
     overrides = list(args.overrides)
-    if args.command in ("rloo", "grpo"):  # the command names the algorithm (and its defaults, e.g. kl_in)
+    if args.command in ("rloo", "grpo", "reinforce-pp"):  # the command names the algorithm (and its defaults)
         for key, value in C.parse_overrides(overrides):
             if key == "algo" and value != args.command:
                 raise TinyRLHFError(f"'tinyrlhf {args.command}' cannot run algo={value}; use 'tinyrlhf {value}'")
@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="run and evaluate several methods at an equal budget over seeds; write a report")
     p.add_argument("--task", required=True, help="family_tree or positive_review")
     p.add_argument("--methods", default="sft,ppo,dpo,ipo,kto",
-                   help="comma-separated: sft, ppo, rloo, grpo, online-dpo, dpo, ipo, cdpo, hinge, simpo, orpo, kto")
+                   help="comma-separated: sft, ppo, rloo, grpo, dr-grpo, dapo, reinforce-pp, online-dpo, rs, dpo, "
+                   "ipo, cdpo, hinge, simpo, orpo, kto")
     p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 (each with its own data, SFT and RM)")
     p.add_argument("--budget", type=int, default=4800, help="training prompts (pairs, examples or rollout prompts) per method")
     p.add_argument("--out", default=None, help="output directory (default runs/compare/TASK)")
@@ -346,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("ppo", "PPO from an SFT model and a reward source (reward model, gold, callable)"),
                        ("rloo", "RLOO: k samples per prompt, leave-one-out baseline"),
                        ("grpo", "GRPO: k samples per prompt, group-normalised advantages"),
-                       ("online-dpo", "online DPO: fresh pairs from the policy ranked by a reward source")):
+                       ("reinforce-pp", "REINFORCE++: token-level KL in the reward, batch-normalised advantages"),
+                       ("online-dpo", "online DPO: fresh pairs from the policy ranked by a reward source"),
+                       ("rs", "rejection sampling: SFT on the best of k samples per prompt, round after round")):
         p = sub.add_parser(name, help=what)
         p.add_argument("--config", help="YAML config file (see configs/)")
         p.add_argument("--print-config", action="store_true",

@@ -213,7 +213,7 @@ def broadcast_object(obj):
 # ---------------------------------------------------------------- launching a stage
 
 COMMANDS = {"SFTConfig": "sft", "RewardConfig": "reward", "PreferenceConfig": "dpo", "KTOConfig": "kto",
-            "PPOConfig": "ppo", "OnlineDPOConfig": "online-dpo"}
+            "PPOConfig": "ppo", "OnlineDPOConfig": "online-dpo", "RSConfig": "rs"}
 
 
 def torchrun(cfg, nproc: int) -> dict:

@@ -232,13 +232,15 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamm
 
 
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, *, clip: float):
-    """Clipped surrogate (Schulman et al. 2017, eq. 7), per token: max(−A·ρ, −A·clip(ρ, 1±ε)), ρ = π/π_old.
+                    mask: torch.Tensor, *, clip: float, clip_high: float | None = None):
+    """Clipped surrogate (Schulman et al. 2017, eq. 7), per token: max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε_high)),
+    ρ = π/π_old. ε_high defaults to ε (symmetric); DAPO's clip-higher (Yu et al. 2025, eq. 10) raises it
+    (ε_low 0.2, ε_high 0.28) so that unlikely tokens with a positive advantage can grow further.
     Metrics: clipfrac, and approx_kl = mean of ½(log ρ)² (the estimate used for early stopping)."""
     log_ratio = logprobs.float() - old_logprobs.float()
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + (clip if clip_high is None else clip_high))
     losses = torch.maximum(unclipped, clipped)
     metrics = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).detach(),
                "approx_kl": masked_mean(0.5 * log_ratio.detach() ** 2, mask),
@@ -273,3 +275,52 @@ def grpo_advantages(scores: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     mean = scores.mean(1, keepdim=True)
     std = scores.std(1, keepdim=True) if scores.shape[1] > 1 else torch.zeros_like(mean)
     return (scores - mean) / (std + eps)
+
+
+def dr_grpo_advantages(scores: torch.Tensor) -> torch.Tensor:
+    """Dr. GRPO's advantage (Liu et al. 2025, "Understanding R1-Zero-Like Training", §3.2): s − group mean,
+    without GRPO's division by the group std (which up-weights prompts whose samples score alike).
+    Also REINFORCE++'s group baseline (Hu et al. 2025, REINFORCE++ w/ baseline). scores: (P, k) → (P, k)."""
+    return scores - scores.mean(1, keepdim=True)
+
+
+def reinforce_pp_advantages(scores: torch.Tensor, kl_tokens: torch.Tensor, mask: torch.Tensor, *,
+                            beta: float) -> torch.Tensor:
+    """REINFORCE++ token advantages (Hu et al. 2025, eqs. 8-10), no critic, no group statistics.
+
+    scores (B,), kl_tokens (B, T) the per-token KL to the reference (eq. 9: log π_old − log π_ref), mask (B, T).
+    Eq. 8: A_t = s − β·Σ_{u≥t} KL_u (the return of token rewards −β·KL_u plus the score on the last token,
+    γ = 1). Eq. 10: A is normalised over every real token of the batch, (A − mean) / std: one global
+    baseline and scale instead of GRPO's per-prompt ones. Returns (B, T), 0 on masked tokens."""
+    kl = kl_tokens.float() * mask
+    kl_to_go = kl.flip(1).cumsum(1).flip(1)                                      # Σ_{u≥t} KL_u, (B, T)
+    return masked_whiten((scores.float()[:, None] - beta * kl_to_go) * mask, mask)
+
+
+# How the per-token policy losses of a minibatch are summed: each returns weights w (B, T), 0 on masked tokens,
+# with loss = Σ w·l over the minibatch. Computed once over the whole minibatch, they make the loss exact under
+# any split into micro-batches or ranks (each part sums its own rows' w·l).
+
+def token_mean_weights(mask: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """1 / (tokens in the minibatch): every token counts the same, a long response counts more (PPO's token
+    mean; DAPO's token-level loss, Yu et al. 2025, eq. 8: 1/Σ_i|o_i| · Σ_i Σ_t)."""
+    mask = mask.float()
+    return mask / mask.sum().clamp(min=1)
+
+
+def sequence_mean_weights(mask: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """1 / (|o_i| · B): the mean over each response's tokens, then over responses (GRPO, Shao et al. 2024,
+    eq. 3: 1/G Σ_i 1/|o_i| Σ_t). A token of a short response weighs more than one of a long response."""
+    mask = mask.float()
+    return mask / mask.sum(1, keepdim=True).clamp(min=1) / max(mask.shape[0], 1)
+
+
+def constant_length_weights(mask: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """1 / (max_tokens · B): token sums over a constant instead of each response's length (Dr. GRPO, Liu et
+    al. 2025, §3.2: the 1/|o_i| of GRPO biases towards long wrong and short right answers)."""
+    return mask.float() / (max_tokens * max(mask.shape[0], 1))
+
+
+POLICY_LOSS_WEIGHTS = {"token_mean": token_mean_weights, "grpo": sequence_mean_weights,
+                       "dr_grpo": constant_length_weights, "dapo": token_mean_weights}
+"""loss_type -> how per-token policy losses are summed (RLOO/GRPO/REINFORCE++, train/group.py)."""

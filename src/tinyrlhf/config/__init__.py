@@ -3,7 +3,7 @@
     load.py     reading YAML and overrides into a dataclass: type checks, ranges, one error naming the key
     base.py     the sections every run shares (model, lora, data, train, eval) and RunConfig
     offline.py  SFT, reward model, the DPO family, KTO
-    online.py   PPO, RLOO/GRPO, online DPO (rollout, KL, PPO hyper-parameters)
+    online.py   PPO, RLOO/GRPO/REINFORCE++, online DPO, rejection sampling (rollout, KL, PPO hyper-parameters)
 
 Every field has a docstring under it and every numeric field a checked range (`__post_init__`): an unknown key,
 a value of the wrong type or out of range is one ConfigError naming the key and where it was set. Importers use
@@ -15,7 +15,7 @@ from .load import (FieldError, check_range, coerce, config_to_dict, field_docs, 
                    read_yaml, render_yaml, replace)
 from .offline import (LOSS_BETA, SIMPO_MAX_LR, KTOConfig, PreferenceConfig, RewardConfig, SFTConfig,
                       loss_warnings)
-from .online import GroupConfig, KLConfig, OnlineDPOConfig, PPOConfig, PPOHyper, RolloutConfig
+from .online import GroupConfig, KLConfig, OnlineDPOConfig, PPOConfig, PPOHyper, RolloutConfig, RSConfig
 
 __all__ = [
     "DEVICE", "MAX_SEED", "ColumnsConfig", "DataConfig", "EvalConfig", "LoRAConfig", "ModelConfig", "RunConfig",
@@ -23,5 +23,5 @@ __all__ = [
     "FieldError", "check_range", "coerce", "config_to_dict", "field_docs", "load_config", "parse_overrides",
     "read_yaml", "render_yaml", "replace", "LOSS_BETA", "SIMPO_MAX_LR", "KTOConfig", "PreferenceConfig",
     "RewardConfig", "SFTConfig", "loss_warnings", "GroupConfig", "KLConfig", "OnlineDPOConfig", "PPOConfig",
-    "PPOHyper", "RolloutConfig",
+    "PPOHyper", "RolloutConfig", "RSConfig",
 ]

@@ -1,4 +1,5 @@
-"""Configs of the online-RL loops (PPO, RLOO/GRPO, online DPO); see load.py for loading and overrides."""
+"""Configs of the online-RL loops (PPO, RLOO/GRPO/REINFORCE++, online DPO, rejection sampling); see load.py for
+loading and overrides."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -137,21 +138,32 @@ class GroupConfig(RunConfig):
     """Run directory (config.yaml, metrics.jsonl, summary.json, checkpoints/, final/)."""
     train: TrainConfig = field(default_factory=lambda: _online_train(lr=1e-4))
     """Optimisation, precision, logging and checkpoints (defaults: configs/family_tree/rloo.yaml, grpo.yaml)."""
-    algo: Literal["rloo", "grpo"] = "rloo"
-    """Advantage: rloo (leave-one-out baseline) or grpo (group mean/std normalised)."""
+    algo: Literal["rloo", "grpo", "reinforce-pp"] = "rloo"
+    """Advantage: rloo (leave-one-out baseline), grpo (group mean/std normalised) or reinforce-pp
+    (REINFORCE++: score minus the KL to go, normalised over the whole batch; with k >= 2 each prompt's mean
+    score is subtracted first, REINFORCE++ w/ baseline)."""
     reward: str = ""
     """Reward source: a reward run dir (or its final/), 'gold', or 'package.module:function'."""
     k: int = 4
-    """Samples per prompt (>= 2: the baseline comes from the others)."""
+    """Samples per prompt (>= 2 for rloo and grpo: the baseline comes from the others; >= 1 for reinforce-pp)."""
     kl_in: Literal["reward", "loss"] | None = None
-    """Where the KL to the reference goes: subtracted from the sequence reward (RLOO paper) or added
-    to the loss as a per-token k3 term (GRPO paper); empty = reward for rloo, loss for grpo."""
+    """Where the KL to the reference goes: subtracted from the reward (RLOO paper: the sequence KL;
+    REINFORCE++: each token's KL to go) or added to the loss as a per-token k3 term (GRPO paper);
+    empty = reward for rloo and reinforce-pp, loss for grpo."""
+    loss_type: Literal["token_mean", "grpo", "dr_grpo", "dapo"] = "token_mean"
+    """How per-token losses are averaged (losses.POLICY_LOSS_WEIGHTS): token_mean (over every token of the
+    minibatch, as PPO), grpo (over each response's tokens, then over responses; Shao et al. 2024), dr_grpo
+    (each response's token sum over rollout.max_new_tokens, then the mean over responses; with algo=grpo also
+    no division by the group std; Liu et al. 2025), dapo (token_mean with clip_high 0.28; Yu et al. 2025)."""
     epochs: int = 1
     """Passes over each rollout batch (1 = on-policy REINFORCE; >1 uses the clipped ratio)."""
     minibatch_size: int = 64
     """Episodes per optimizer step (processed in micro-batches of train.batch_size)."""
     clip: float = 0.2
-    """Ratio clip epsilon."""
+    """Ratio clip epsilon (the lower one, 1 - clip, when clip_high is set)."""
+    clip_high: float | None = None
+    """Upper ratio clip epsilon, 1 + clip_high (DAPO's clip-higher); empty = clip, or 0.28 with loss_type=dapo.
+    Only matters with epochs > 1 (at epochs = 1 the ratio is 1)."""
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(prompts_per_step=16))
     """Sampling of each step's rollout batch (prompts_per_step prompts, k samples each)."""
     kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.05, adaptive=False))
@@ -161,11 +173,15 @@ class GroupConfig(RunConfig):
         super().__post_init__()
         _check_online(self)
         if self.kl_in is None:
-            object.__setattr__(self, "kl_in", "reward" if self.algo == "rloo" else "loss")
-        check_range(self, "k", 2)
+            object.__setattr__(self, "kl_in", "loss" if self.algo == "grpo" else "reward")
+        if self.clip_high is None and self.loss_type == "dapo":
+            object.__setattr__(self, "clip_high", 0.28)  # Yu et al. 2025, §3.1: ε_low 0.2, ε_high 0.28
+        check_range(self, "k", 1 if self.algo == "reinforce-pp" else 2)
         check_range(self, "epochs", 1)
         check_range(self, "minibatch_size", 1)
         check_range(self, "clip", 0, lo_open=True)
+        if self.clip_high is not None:
+            check_range(self, "clip_high", 0, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -189,4 +205,37 @@ class OnlineDPOConfig(RunConfig):
         super().__post_init__()
         _check_online(self)
         check_range(self, "beta", 0, lo_open=True)
+        check_range(self, "minibatch_size", 1)
+
+
+@dataclass(frozen=True)
+class RSConfig(RunConfig):
+    out_dir: str = "runs/rs"
+    """Run directory (config.yaml, metrics.jsonl, summary.json, checkpoints/, final/)."""
+    train: TrainConfig = field(default_factory=lambda: _online_train(lr=1e-4, max_steps=15, log_every=1,
+                                                                     save_every=5))
+    """Optimisation, precision, logging and checkpoints; one step = one round (defaults: configs/family_tree/rs.yaml:
+    15 rounds of 64 prompts, a checkpoint every 5)."""
+    reward: str = ""
+    """Reward source that scores the samples: a reward run dir (or its final/), 'gold', or 'package.module:function'."""
+    k: int = 4
+    """Samples per prompt each round (>= 2: the best of them is kept)."""
+    keep: Literal["best", "quantile"] = "best"
+    """Which samples are fine-tuned on: the best of each prompt's k (RAFT, Dong et al. 2023), or every sample
+    scoring at or above the `quantile` of the round's scores (ReST's threshold, Gulcehre et al. 2023)."""
+    quantile: float = 0.75
+    """keep=quantile: the share of the round's scores below the threshold, in [0, 1)."""
+    epochs: int = 1
+    """Passes over each round's kept samples."""
+    minibatch_size: int = 16
+    """Kept samples per optimizer step (processed in micro-batches of train.batch_size)."""
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(prompts_per_step=64))
+    """Sampling of each round (prompts_per_step prompts, k samples each)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_online(self)
+        check_range(self, "k", 2)
+        check_range(self, "quantile", 0, 1, hi_open=True)
+        check_range(self, "epochs", 1)
         check_range(self, "minibatch_size", 1)

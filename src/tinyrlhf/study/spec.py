@@ -19,6 +19,10 @@ METHODS = {
     "rloo": ("rloo", C.GroupConfig, "group:run_group", ["algo=rloo"], "rm"),
     "grpo": ("grpo", C.GroupConfig, "group:run_group", ["algo=grpo"], "rm"),
     "online-dpo": ("online_dpo", C.OnlineDPOConfig, "online_dpo:run_online_dpo", [], "rm"),
+    "dr-grpo": ("dr_grpo", C.GroupConfig, "group:run_group", ["algo=grpo", "loss_type=dr_grpo"], "rm"),
+    "dapo": ("dapo", C.GroupConfig, "group:run_group", ["algo=grpo", "loss_type=dapo"], "rm"),
+    "reinforce-pp": ("reinforce_pp", C.GroupConfig, "group:run_group", ["algo=reinforce-pp"], "rm"),
+    "rs": ("rs", C.RSConfig, "rs:run_rs", [], "rm"),
     "kto": ("kto", C.KTOConfig, "kto:run_kto", [], "labels"),
     **{loss: (loss, C.PreferenceConfig, "preference:run_preference", [f"loss={loss}"], "labels")
        for loss in ("dpo", "ipo", "cdpo", "hinge", "simpo", "orpo")},
@@ -33,6 +37,11 @@ SWEEP = {
     "kto": ("beta", (1.0, 0.5, 0.3, 0.1, 0.05)), "online-dpo": ("beta", (1.0, 0.5, 0.3, 0.1, 0.05)),
     "ppo": ("kl.target", (0.25, 0.5, 1.0, 2.0, 4.0)), "rloo": ("kl.coef", (0.2, 0.1, 0.05, 0.02, 0.01)),
     "grpo": ("kl.coef", (0.2, 0.1, 0.05, 0.02, 0.01)), "ppo-gold": ("kl.target", (0.25, 0.5, 1.0, 2.0, 4.0)),
+    "dr-grpo": ("kl.coef", (0.2, 0.1, 0.05, 0.02, 0.01)), "dapo": ("kl.coef", (0.2, 0.1, 0.05, 0.02, 0.01)),
+    "reinforce-pp": ("kl.coef", (0.2, 0.1, 0.05, 0.02, 0.01)),
+    # rejection sampling has no KL term: samples per prompt set how far a round moves the policy (best-of-k is at
+    # most log k − (k−1)/k nats from its sampler), so k runs from conservative to aggressive; rollouts grow with k
+    "rs": ("k", (2, 3, 4, 6, 8)),
 }
 # What --trials tunes besides the key hyper-parameter (--tune): the learning rate, log-spaced from the config's
 # / LR_SPREAD to x LR_SPREAD, and for offline methods the passes over their labels (EPOCHS). Trial i takes the

@@ -37,7 +37,8 @@ from .tracking import Tracking
 from .runlock import RunInUse, acquire, release  # noqa: F401 (RunInUse: re-exported)
 
 STAGES = {"SFTConfig": "sft", "RewardConfig": "reward", "PreferenceConfig": "dpo", "KTOConfig": "kto",
-          "PPOConfig": "ppo", "GroupConfig": "rloo/grpo", "OnlineDPOConfig": "online-dpo"}
+          "PPOConfig": "ppo", "GroupConfig": "rloo/grpo/reinforce-pp", "OnlineDPOConfig": "online-dpo",
+          "RSConfig": "rs"}
 HEADER = "# tinyrlhf {cls} run config: written once when the run started, never rewritten\n"
 _HEADER_RE = re.compile(r"^# tinyrlhf (\w+) run config")
 
