@@ -123,6 +123,10 @@ def test_trials_tune_the_learning_rate_and_the_offline_passes_with_the_same_desi
     spec = C.parse_spec("family_tree", "dpo", 1, "x", 100, "", 10, [], trials=2,
                         grid=["dpo.train.lr=1e-4,5e-4"], tune="key,lr")
     assert [s for _, s in C.runs_of(spec, "dpo")] == [{"beta": 1.0, "train.lr": 1e-4}, {"beta": 0.05, "train.lr": 5e-4}]
+    # an integer key keeps integer values (rs's k samples per prompt)
+    spec = C.parse_spec("family_tree", "rs", 1, "x", 100, "", 10, [], trials=2, grid=["rs.k=2,8"], tune="key")
+    assert [s for _, s in C.runs_of(spec, "rs")] == [{"k": 2}, {"k": 8}]
+    assert all(type(s["k"]) is int for _, s in C.runs_of(spec, "rs"))
     for bad in ("key,depth", ""):
         with pytest.raises(ConfigError, match="--tune"):
             C.parse_spec("family_tree", "dpo", 1, "x", 100, "", 10, [], trials=2, tune=bad)

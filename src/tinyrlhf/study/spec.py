@@ -127,7 +127,9 @@ def _explicit(explicit: list[str]) -> dict:
         if method not in METHODS or not key or not values:
             raise ConfigError(f"--grid '{g}': expected METHOD.key=v1,v2,... with METHOD one of {', '.join(METHODS)}")
         try:
-            given.setdefault(method, {})[key] = tuple(float(v) for v in values.split(","))
+            # integers stay integers (rs.k=2,4,8 sets an int field); anything else is a float
+            given.setdefault(method, {})[key] = tuple(int(v) if v.strip().lstrip("-").isdigit() else float(v)
+                                                      for v in values.split(","))
         except ValueError:
             raise ConfigError(f"--grid '{g}': the values must be numbers") from None
     return given
