@@ -22,6 +22,7 @@ from tinyrlhf.errors import ConfigError
 from tinyrlhf.train import tracking
 
 INSTALLED = [t for t in tracking.TRACKERS if importlib.util.find_spec(tracking.MODULES[t]) is not None]
+REQUIRED = ("tensorboard", "mlflow")  # in pyproject's test extra: their tests run everywhere the suite does, never skip
 TB_RTOL = 1e-6  # TensorBoard keeps a scalar as float32 (simple_value); the others keep float64
 WALL_CLOCK = {"tokens_per_s", "time/step", "episodes_per_s", "mem/rss_mib"}  # the only numbers a resume redoes differently
 SRC = os.path.join(os.path.dirname(__file__), "..", "src")
@@ -29,7 +30,7 @@ SRC = os.path.join(os.path.dirname(__file__), "..", "src")
 
 def each_tracker():
     return pytest.mark.parametrize("name", [pytest.param(t, marks=pytest.mark.skipif(
-        t not in INSTALLED, reason=f"{t} is not installed (pip install 'tinyrlhf[{t}]')")) for t in tracking.TRACKERS])
+        t not in INSTALLED and t not in REQUIRED, reason=f"{t} is not installed (pip install 'tinyrlhf[{t}]')")) for t in tracking.TRACKERS])
 
 
 # ------------------------------------------------------------------ readers: {key: {step: value}}
@@ -181,11 +182,13 @@ def sft_argv(base, out, *extra):
             "train.log_every=1", f"train.report_to=[{','.join(INSTALLED)}]", *extra]
 
 
+def test_the_trackers_of_the_test_extra_are_installed():
+    assert set(REQUIRED) <= set(INSTALLED), f"pip install -e '.[test]' installs {REQUIRED}; found {INSTALLED}"
+
+
 @pytest.fixture(scope="module")
 def plain_run(base):
     """8 SFT steps with the gold evaluation before, at step 4 and at the end (rows of several kinds)."""
-    if not INSTALLED:
-        pytest.skip("no tracker installed")
     out = str(base[0] / "plain")
     run_child(sft_argv(base, out, "train.max_steps=8", "train.eval_every=4", "eval.n_prompts=4",
                        "eval.max_new_tokens=4"), out + ".log")
@@ -203,8 +206,6 @@ def test_every_tracker_holds_the_rows_of_metrics_jsonl(plain_run, name):
 def killed_and_resumed(base):
     """Checkpoint at step 4, a SIGKILL once row 6 is written (TensorBoard flushed, so its file holds steps past
     the checkpoint), then the same command again: steps 5-8 are redone."""
-    if not INSTALLED:
-        pytest.skip("no tracker installed")
     out = str(base[0] / "killed")
     argv = sft_argv(base, out, "train.max_steps=8", "train.save_every=4", "eval.n_prompts=0")
     hook = ("import os, signal, sys, runpy\n"
@@ -241,8 +242,6 @@ def test_a_killed_and_resumed_run_is_logged_once_per_step(killed_and_resumed, na
 
 
 def test_an_online_stage_sends_its_rewards_and_kl(base, tmp_path):
-    if "tensorboard" not in INSTALLED:
-        pytest.skip("tensorboard is not installed")
     root, data, model = base
     out = str(tmp_path / "grpo")
     run_child(["grpo", f"out_dir={out}", f"model.path={model}", f"data.dir={data}", "data.task=family_tree", "reward=gold",
@@ -254,8 +253,6 @@ def test_an_online_stage_sends_its_rewards_and_kl(base, tmp_path):
 
 
 def test_under_torchrun_rank_0_alone_logs(base, tmp_path):
-    if "tensorboard" not in INSTALLED:
-        pytest.skip("tensorboard is not installed")
     root, data, model = base
     out, log = str(tmp_path / "ddp"), str(tmp_path / "ddp.log")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC}
