@@ -18,8 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from ..eval import metrics as M
-from .report import passes
+from .report import interval, passes
 from .spec import CompareSpec, read_json, run_dir, runs_of, write_json
 
 SWEEP_METHODS = ("ppo", "dpo")
@@ -81,11 +80,6 @@ def run_label_sweep(spec: CompareSpec, budgets: tuple[int, ...], log=print) -> d
     return result
 
 
-def _ci(groups) -> dict:
-    mean, low, high = M.cluster_bootstrap_ci(groups, seed=0)
-    return {"mean": mean, "low": low, "high": high}
-
-
 def _gold(spec: CompareSpec, run: str) -> list[list[float]]:
     return [read_json(os.path.join(run_dir(spec, s, run), f"eval-{spec.task}.json"))["per_prompt"]["gold"]
             for s in range(spec.seeds)]
@@ -95,14 +89,14 @@ def collect_sweep(spec: CompareSpec, budgets: tuple[int, ...]) -> dict:
     """Per budget: each method's gold and gain over SFT (cluster CIs), the labels it had (pairs after ties)
     and the reward model's accuracy against gold on held-out task pairs; the oracles of the main comparison."""
     sft = _gold(spec, "sft")
-    out = {"task": spec.task, "seeds": spec.seeds, "sft": _ci(sft), "budgets": {}}
+    out = {"task": spec.task, "seeds": spec.seeds, "sft": interval(sft), "budgets": {}}
     for labels in budgets:
         sub = sweep_spec(spec, labels)
         row = {}
         for m in sub.methods[1:]:
             run = runs_of(sub, m)[0][0]
             g = _gold(sub, run)
-            row[m] = {"run": run, "gold": _ci(g), "vs_sft": _ci([[a - b for a, b in zip(x, y)] for x, y in zip(g, sft)])}
+            row[m] = {"run": run, "gold": interval(g), "vs_sft": interval([[a - b for a, b in zip(x, y)] for x, y in zip(g, sft)])}
         rms = [read_json(os.path.join(sub.out, f"seed{s}", "reward", "summary.json")) for s in range(spec.seeds)]
         row["reward_model"] = {"accuracy_gold": sum(r.get("eval/accuracy_gold", float("nan")) for r in rms) / len(rms),
                                "pairs": [r.get("data/train_records", 0) for r in rms]}
@@ -110,7 +104,7 @@ def collect_sweep(spec: CompareSpec, budgets: tuple[int, ...]) -> dict:
     if "ppo-gold" in spec.methods:
         results = read_json(os.path.join(spec.out, "results.json"))
         run = results["chosen"]["ppo-gold"]
-        out["oracle_ppo"] = {"run": run, "gold": _ci(_gold(spec, run))}
+        out["oracle_ppo"] = {"run": run, "gold": interval(_gold(spec, run))}
     cards = [read_json(os.path.join(spec.out, f"seed{s}", "sft", "summary.json")) for s in range(spec.seeds)]
     bo = [c["learn/oracle_best_of_8"] for c in cards if "learn/oracle_best_of_8" in c]
     if bo:

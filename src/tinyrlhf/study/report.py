@@ -87,13 +87,14 @@ def _batch(run_dir: str) -> int:
     return int(train.get("batch_size", 0)) * int(train.get("grad_accum", 1))
 
 
-def _ci(groups: list[list[float]]) -> dict:
+def interval(groups: list[list[float]]) -> dict:
+    """Mean and 95 % two-stage cluster-bootstrap interval (seed 0), with whether it excludes 0."""
     mean, low, high = M.cluster_bootstrap_ci(groups, seed=0)
     return {"mean": mean, "low": low, "high": high, "significant": low > 0 or high < 0}
 
 
 def _delta(a: list[list[float]], b: list[list[float]]) -> dict:
-    return _ci([[x - y for x, y in zip(ga, gb)] for ga, gb in zip(a, b)])
+    return interval([[x - y for x, y in zip(ga, gb)] for ga, gb in zip(a, b)])
 
 
 def collect(spec) -> dict:
@@ -117,11 +118,11 @@ def collect(spec) -> dict:
     for m in spec.methods:
         for run, setting in runs_of(spec, m):
             per_seed = [gold[(s, run)] for s in seeds]
-            e = {"method": m, "setting": setting, "gold": _ci(per_seed), "vs": {}}
+            e = {"method": m, "setting": setting, "gold": interval(per_seed), "vs": {}}
             if run != "sft":
                 e["vs"] = {b: _delta(per_seed, g) for b, g in baselines.items()}
-                e["kl"] = _ci([evals[(s, run)]["per_prompt"]["kl"] for s in seeds])
-                e["win_rate"] = _ci([evals[(s, run)]["per_prompt"]["win"] for s in seeds])
+                e["kl"] = interval([evals[(s, run)]["per_prompt"]["kl"] for s in seeds])
+                e["win_rate"] = interval([evals[(s, run)]["per_prompt"]["win"] for s in seeds])
             accs = [a for s in seeds if (a := evals[(s, run)].get("rm_accuracy_own")) and a["pairs"]]
             if accs:
                 e["rm_accuracy_pairs"] = sum(a["pairs"] for a in accs)
@@ -148,7 +149,7 @@ def collect(spec) -> dict:
                              "train_seconds": _train_seconds(spec, s, run),
                              "run_dir": os.path.join(paths(spec, s)["root"], run)})
     chosen = {m: _best_trial(spec, m, runs) for m in spec.methods}
-    base_entries = {b: {"gold": _ci(g), **({"vs_sft": _delta(g, sft)} if b != "sft" else {})}
+    base_entries = {b: {"gold": interval(g), **({"vs_sft": _delta(g, sft)} if b != "sft" else {})}
                     for b, g in baselines.items()}
     base_entries["sft (sharpened)"]["temperatures"] = [base[s]["sharpened"]["temperature"] for s in seeds]
     base_entries["heuristic"]["names"] = [base[s]["heuristic"]["name"] for s in seeds]
