@@ -242,6 +242,10 @@ def test_compare_runs_resumes_and_reports(tmp_path, monkeypatch):
     ratings = res["ratings"]
     assert ratings["matches"] == 6 * 8  # 6 pairs of methods x 8 prompts x 1 seed
     assert ratings["bradley_terry"]["sft"]["rating"] == pytest.approx(1000.0)
+    # the length-controlled column: the stored samples' lengths (words) as the covariate, SFT still the anchor
+    lc = ratings["length_controlled"]
+    assert set(lc["ratings"]) == set(ratings["bradley_terry"]) and lc["ratings"]["sft"]["rating"] == pytest.approx(1000.0)
+    assert "BT, length-controlled" in report and f"Length effect: {lc['length']['coef']:+.2f}" in report
     # another label budget in the same directory would mix two comparisons: refused, nothing retrained
     other = C.parse_spec("family_tree", "sft,dpo", 1, str(out), 24, "", 8, TINY, labels=12)
     with pytest.raises(ConfigError, match="labels"):

@@ -10,7 +10,7 @@ import pytest
 
 from tinyrlhf.data.formats import load_binary, load_preferences
 from tinyrlhf.data.records import read_records
-from tinyrlhf.feedback.export import agreement, export_labels
+from tinyrlhf.feedback.export import agreement, export_labels, format_summary
 from tinyrlhf.feedback.store import Store, StoreError, doubled
 
 
@@ -176,6 +176,13 @@ def test_export_formats_agreement_and_ratings(tmp_path):
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["labels"] == 90
     assert summary["latency"]["all"]["n"] == 90
     assert summary["ratings"]["interval"] == "cluster bootstrap over labellers" and summary["ratings"]["labellers"] == 2
+    # every compared pair of answers is equally long here, so length control changes nothing: the same
+    # ratings and (same labeller clusters, same seed) the same intervals as plain Bradley-Terry
+    lc = summary["ratings"]["length_controlled"]
+    for m in bt:
+        assert lc["ratings"][m] == pytest.approx(bt[m], abs=1e-6)
+    assert lc["length"]["coef"] == pytest.approx(0.0, abs=1e-9)
+    assert "BT, length-controlled" in format_summary(summary)
 
 
 def test_export_reads_the_database_read_only_and_an_unwritable_out_changes_nothing(tmp_path, monkeypatch, capsys):

@@ -67,28 +67,31 @@ def _records(label: dict) -> list[tuple[str, dict]]:
 _DRAWS = ("tie", "both_bad")
 
 
-def _matches(labels: list[dict]) -> tuple[list[tuple[str, str, float]], list[str], int]:
+def _matches(labels: list[dict]) -> tuple[list[tuple[str, str, float]], list[str], list[tuple[int, int]], int]:
     """Pairwise model comparisons (model_a, model_b, score_a) the labels imply, who judged each (the
-    clusters of the ratings' bootstrap), and how many were skipped because both sides came from the same
-    model. A tie and "both bad" count as a draw (Chatbot Arena); nothing else does (store.labels checked
-    every answer: an unknown choice never reaches here)."""
-    out, who, same = [], [], 0
+    clusters of the ratings' bootstrap), the two answers' lengths in words (the length-controlled ratings'
+    covariate), and how many were skipped because both sides came from the same model. A tie and "both
+    bad" count as a draw (Chatbot Arena); nothing else does (store.labels checked every answer: an unknown
+    choice never reaches here)."""
+    out, who, lengths, same = [], [], [], 0
     for lab in labels:
         models = [o["model"] for o in lab["outputs"]]
+        words = [len(o["text"].split()) for o in lab["outputs"]]
         res = _outcome(lab)
         if lab["kind"] == "pair":
-            games = [(models[0], models[1], 0.5 if res in _DRAWS else 1.0 - res)]
+            games = [(0, 1, 0.5 if res in _DRAWS else 1.0 - res)]
         elif lab["kind"] == "ranking":
-            games = [(models[a], models[b], 1.0) for a, b in combinations(res, 2)]
+            games = [(a, b, 1.0) for a, b in combinations(res, 2)]
         else:
             continue
-        for g in games:
-            if g[0] == g[1]:
+        for i, j, score in games:
+            if models[i] == models[j]:
                 same += 1
             else:
-                out.append(g)
+                out.append((models[i], models[j], score))
                 who.append(lab["labeller"])
-    return out, who, same
+                lengths.append((words[i], words[j]))
+    return out, who, lengths, same
 
 
 def _kappa(a: list, b: list) -> float | None:
@@ -138,26 +141,32 @@ def _latency(values: list[float]) -> dict:
             "p90_s": float(np.quantile(v, 0.9))}
 
 
-def ratings(matches: list[tuple[str, str, float]], labellers: list[str] | None = None, seed: int = 0) -> dict:
+def ratings(matches: list[tuple[str, str, float]], labellers: list[str] | None = None, seed: int = 0,
+            lengths: list[tuple[int, int]] | None = None) -> dict:
     """Elo and Bradley-Terry ratings with 95% bootstrap CIs (eval/ratings.py), or a note why there are none.
     `labellers` (who judged each match): the bootstrap resamples labellers as clusters, since one person's
-    votes share that person's taste; one prolific labeller then cannot make an interval look narrow."""
-    from ..eval.ratings import bradley_terry_ratings, elo_ratings
+    votes share that person's taste; one prolific labeller then cannot make an interval look narrow.
+    `lengths` (the two answers' lengths per match): Bradley-Terry with length held fixed as well
+    ("length_controlled", Chatbot Arena's style control), so a model that wins by writing longer is seen."""
+    from ..eval.ratings import bradley_terry_ratings, elo_ratings, length_controlled_ratings
 
     if len({m for a, b, _ in matches for m in (a, b)}) < 2:
         return {"note": "fewer than two models compared"}
     kw = {"seed": seed, "clusters": labellers}
     try:
-        return {"matches": len(matches), "labellers": len(set(labellers)) if labellers else None,
-                "interval": "cluster bootstrap over labellers" if labellers else "bootstrap over matches",
-                "elo": elo_ratings(matches, **kw), "bradley_terry": bradley_terry_ratings(matches, **kw)}
+        out = {"matches": len(matches), "labellers": len(set(labellers)) if labellers else None,
+               "interval": "cluster bootstrap over labellers" if labellers else "bootstrap over matches",
+               "elo": elo_ratings(matches, **kw), "bradley_terry": bradley_terry_ratings(matches, **kw)}
     except ValueError as e:
         return {"matches": len(matches), "note": str(e)}
+    if lengths is not None:
+        out["length_controlled"] = length_controlled_ratings(matches, lengths, **kw)
+    return out
 
 
 def summarize(labels: list[dict], written: dict, skipped: int) -> dict:
     per_labeller = Counter(lab["labeller"] for lab in labels)
-    matches, who, same = _matches(labels)
+    matches, who, lengths, same = _matches(labels)
     thumbs = defaultdict(list)
     for lab in labels:
         if lab["kind"] == "binary":
@@ -176,7 +185,7 @@ def summarize(labels: list[dict], written: dict, skipped: int) -> dict:
         "latency": ({"all": _latency([lab["latency_s"] for lab in labels]),
                      "per_labeller": {k: _latency(v) for k, v in sorted(lat_by.items())}} if labels else {}),
         "thumbs_up_rate": {m: {"n": len(v), "up": float(np.mean(v))} for m, v in sorted(thumbs.items())},
-        "ratings": ratings(matches, who) if matches else {"note": "no pairwise comparisons between different models"},
+        "ratings": ratings(matches, who, lengths=lengths) if matches else {"note": "no pairwise comparisons between different models"},
         "same_model_comparisons": same,
     }
 
@@ -251,11 +260,18 @@ def format_summary(s: dict) -> str:
     if "elo" in r:
         lines.append(f"ratings from {r['matches']} comparisons (95% CI, {r.get('interval', 'bootstrap')}"
                      + (f", {r['labellers']} labellers" if r.get("labellers") else "") + "):")
-        lines.append(f"  {'model':20s} {'Elo':>24s} {'Bradley-Terry':>24s}")
+        lc = r.get("length_controlled")
+        lines.append(f"  {'model':20s} {'Elo':>24s} {'Bradley-Terry':>24s}"
+                     + (f" {'BT, length-controlled':>24s}" if lc else ""))
         for m in sorted(r["elo"], key=lambda m: -r["bradley_terry"][m]["rating"]):
             e, b = r["elo"][m], r["bradley_terry"][m]
             lines.append(f"  {m:20s} {e['rating']:7.0f} [{e['low']:6.0f},{e['high']:6.0f}]  "
-                         f"{b['rating']:7.0f} [{b['low']:6.0f},{b['high']:6.0f}]")
+                         f"{b['rating']:7.0f} [{b['low']:6.0f},{b['high']:6.0f}]"
+                         + (" {rating:7.0f} [{low:6.0f},{high:6.0f}]".format(**lc["ratings"][m]) if lc else ""))
+        if lc:
+            g = lc["length"]
+            lines.append(f"  length effect: {g['coef']:+.2f} log-odds per sd of the length difference "
+                         f"[{g['low']:+.2f}, {g['high']:+.2f}] (> 0: the longer answer tends to win)")
     else:
         lines.append(f"ratings: {r.get('note')}")
     return "\n".join(lines)

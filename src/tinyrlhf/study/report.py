@@ -247,21 +247,37 @@ def task_card(spec, base: list[dict]) -> dict:
     return card
 
 
+def _sample_words(spec, seed: int, run: str) -> list[int] | None:
+    """The words of each held-out sample of a run (eval-TASK.samples.jsonl), None when the file is not there."""
+    path = os.path.join(run_dir(spec, seed, run), f"eval-{spec.task}.samples.jsonl")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [len(json.loads(line)["completion"].split()) for line in f if line.strip()]
+
+
 def _ratings(spec, golds: dict, chosen: dict) -> dict | None:
     """Bradley-Terry and Elo ratings (SFT = 1000) from every pair of methods (at their chosen trials) judged by
-    the gold reward on the same held-out prompt and seed: one match per (pair, prompt, seed), ties half."""
-    from ..eval.ratings import bradley_terry_ratings, elo_ratings
+    the gold reward on the same held-out prompt and seed: one match per (pair, prompt, seed), ties half; and
+    Bradley-Terry with the two samples' lengths (words) as a covariate where the samples are stored."""
+    from ..eval.ratings import bradley_terry_ratings, elo_ratings, length_controlled_ratings
     methods = list(spec.methods)
     if len(methods) < 2:
         return None
-    matches = []
+    words = {(s, m): _sample_words(spec, s, chosen[m]) for s in range(spec.seeds) for m in methods}
+    matches, lengths = [], []
     for seed in range(spec.seeds):
         for i, a in enumerate(methods):
             for b in methods[i + 1:]:
-                for ga, gb in zip(golds[(seed, chosen[a])], golds[(seed, chosen[b])]):
+                wa, wb = words[(seed, a)], words[(seed, b)]
+                for k, (ga, gb) in enumerate(zip(golds[(seed, chosen[a])], golds[(seed, chosen[b])])):
                     matches.append((a, b, 1.0 if ga > gb else 0.0 if ga < gb else 0.5))
-    return {"matches": len(matches), "bradley_terry": bradley_terry_ratings(matches, anchor="sft"),
-            "elo": elo_ratings(matches)}
+                    lengths.append((wa[k], wb[k]) if wa and wb and k < min(len(wa), len(wb)) else None)
+    out = {"matches": len(matches), "bradley_terry": bradley_terry_ratings(matches, anchor="sft"),
+           "elo": elo_ratings(matches)}
+    if all(x is not None for x in lengths):
+        out["length_controlled"] = length_controlled_ratings(matches, lengths, anchor="sft", n_bootstrap=100)
+    return out
 
 
 def _overoptimised(curves: list[list[dict]]) -> dict | None:

@@ -258,14 +258,26 @@ def _ratings_section(spec, results: dict) -> list[str]:
     r = results.get("ratings")
     if not r:
         return []
+    lc = r.get("length_controlled")
     out = ["", f"## Ratings from all pairwise judgments ({r['matches']} matches: every pair of methods on every "
            "held-out prompt and seed, gold judge, ties half)", "",
            "SFT anchors the Bradley–Terry scale (its interval has no width). These intervals resample matches as if "
            "independent (each sample plays every other method): read them as a lower bound on the uncertainty; "
-           "the cluster intervals above are the ones to trust.", "",
-           "| method | Bradley–Terry (SFT = 1000) [95% CI] | Elo [95% CI] |", "| --- | --- | --- |"]
+           "the cluster intervals above are the ones to trust."
+           + (" The length-controlled column holds the two samples' lengths (words) fixed, as a covariate in the "
+              "Bradley–Terry regression (Chatbot Arena's style control): a method that wins by writing longer "
+              "drops there." if lc else ""), "",
+           "| method | Bradley–Terry (SFT = 1000) [95% CI] | Elo [95% CI] |" + (" BT, length-controlled [95% CI] |"
+                                                                             if lc else ""),
+           "| --- | --- | --- |" + (" --- |" if lc else "")]
     bt, elo = r["bradley_terry"], r["elo"]
     for m in sorted(spec.methods, key=lambda m: -bt[m]["rating"]):
         out.append(f"| {m} | {bt[m]['rating']:.0f} [{bt[m]['low']:.0f}, {bt[m]['high']:.0f}] | "
-                   f"{elo[m]['rating']:.0f} [{elo[m]['low']:.0f}, {elo[m]['high']:.0f}] |")
+                   f"{elo[m]['rating']:.0f} [{elo[m]['low']:.0f}, {elo[m]['high']:.0f}] |"
+                   + (" {rating:.0f} [{low:.0f}, {high:.0f}] |".format(**lc["ratings"][m]) if lc else ""))
+    if lc:
+        g = lc["length"]
+        out += ["", f"Length effect: {g['coef']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}] log-odds of winning per "
+                "standard deviation of the normalised length difference (> 0: the gold judge favours the longer "
+                "sample)."]
     return out
