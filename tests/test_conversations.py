@@ -4,7 +4,6 @@ spans from a chat template with {% generation %} blocks and from the turn-by-tur
 DPO, KTO, the reward model and online RL take the final reply given the whole conversation; SFT -> DPO on
 multi-turn data end to end, and `serve` renders a conversation exactly as training did."""
 import json
-import os
 
 import httpx
 import pytest
@@ -24,7 +23,7 @@ from tinyrlhf.models import load_tokenizer, save_hf
 from tinyrlhf.train import sft
 
 from serve_util import make_app, running
-from serve_util import one_thread  # noqa: F401 (the module's fixture)
+from serve_util import one_thread  # noqa: F401 (the serve test's fixture)
 
 U = lambda text: {"role": "user", "content": text}  # noqa: E731
 A = lambda text: {"role": "assistant", "content": text}  # noqa: E731
@@ -52,6 +51,15 @@ def hand_tokenizer(chat_tokens: bool = False) -> PreTrainedTokenizerFast:
     if chat_tokens:
         out.add_special_tokens({"additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]})
     return out
+
+
+def tiny_model_dir(path, tok) -> str:
+    """A random-init 2-layer GPT-2 over the hand-built tokenizer's 20 tokens."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_layer=2, n_head=2, n_embd=32, n_positions=64,
+                                       bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    save_hf(model, tok, str(path))
+    return str(path)
 
 
 def write(path, rows):
@@ -144,6 +152,19 @@ def test_a_token_across_a_turn_edge_is_an_error_not_a_shifted_mask(tmp_path):
     assert loss_positions(sft_examples(tok, rows, "tokenizer", tmp_path, turns="last")[1]) == [[1, 2]]
 
 
+def test_the_sft_command_stops_on_a_misaligned_turn_with_one_line(tmp_path, capsys):
+    tok = hand_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    model_dir = tiny_model_dir(tmp_path / "model", tok)
+    data = write(tmp_path / "chat.jsonl", [{"messages": [U("Hi"), A("Hello"), U("Name"), A("Bob")]}])
+    args = ["sft", f"out_dir={tmp_path / 'sft'}", f"model.path={model_dir}", f"data.train_file={data}",
+            "train.max_steps=1", "train.batch_size=1", "train.progress=false", "train.threads=1", "eval.n_prompts=0"]
+    assert main(args) == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: the training data, record 1: tokenising its prompt up to the edge")
+    assert main([*args, "data.assistant_turns=last", f"out_dir={tmp_path / 'sft-last'}"]) == 0
+
+
 def test_a_template_that_rewrites_earlier_turns_is_an_error(tmp_path):
     """A template that writes the last assistant turn differently from earlier ones (as reasoning templates
     drop earlier thinking): the reply's text is not where the whole prompt has it."""
@@ -154,15 +175,6 @@ def test_a_template_that_rewrites_earlier_turns_is_an_error(tmp_path):
     with pytest.raises(DataError, match="record 1: the model's chat template renders the conversation up to "
                                         "assistant turn 2 as .* which does not begin the whole prompt"):
         sft_examples(tok, [{"messages": CONVERSATION}], "tokenizer", tmp_path)
-
-
-def tiny_model_dir(path, tok) -> str:
-    """A random-init 2-layer GPT-2 over the hand-built tokenizer's 20 tokens."""
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_layer=2, n_head=2, n_embd=32, n_positions=64,
-                                       bos_token_id=0, eos_token_id=0, pad_token_id=0))
-    save_hf(model, tok, str(path))
-    return str(path)
 
 
 @pytest.mark.parametrize("turns, positions", [("all", [8, 9, 18, 19, 20]), ("last", [18, 19, 20])])
@@ -186,7 +198,7 @@ def test_sft_loss_is_the_mean_nll_over_the_assistant_tokens(tmp_path, turns, pos
     assert row["loss"] == pytest.approx(float(hand), abs=2e-6)
 
 
-# ------------------------------------------------------------------ the other stages: the final reply given the conversation
+# ------------------------------------------------------------------ other stages: the final reply, given the rest
 
 def test_preference_kto_and_prompt_rows_take_the_final_reply_given_the_conversation(tmp_path):
     """A pair of whole conversations, a binary row and a prompt row: the prompt is every turn before the final
@@ -295,6 +307,7 @@ def test_online_rl_prompts_from_a_conversation_use_the_same_template(trained, tm
     assert captured == [r.prompt for r in load_sft(str(root / "chat.jsonl"))]
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_serve_renders_a_conversation_as_training_did(trained, monkeypatch):
     """/v1/chat/completions on the DPO model: the prompt the server renders for a conversation is the string
     SFT and DPO trained on for it, and the model answers."""
@@ -312,4 +325,3 @@ def test_serve_renders_a_conversation_as_training_did(trained, monkeypatch):
     assert rendered == [record.prompt]
     assert r.json()["usage"]["prompt_tokens"] == len(load_tokenizer(str(root / "dpo" / "final"))(
         record.prompt, add_special_tokens=False)["input_ids"])
-    assert os.path.isfile(root / "dpo" / "final" / "tokenizer_config.json")
