@@ -10,7 +10,7 @@ import torch
 
 from tinyrlhf.cli import main
 from tinyrlhf.config import PreferenceConfig, SFTConfig, load_config
-from tinyrlhf.data import load_binary, load_preferences, load_sft, render_chat
+from tinyrlhf.data import conversation, load_binary, load_preferences, load_sft, render_chat
 from tinyrlhf.errors import DataError
 from tinyrlhf.models import load_tokenizer, train_tokenizer
 from tinyrlhf.train import preference, sft
@@ -99,8 +99,8 @@ def chat_model(tmp_path_factory):
 def test_sft_and_dpo_train_on_the_chat_template(chat_model, tmp_path, monkeypatch):
     root, templated = chat_model
     seen = []
-    real_encode, real_groups = sft.encode, preference.encode_groups
-    monkeypatch.setattr(sft, "encode", lambda tok, p, c, *a, **k: seen.append((list(p), list(c))) or
+    real_encode, real_groups = conversation.encode, preference.encode_groups  # SFT encodes via encode_sft
+    monkeypatch.setattr(conversation, "encode", lambda tok, p, c, *a, **k: seen.append((list(p), list(c))) or
                         real_encode(tok, p, c, *a, **k))
     monkeypatch.setattr(preference, "encode_groups", lambda tok, p, c, *a, **k: seen.append((list(p), list(c))) or
                         real_groups(tok, p, c, *a, **k))

@@ -117,6 +117,10 @@ class DataConfig:
     """Use at most this many training records (0 = all)."""
     skip_bad: bool = False
     """Skip malformed records (the count is reported) instead of stopping at the first one."""
+    assistant_turns: Literal["all", "last"] = "all"
+    """SFT on multi-turn chat data: put loss on every assistant turn of a conversation (all: each reply and
+    the end-of-turn marker its template writes) or on the final reply only (last: earlier replies are prompt).
+    User and system turns and role headers never carry loss. Other stages use the final reply either way."""
     seed: int = 0
     """Seed of the generated task data (when `dir` is generated)."""
 

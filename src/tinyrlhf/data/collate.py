@@ -50,17 +50,21 @@ def encode(tokenizer, prompts: list[str], completions: list[str], max_length: in
     return [truncate(p, c + eos, max_length, stats) for p, c in zip(p_ids, c_ids)]
 
 
-def pad(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad (prompt, completion) id lists into input_ids, attention_mask and completion_mask, (B, T)."""
-    width = max(len(p) + len(c) for p, c in examples)
+def pad(examples: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad (prompt, completion) id lists into input_ids, attention_mask and completion_mask, (B, T).
+    An example may carry a third list, a 0/1 loss mask over its prompt ids (a conversation's earlier assistant
+    turns, data/conversation.py): completion_mask is then 1 on those prompt tokens too."""
+    width = max(len(e[0]) + len(e[1]) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(examples), width), dtype=torch.long)
     comp = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, (p, c) in enumerate(examples):
+    for i, (p, c, *prompt_loss) in enumerate(examples):
         n = len(p) + len(c)
         ids[i, :n] = torch.tensor(p + c, dtype=torch.long)
         attn[i, :n] = 1
         comp[i, len(p):n] = 1
+        if prompt_loss and p:
+            comp[i, :len(p)] = torch.tensor(prompt_loss[0], dtype=torch.long)
     return {"input_ids": ids, "attention_mask": attn, "completion_mask": comp}
 
 

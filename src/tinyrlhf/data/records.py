@@ -9,7 +9,8 @@ One JSON object per line. Fields:
 Every record may carry "meta": {...} (free-form, kept as is: annotator id, gold rewards, source).
 
 Chat data. A prompt may be a list of OpenAI-style messages ({"role": "system"|"user"|"assistant",
-"content": str}); an sft record may be {"messages": [...]} whose last turn is the assistant's reply;
+"content": str}); an sft record may be {"messages": [...]} whose last turn is the assistant's reply (its
+earlier assistant turns stay in the prompt, where SFT gives them loss too: conversation.py);
 completions (chosen, rejected, completion) may be such lists too, of which the last assistant turn
 counts; a pair may give whole conversations as chosen and rejected, and its prompt is then the turns
 before their replies. Such a record is first rendered with ONE plain template, the one hh-rlhf uses:

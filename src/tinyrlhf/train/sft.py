@@ -1,4 +1,5 @@
-"""Supervised fine-tuning: next-token loss on completion tokens only, length-bucketed batches.
+"""Supervised fine-tuning: next-token loss on completion tokens only (in a conversation: every assistant turn,
+data/conversation.py), length-bucketed batches.
 
     tinyrlhf sft --config configs/family_tree/sft.yaml train.max_steps=300
 """
@@ -10,7 +11,8 @@ import time
 import torch
 
 from ..config import SFTConfig
-from ..data.collate import BatchPlan, TruncationStats, encode, pad
+from ..data.collate import BatchPlan, TruncationStats, pad
+from ..data.conversation import encode_sft
 from ..logprobs import token_logps
 from .. import dist
 from ..loading import unwrap
@@ -85,17 +87,18 @@ def run_sft(cfg: SFTConfig) -> dict:
     model = add_lora(model, cfg.lora).to(device)
     # one prompt format per run: the model's template, or (a preset, a base model) the data's, kept in final/
     named = {"the training data": train_records, "the held-out data": eval_records}
-    formatted, _ = prompt_format(tokenizer, named, cfg)
+    formatted, template = prompt_format(tokenizer, named, cfg)
     train_records, eval_records = formatted["the training data"], formatted["the held-out data"]
     if task is not None:  # SFT samples only for the gold evaluation and its learnability report
         cfg = sized_sampling(cfg, tokenizer, train_records, unwrap(model).config.max_position_embeddings)
 
     stats = TruncationStats()
-    examples = encode(tokenizer, [r.prompt for r in train_records], [r.completion for r in train_records],
-                      cfg.data.max_length, stats)
-    eval_examples = encode(tokenizer, [r.prompt for r in eval_records], [r.completion for r in eval_records],
-                           cfg.data.max_length)[:512]
-    plan = BatchPlan([len(p) + len(c) for p, c in examples], cfg.train.batch_size, cfg.seed)
+    # (prompt_ids, completion_ids[, loss mask over the prompt: a conversation's earlier assistant turns])
+    turns = cfg.data.assistant_turns
+    examples = encode_sft(tokenizer, train_records, template, cfg.data.max_length, stats, turns)
+    eval_examples = encode_sft(tokenizer, eval_records[:512], template, cfg.data.max_length, None, turns,
+                               "the held-out data")
+    plan = BatchPlan([len(e[0]) + len(e[1]) for e in examples], cfg.train.batch_size, cfg.seed)
 
     def make_batch(idx):
         return pad([examples[i] for i in idx], tokenizer.pad_token_id)
