@@ -135,6 +135,8 @@ def test_the_chat_pairs_become_the_same_prompt_and_replies(tmp_path):
     assert (pairs[1].prompt, pairs[1].chosen, pairs[1].rejected) == (
         f"\n\nHuman: {ask(1)}\n\nAssistant:", " Seeds 1.", " Rocks.")
     assert pairs[1].meta["messages"] == [{"role": "user", "content": ask(1)}]
+    _, h4 = local_forms(tmp_path / "h4", SHAPES["ultrafeedback (H4)"])  # its text prompt repeats the user turn
+    same(load_preferences(open_dataset(h4[1])), pairs)
 
 
 def test_the_stages_records_and_held_out_split_equal_the_file_pair(tmp_path):
