@@ -272,7 +272,7 @@ def test_config_checks(tmp_path):
     assert "needs data.dataset" in bad("subset", subset="en")
     assert "training split too" in bad("eval_split", dataset="org/name", eval_split="train")
     assert "not both" in bad("eval_split", dataset="org/name", eval_split="test", eval_file="e.jsonl")
-    with pytest.raises(DataError, match=r"is a file; give a file as data.train_file"):
+    with pytest.raises(DataError, match=r"is a file; a dataset is a hub name or a directory \(a file goes in "):
         open_dataset(write_jsonl(tmp_path / "a.jsonl", SHAPES["sft"]))
     with pytest.raises(DataError, match=r"no such directory"):
         open_dataset(str(tmp_path / "nope"))

@@ -115,20 +115,19 @@ def _load_hub(ds, name: str, subset: str, what: str):
     import datasets.config as C
     offline = bool(C.HF_HUB_OFFLINE) or not hub_reachable()
     head = f"{what} '{name}'" + (f" (subset {subset})" if subset else "")
+    why = "offline mode is on (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)" if C.HF_HUB_OFFLINE else \
+        f"the Hugging Face hub ({C.HF_ENDPOINT}) could not be reached"
+    not_cached = DataError(f"{head}: not a local directory, {why}, and it is not in the datasets cache "
+                           f"({C.HF_DATASETS_CACHE}); run once with internet to cache it, or give a local directory "
+                           "(save_to_disk, or parquet/json files)")
     try:
         with _offline(offline):
             return ds.load_dataset(name, subset or None)
     except ConnectionError:
-        why = "offline mode is on (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)" if C.HF_HUB_OFFLINE else \
-            f"the Hugging Face hub ({C.HF_ENDPOINT}) could not be reached"
-        raise DataError(f"{head}: not a local directory, {why}, and it is not in the datasets cache "
-                        f"({C.HF_DATASETS_CACHE}); run once with internet to cache it, or give a local directory "
-                        "(save_to_disk, or parquet/json files)") from None
-    except FileNotFoundError as e:  # offline: the cache has no copy (DatasetNotFoundError is one too)
+        raise not_cached from None
+    except FileNotFoundError as e:  # DatasetNotFoundError is one; offline, the cache has no copy
         if offline:
-            raise DataError(f"{head}: not a local directory, the Hugging Face hub ({C.HF_ENDPOINT}) could not be "
-                            f"reached, and it is not in the datasets cache ({C.HF_DATASETS_CACHE}); run once with "
-                            "internet to cache it, or give a local directory") from None
+            raise not_cached from None
         raise DataError(f"{head}: no such local directory, and not a dataset on the Hugging Face hub, or a "
                         f"private or gated one (log in with `hf auth login`): {_one_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - anything else the library raises becomes one line
@@ -137,8 +136,8 @@ def _load_hub(ds, name: str, subset: str, what: str):
 
 def _load_local(ds, path: str, subset: str, what: str):
     if os.path.isfile(path):
-        raise DataError(f"{what} '{path}' is a file; give a file as data.train_file (data.dataset takes a hub name "
-                        "or a directory)")
+        raise DataError(f"{what} '{path}' is a file; a dataset is a hub name or a directory (a file goes in "
+                        "data.train_file, or eval's --prompts)")
     if not os.path.isdir(path):
         raise DataError(f"{what} '{path}': no such directory (a hub name is org/name, e.g. "
                         "trl-lib/ultrafeedback_binarized)")
