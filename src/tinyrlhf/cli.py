@@ -150,10 +150,13 @@ def _cmd_eval(args) -> int:
         if key not in fields:
             raise TinyRLHFError(f"unknown eval setting '{key}' (valid: {', '.join(fields)})")
         kwargs[key] = coerce(value, {"int": int, "float": float, "str": str}[fields[key]], key)
-    if not args.task and not args.prompts:
-        raise TinyRLHFError("eval needs --task (a built-in task) or --prompts FILE (your own prompts)")
-    if args.task and args.prompts:
-        raise TinyRLHFError("give --task or --prompts, not both")
+    if (args.split or args.subset) and not args.dataset:
+        raise TinyRLHFError("--split and --subset choose a part of --dataset; give --dataset")
+    if not args.task and not args.prompts and not args.dataset:
+        raise TinyRLHFError("eval needs --task (a built-in task) or --prompts FILE or --dataset NAME_OR_DIR "
+                            "(your own prompts)")
+    if sum(map(bool, (args.task, args.prompts, args.dataset))) > 1:
+        raise TinyRLHFError("give one of --task, --prompts and --dataset")
     if args.out and os.path.isdir(args.out):  # before the evaluation, not after it
         raise TinyRLHFError(f"--out {args.out}: is a directory; give the result file's name "
                             f"(e.g. {os.path.join(args.out, 'eval.json')})")
@@ -163,11 +166,17 @@ def _cmd_eval(args) -> int:
     if judge == "chat":
         from .eval.judges import ChatJudge
         judge = ChatJudge(args.judge_url, model=args.judge_model)
-    result = evaluate_model(args.model, args.task or None, prompts_file=args.prompts or "",
+    prompts = args.prompts or ""
+    if args.dataset:
+        from .data.hub import open_dataset
+        prompts = open_dataset(args.dataset, split=args.split, subset=args.subset, what="--dataset",
+                               default_split="test", split_key="--split")
+    result = evaluate_model(args.model, args.task or None, prompts_file=prompts,
                             prompts_format=args.format, prompts_columns=columns, reward=args.reward or "",
                             reference=args.reference,
                             judge=judge, settings=EvalSettings(**kwargs))
-    name = args.task or "file-" + os.path.basename(args.prompts).split(".")[0]
+    name = args.task or ("dataset-" + os.path.basename(args.dataset.rstrip("/")) if args.dataset else
+                         "file-" + os.path.basename(args.prompts).split(".")[0])
     out = args.out or os.path.join(args.model if os.path.isfile(os.path.join(args.model, "config.yaml"))
                                    else ".", f"eval-{name}.json")
     write_result(result, out)
@@ -266,8 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="", help="a built-in task: family_tree or positive_review (gold reward known)")
     p.add_argument("--prompts", default="", help="your own prompts: any data file (project JSONL, hh-rlhf, TL;DR, "
                    "stack-exchange, {\"prompt\": ...} JSONL, CSV, chat messages...); no gold reward then")
-    p.add_argument("--format", default="auto", help="format of --prompts (default: detected)")
-    p.add_argument("--columns", default="", help="your --prompts file's own field names, e.g. "
+    p.add_argument("--dataset", default="", help="your own prompts from a dataset (pip install 'tinyrlhf[datasets]'): "
+                   "a Hugging Face hub name, a save_to_disk directory or a directory of parquet/json files")
+    p.add_argument("--split", default="", help="the --dataset split (default: test, else the only one)")
+    p.add_argument("--subset", default="", help="the --dataset configuration (subset) name")
+    p.add_argument("--format", default="auto", help="format of --prompts or --dataset rows (default: detected)")
+    p.add_argument("--columns", default="", help="your --prompts file's (or --dataset's) own field names, e.g. "
                    "prompt=question,completion=answer (as data.columns.* in training)")
     p.add_argument("--reward", default="", help="a reward run directory: also report its score")
     p.add_argument("--reference", default=None,

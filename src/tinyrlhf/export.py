@@ -187,7 +187,8 @@ def model_card(run_dir: str | None, model_dir: str, kind: str, reward: bool) -> 
            "| --- | --- | --- | --- | --- | --- | --- |"]
     for i, c in enumerate(chain[1:], 1):
         data, train = c["config"].get("data") or {}, c["config"].get("train") or {}
-        source = data.get("train_file") or (f"task {data['task']}" if data.get("task") else data.get("dir", "?"))
+        source = data.get("train_file") or data.get("dataset") or \
+            (f"task {data['task']}" if data.get("task") else data.get("dir", "?"))
         summary = _read_summary(c["run"])  # what the run did, not what its config asked (epochs, stop_after)
         examples = summary.get("data/train_records", "?")
         steps = summary.get("steps", train.get("max_steps", "?"))

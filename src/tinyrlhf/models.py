@@ -87,7 +87,8 @@ def build_model(cfg: ModelConfig, corpus: list[str] | None = None, seed: int = 0
             raise ConfigError(f"model.preset '{cfg.preset}' is unknown; valid: {', '.join(PRESETS)}")
         if not corpus:
             raise ConfigError(f"model.preset {cfg.preset} needs text to train its tokenizer: your data "
-                              "(data.train_file or data.dir) or a built-in data.task; or start from model.path")
+                              "(data.train_file, data.dataset or data.dir) or a built-in data.task; or start from "
+                              "model.path")
         tokenizer = train_tokenizer(corpus, cfg.tokenizer_vocab)
         kwargs = dict(PRESETS[cfg.preset])
         # round the vocabulary up to a multiple of 64: faster matmuls, spare rows are never used

@@ -105,11 +105,23 @@ class DataConfig:
     """Explicit training file (project JSONL or a public format); overrides `dir`."""
     eval_file: str = ""
     """Explicit held-out file; overrides `dir`."""
+    dataset: str = ""
+    """A dataset by name or path instead of train_file (`pip install 'tinyrlhf[datasets]'`): a Hugging Face hub
+    name (trl-lib/ultrafeedback_binarized: downloaded once into the datasets cache, HF_DATASETS_CACHE), a
+    save_to_disk directory, or a directory of parquet/json/jsonl/csv files. Its rows are read like a file's
+    (format detection, columns); overrides `dir`."""
+    subset: str = ""
+    """The dataset's configuration (subset) name, load_dataset's second argument ("" = its default)."""
+    split: str = ""
+    """The dataset's training split ("" = train, or its only split)."""
+    eval_split: str = ""
+    """A held-out split of the same dataset (e.g. test) instead of eval_file ("" = none)."""
     format: str = "auto"
-    """Format of train_file/eval_file: auto, jsonl, hh-rlhf, summarize-from-feedback, stack-exchange-paired, tldr,
-    json, csv, parquet."""
+    """Format of train_file/eval_file (or of the dataset's rows): auto, jsonl, hh-rlhf, summarize-from-feedback,
+    stack-exchange-paired, tldr, json, csv, parquet."""
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
-    """Your file's own names for the fields (data.columns.prompt=question ...); unset fields keep ours."""
+    """Your file's (or dataset's) own names for the fields (data.columns.prompt=question ...); unset fields keep
+    ours."""
     max_length: int = 192
     """Longest prompt+completion in tokens (>= 2: a prompt token and a completion token). Longer: keep the
     END of the prompt and the START of the completion."""
@@ -128,6 +140,15 @@ class DataConfig:
         check_range(self, "max_length", 2)
         check_range(self, "max_train", 0)
         _check_seed(self)
+        if self.dataset and self.train_file:
+            raise FieldError("dataset", "give data.dataset or data.train_file, not both")
+        for name in ("subset", "split", "eval_split"):
+            if getattr(self, name) and not self.dataset:
+                raise FieldError(name, f"'{getattr(self, name)}' needs data.dataset (a dataset's {name})")
+        if self.eval_split and self.eval_file:
+            raise FieldError("eval_split", "give data.eval_split or data.eval_file, not both")
+        if self.eval_split and self.eval_split == (self.split or "train"):
+            raise FieldError("eval_split", f"'{self.eval_split}' is the training split too; hold out another one")
 
 
 @dataclass(frozen=True)

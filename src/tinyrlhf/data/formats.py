@@ -1,4 +1,5 @@
-"""Loaders for public preference and demonstration formats, from local files only (nothing is downloaded).
+"""Loaders for public preference and demonstration formats, from local files, or from the rows of a dataset
+(hub.py: a Hugging Face hub name or a local dataset directory, `data.dataset`) read the same way.
 
   hh-rlhf                  Anthropic HH (Bai et al. 2022, github.com/anthropics/hh-rlhf): {"chosen", "rejected"}
                            full transcripts of "\n\nHuman: ..." / "\n\nAssistant: ..." turns.
@@ -9,7 +10,8 @@
   stack-exchange-paired    StackLLaMA's pairs (Hugging Face 2023): {"question", "response_j" (preferred), "response_k"}.
   jsonl, json, csv, parquet  the project's records (records.py), or any table whose columns `columns=` maps to ours,
                            e.g. {"prompt": "instruction", "chosen": "good", "rejected": "bad"}.
-Error positions are lines for JSONL and CSV, and 1-based record positions for a JSON array and parquet.
+Error positions are lines for JSONL and CSV, 1-based record positions for a JSON array and parquet, and
+"dataset NAME, split S, row I" (0-based, as `dataset[I]`) for a dataset.
 Chat rows (OpenAI-style `messages`, or prompts/completions given as message lists) are read as records.py
 describes; hh-rlhf prompts keep their turns in meta["messages"] too, for `records.render_chat`.
 `load_prompts` reads the prompts of any of these files (evaluation on your own data).
@@ -24,6 +26,7 @@ import os
 from typing import Any, Callable, Iterator
 
 from ..errors import DataError
+from .hub import DatasetRows
 from .public import (PUBLIC_PARSERS, HH_ASSISTANT, Parser, parse_hh_turns, split_hh,  # noqa: F401 (re-exported)
                      tldr_prompt)
 from .records import (BinaryRecord, PairRecord, PromptRecord, RankingRecord, SFTRecord, SkipCounter, pair_to_binary,
@@ -249,11 +252,20 @@ _CONVERT: dict[str, dict[str, Callable[[Any], list]]] = {  # target kind -> {kin
 }
 
 
-def _load(path: str | os.PathLike, fmt: str, target: str, columns: dict | None, skip_bad: bool,
+def _source_rows(source, fmt: str) -> tuple[str, Iterator[tuple[int, Any]], Callable[[int], dict]]:
+    """(table kind, rows, position -> error location) of a file path or of a dataset's DatasetRows."""
+    if isinstance(source, DatasetRows):  # a dataset's rows: errors name "dataset NAME, split S, row I"
+        return "dataset", iter(source), lambda i: {"path": f"{source.label}, row {i}", "line": None}
+    path = os.fspath(source)
+    table = _table_kind(path, fmt)
+    return table, _rows(path, table), lambda line: {"path": path, "line": line}
+
+
+def _load(source: str | os.PathLike | DatasetRows, fmt: str, target: str, columns: dict | None, skip_bad: bool,
           skipped: SkipCounter | None, max_records: int | None) -> list:
-    path = os.fspath(path)
+    label = source.label if isinstance(source, DatasetRows) else os.fspath(source)
     if fmt not in FORMATS:
-        raise DataError(f"unknown format '{fmt}' (valid: {', '.join(FORMATS)})", path=path)
+        raise DataError(f"unknown format '{fmt}' (valid: {', '.join(FORMATS)})", path=label)
     if columns is not None:
         if fmt in PUBLIC_PARSERS:
             raise DataError(f"columns= applies to generic tables ({', '.join(TABLE_FORMATS)}), not to '{fmt}'")
@@ -266,12 +278,12 @@ def _load(path: str | os.PathLike, fmt: str, target: str, columns: dict | None, 
         raise DataError(f"max_records must be a positive integer, got {max_records!r}")
     counter = skipped if skipped is not None else SkipCounter()
     first_error: DataError | None = None
-    table = _table_kind(path, fmt)
+    table, rows, where_of = _source_rows(source, fmt)
     kind: str | None = None
     parse: Parser | None = None
     out: list = []
-    for line, obj in _rows(path, table):
-        where = {"path": path, "line": line}
+    for position, obj in rows:
+        where = where_of(position)
         try:
             if isinstance(obj, DataError):
                 raise obj
@@ -291,43 +303,45 @@ def _load(path: str | os.PathLike, fmt: str, target: str, columns: dict | None, 
             break
     if kind is not None and kind not in _CONVERT[target]:
         raise DataError(f"holds {kind} records, which cannot be read as {target} records (readable: "
-                        f"{', '.join(_CONVERT[target])})", path=path)
+                        f"{', '.join(_CONVERT[target])})", path=label)
     if not out:
-        why = "the file is empty" + (" or every record was bad" if skip_bad else "")
+        why = ("the file is empty" if table != "dataset" else "the split is empty") + \
+            (" or every record was bad" if skip_bad else "")
         raise DataError(f"no records ({why})" + (f"; first error: {first_error}" if first_error else ""),
-                        path=path)
+                        path=label)
     return out[:max_records] if max_records is not None else out
 
 
-def load_preferences(path: str | os.PathLike, format: str = "auto", *, columns: dict | None = None,
+def load_preferences(path: str | os.PathLike | DatasetRows, format: str = "auto", *, columns: dict | None = None,
                      skip_bad: bool = False, skipped: SkipCounter | None = None,
                      max_records: int | None = None) -> list[PairRecord]:
-    """Preference pairs from a local file in any of FORMATS; rankings expand to all their pairs."""
+    """Preference pairs from a local file in any of FORMATS, or a dataset's rows (hub.open_dataset; so for
+    every loader here); rankings expand to all their pairs."""
     return _load(path, format, "pair", columns, skip_bad, skipped, max_records)
 
 
-def load_sft(path: str | os.PathLike, format: str = "auto", *, columns: dict | None = None,
+def load_sft(path: str | os.PathLike | DatasetRows, format: str = "auto", *, columns: dict | None = None,
              skip_bad: bool = False, skipped: SkipCounter | None = None,
              max_records: int | None = None) -> list[SFTRecord]:
     """Demonstrations: SFT records, TL;DR (post, summary), or the chosen side of preference data."""
     return _load(path, format, "sft", columns, skip_bad, skipped, max_records)
 
 
-def load_binary(path: str | os.PathLike, format: str = "auto", *, columns: dict | None = None,
+def load_binary(path: str | os.PathLike | DatasetRows, format: str = "auto", *, columns: dict | None = None,
                 skip_bad: bool = False, skipped: SkipCounter | None = None,
                 max_records: int | None = None) -> list[BinaryRecord]:
     """Unpaired feedback: binary records, or pairs split into a desirable and an undesirable one (KTO)."""
     return _load(path, format, "binary", columns, skip_bad, skipped, max_records)
 
 
-def load_rankings(path: str | os.PathLike, format: str = "auto", *, columns: dict | None = None,
+def load_rankings(path: str | os.PathLike | DatasetRows, format: str = "auto", *, columns: dict | None = None,
                   skip_bad: bool = False, skipped: SkipCounter | None = None,
                   max_records: int | None = None) -> list[RankingRecord]:
     """Best-first rankings: ranking records, or preference pairs as rankings of two."""
     return _load(path, format, "ranking", columns, skip_bad, skipped, max_records)
 
 
-def load_prompts(path: str | os.PathLike, format: str = "auto", *, columns: dict | None = None,
+def load_prompts(path: str | os.PathLike | DatasetRows, format: str = "auto", *, columns: dict | None = None,
                  skip_bad: bool = False, skipped: SkipCounter | None = None,
                  max_records: int | None = None, counts: dict | None = None) -> list[PromptRecord]:
     """The distinct prompts of any file above (first occurrence kept, file order), each with a reference

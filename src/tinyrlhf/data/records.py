@@ -13,7 +13,8 @@ Chat data. A prompt may be a list of OpenAI-style messages ({"role": "system"|"u
 earlier assistant turns stay in the prompt, where SFT gives them loss too: conversation.py);
 completions (chosen, rejected, completion) may be such lists too, of which the last assistant turn
 counts; a pair may give whole conversations as chosen and rejected, and its prompt is then the turns
-before their replies. Such a record is first rendered with ONE plain template, the one hh-rlhf uses:
+before their replies (a text prompt beside them, as in HuggingFaceH4/ultrafeedback_binarized, repeats
+them). Such a record is first rendered with ONE plain template, the one hh-rlhf uses:
 "\n\nHuman: {user}" for each user turn, "\n\nAssistant: {reply}" for each assistant turn,
 "\n\nSystem: {text}" for a system turn, the prompt ending in "\n\nAssistant:" and the completion
 being " " + the reply. Its prompt turns are kept in meta["messages"]; `render_chat` re-renders them with
@@ -121,8 +122,9 @@ def _from_chat(kind: str, obj: dict, where: dict) -> dict:
             obj["reference" if kind == "prompt" else "completion"] = turns[-1]["content"]
             turns = turns[:-1]
         obj["prompt"] = turns
-    if kind == "pair" and "prompt" not in obj and isinstance(obj.get("chosen"), list) \
-            and isinstance(obj.get("rejected"), list):
+    if kind == "pair" and isinstance(obj.get("chosen"), list) and isinstance(obj.get("rejected"), list) and (
+            "prompt" not in obj or isinstance(obj["prompt"], str) and len(obj["chosen"]) > 1):
+        # two whole conversations; a text prompt beside them repeats their user turn (H4's UltraFeedback)
         chosen, rejected = _messages(obj["chosen"], "chosen", where), _messages(obj["rejected"], "rejected", where)
         if chosen[:-1] != rejected[:-1]:
             raise DataError("its turns before the reply differ from chosen's", field="rejected", **where)

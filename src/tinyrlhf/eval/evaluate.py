@@ -98,7 +98,7 @@ def _ci(values: list[float], seed: int) -> dict:
     return {"mean": mean, "low": low, "high": high}
 
 
-def eval_prompts(task, prompts_file: str, fmt: str, s: EvalSettings, tokenizer,
+def eval_prompts(task, prompts_file, fmt: str, s: EvalSettings, tokenizer,
                  counts: dict | None = None, columns: dict | None = None) -> tuple[list[str], list]:
     """(prompts, reference answers or Nones): the task's eval split, or the first n_prompts distinct
     prompts of a file in any supported format, in the model's prompt format (data/templates.py: the
@@ -121,7 +121,7 @@ def eval_prompts(task, prompts_file: str, fmt: str, s: EvalSettings, tokenizer,
     return [r.prompt for r in records], [r.reference for r in records]
 
 
-def prompts_new_tokens(model, tokenizer, refs: list, prompts_file: str, run_cfg: dict | None, run_dir: str) -> int:
+def prompts_new_tokens(model, tokenizer, refs: list, prompts_file, run_cfg: dict | None, run_dir: str) -> int:
     """max_new_tokens for a prompts file: sized on its reference answers, else on the run's training
     completions, else 24; at most half the model's context. Prints which, once."""
     from ..loading import unwrap
@@ -139,12 +139,19 @@ def prompts_new_tokens(model, tokenizer, refs: list, prompts_file: str, run_cfg:
 
 def training_completions(run_cfg: dict | None, run_dir: str) -> tuple[list[str], str]:
     """The completions of a run's training file (its path as the run was started; looked up from the run
-    directory upwards, then here), and that path as the config names it; ([], "") when there is none."""
-    from ..data import load_prompts
+    directory upwards, then here) or data.dataset, and that path or name as the config gives it; ([], "")
+    when there is none."""
+    from ..data import load_prompts, open_dataset
     from ..errors import DataError
     data = (run_cfg or {}).get("data") or {}
     path = find_relative(data.get("train_file") or "", run_dir) if data.get("train_file") else None
-    if not path or not os.path.isfile(path):
+    if data.get("dataset") and not path:  # data.dataset: its training split (from the datasets cache)
+        try:
+            path = open_dataset(data["dataset"], split=data.get("split") or "", subset=data.get("subset") or "")
+        except DataError:
+            return [], ""
+        data = {**data, "train_file": data["dataset"]}
+    elif not path or not os.path.isfile(path):
         return [], ""
     columns = {k: v for k, v in (data.get("columns") or {}).items() if v} or None
     from ..data import load_sft
@@ -160,12 +167,13 @@ def training_completions(run_cfg: dict | None, run_dir: str) -> tuple[list[str],
     return [r.reference for r in records if r.reference], data["train_file"]
 
 
-def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str = "", prompts_format: str = "auto",
+def evaluate_model(path: str, task_name: str | None = None, *, prompts_file="", prompts_format: str = "auto",
                    prompts_columns: dict | None = None,
                    reward: str = "", reference: str | None = None, judge=None,
                    settings: EvalSettings = EvalSettings(), device=None, task=None) -> dict:
     """All metrics of one model (see the module docstring), on `task_name`'s held-out prompts or on the
-    prompts of `prompts_file`. `reference=None` uses the run's starting model when there is one, "" none.
+    prompts of `prompts_file` (a path, or a dataset split's rows: data.open_dataset). `reference=None` uses the
+    run's starting model when there is one, "" none.
     `judge`: a tinyrlhf.eval.judges judge, or "gold" / "reward" (the task's gold reward / the reward
     model of `reward`); default gold on a task, else the reward model when there is one, else no win
     rate. Per-prompt scores and the samples are returned too, for paired comparisons. `task`: a Task object
@@ -208,7 +216,7 @@ def evaluate_model(path: str, task_name: str | None = None, *, prompts_file: str
         out["gold"] = {**_ci(per_prompt["gold"], s.seed), "max": task.max_gold}
         out["gold_greedy"] = sum(task.gold_reward(p, c) for p, c in zip(prompts, greedy)) / len(prompts)
     else:
-        out["prompts"] = {"file": prompts_file, "format": prompts_format, "n": len(prompts),
+        out["prompts"] = {"file": str(prompts_file), "format": prompts_format, "n": len(prompts),
                           "with_reference": sum(r is not None for r in refs), "in_file": counts.get("read"),
                           "duplicates": counts.get("duplicates")}
     if refs and all(r is not None for r in refs):  # every prompt has a reference answer

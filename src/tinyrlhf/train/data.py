@@ -1,5 +1,6 @@
 """Where a run's records come from: a `tinyrlhf data` directory (generated on first use for a built-in
-task) or explicit files in any supported format. Shared by every offline loop."""
+task), explicit files in any supported format, or a dataset by hub name or directory (data.dataset, read
+through the same loaders). Shared by every offline loop."""
 from __future__ import annotations
 
 import os
@@ -27,11 +28,24 @@ def task_data_dir(cfg: DataConfig) -> str:
     return path
 
 
-def _load(path: str, kind: str, cfg: DataConfig, skipped: R.SkipCounter):
+def dataset_split(cfg: DataConfig, key: str = "split"):
+    """The rows of data.dataset's split data.split (key="split") or data.eval_split (data/hub.py)."""
+    from ..data.hub import open_dataset
+    return open_dataset(cfg.dataset, split=getattr(cfg, key), subset=cfg.subset, split_key=f"data.{key}")
+
+
+def eval_source(cfg: DataConfig):
+    """The explicit held-out data: data.eval_file, data.eval_split's rows, or None."""
+    return cfg.eval_file or (dataset_split(cfg, "eval_split") if cfg.eval_split else None)
+
+
+def _load(path, kind: str, cfg: DataConfig, skipped: R.SkipCounter):
+    """The `kind` records of a file path or of a dataset's rows (data/hub.py's DatasetRows)."""
     from .. import data as D
 
     fmt, columns = cfg.format, cfg.columns.mapping()
-    if columns is None and fmt in ("auto", "jsonl") and path.endswith(".jsonl") and _is_project_format(path, kind):
+    if columns is None and fmt in ("auto", "jsonl") and isinstance(path, str) and path.endswith(".jsonl") \
+            and _is_project_format(path, kind):
         return R.read_records(path, kind, skip_bad=cfg.skip_bad, skipped=skipped)
     loader = {"sft": D.load_sft, "pair": D.load_preferences}.get(kind, D.load_binary)
     return loader(path, format=fmt, columns=columns, skip_bad=cfg.skip_bad, skipped=skipped)
@@ -61,12 +75,13 @@ def load_records(cfg: DataConfig, kind: str) -> tuple[list, list, dict]:
     for key in ("train_file", "eval_file"):  # given explicitly: it must be there (never silently skipped)
         if getattr(cfg, key):
             R.check_data_file(getattr(cfg, key), f"data.{key}")
-    if cfg.train_file:
-        train = _load(cfg.train_file, kind, cfg, skipped)
-        evals = _load(cfg.eval_file, kind, cfg, skipped) if cfg.eval_file else []
+    if cfg.train_file or cfg.dataset:
+        train = _load(cfg.train_file or dataset_split(cfg), kind, cfg, skipped)
+        held_out = eval_source(cfg)
+        evals = _load(held_out, kind, cfg, skipped) if held_out is not None else []
     else:
         if not cfg.task and not cfg.dir:
-            raise ConfigError("no data: set data.task (built-in task), data.dir or data.train_file")
+            raise ConfigError("no data: set data.task (built-in task), data.dir, data.train_file or data.dataset")
         d = task_data_dir(cfg)
         train_name, eval_name = FILES[kind]
         train = R.read_records(os.path.join(d, train_name), kind, skip_bad=cfg.skip_bad, skipped=skipped)
@@ -130,8 +145,12 @@ class RunStart:
 
 def own_data_with_task(cfg: DataConfig) -> str | None:
     """A warning when data.task is set with data.train_file that a `tinyrlhf data` directory of that task
-    did not write: the task's gold evaluation (and a preset's tokenizer) would then use the task's prompts
-    and text, not the file's."""
+    did not write, or with data.dataset: the task's gold evaluation (and a preset's tokenizer) would then use
+    the task's prompts and text, not the file's."""
+    if cfg.task and cfg.dataset:
+        return (f"warning: data.task={cfg.task} with your own data.dataset={cfg.dataset}: the gold evaluation "
+                f"scores {cfg.task}'s own prompts (and a preset's tokenizer learns {cfg.task}'s text), not the "
+                "dataset's; leave data.task out unless the dataset holds that task's data")
     if not (cfg.task and cfg.train_file):
         return None
     import json
@@ -186,7 +205,7 @@ def prompt_format(tokenizer, named: dict[str, list], cfg) -> tuple[dict[str, lis
     from ..data.templates import data_format, format_records, preview, set_template, template_of
 
     model = cfg.model.path or f"the {cfg.model.preset} preset"
-    source = cfg.data.train_file or cfg.data.dir or (f"task {cfg.data.task}" if cfg.data.task else "")
+    source = cfg.data.train_file or cfg.data.dataset or cfg.data.dir or (f"task {cfg.data.task}" if cfg.data.task else "")
     name = template_of(tokenizer)
     if name is None:
         name = data_format(next((r for r in named.values() if r), []))

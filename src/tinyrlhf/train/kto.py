@@ -8,7 +8,7 @@ by the policy and by the reference; z0 = max(0, mean(policy - ref)), detached (K
 prompt runs once, with its matched and mismatched completions on its key/value cache (train.share_prompt).
 Reference log-probs of matched and mismatched pairs are computed once and cached, like for DPO.
 
-Held-out examples (data.eval_file, else the task data directory's eval_pairs.jsonl; pairs count as a
+Held-out examples (data.eval_file or data.eval_split, else the task data directory's eval_pairs.jsonl; pairs count as a
 desirable chosen and an undesirable rejected example) are scored at eval_every and at the end:
 `eval/loss` (KTO's loss, z0 from the held-out mismatched pairs), `eval/reward_desirable` /
 `eval/reward_undesirable` (mean implicit reward β·log π/π_ref), `eval/margin` (their difference),
@@ -32,7 +32,7 @@ from ..logprobs import grouped_token_logps
 from .. import dist
 from ..loading import unwrap
 from ..models import save_hf
-from .data import begin_run, prompt_format, sized_sampling
+from .data import begin_run, eval_source, prompt_format, sized_sampling
 from .engine import fit
 from .parallel import save_final
 from .moved import check_offline
@@ -51,12 +51,13 @@ def mismatch(n: int, seed: int) -> list[int]:
 
 def heldout_examples(cfg: KTOConfig, evals: list) -> tuple[list, int]:
     """(binary examples, n): held-out pairs become their chosen (desirable) and rejected (undesirable)
-    completions, the first n*2 examples in pair order; an eval_file of pairs (read as binary records by
+    completions, the first n*2 examples in pair order; an eval_file (or eval_split) of pairs (read as binary records by
     the loader) is re-read as pairs so that the pairwise accuracy can be reported."""
     pairs = [r for r in evals if isinstance(r, PairRecord)]
-    if not pairs and cfg.data.eval_file:
+    if not pairs and (cfg.data.eval_file or cfg.data.eval_split):
         try:
-            pairs = load_preferences(cfg.data.eval_file, cfg.data.format, skip_bad=cfg.data.skip_bad)
+            pairs = load_preferences(eval_source(cfg.data), cfg.data.format, columns=cfg.data.columns.mapping(),
+                                     skip_bad=cfg.data.skip_bad)
         except DataError:  # binary records: no pairing to report
             pairs = []
     if pairs:

@@ -7,7 +7,7 @@ one 2B batch on its key/value cache (train.share_prompt; logprobs.grouped_token_
 log-probs are computed once and cached (train/reference.py); reference-free losses (SimPO, ORPO)
 compute none for training.
 
-Held-out pairs (data.eval_file, else the task data directory's eval_pairs.jsonl; the first 1,000) are
+Held-out pairs (data.eval_file or data.eval_split, else the task data directory's eval_pairs.jsonl; the first 1,000) are
 scored at eval_every and at the end: `eval/loss` (the run's loss), `eval/accuracy` (share of pairs whose
 chosen completion gets the higher implicit reward), `eval/margin` (mean implicit-reward margin) and
 `eval/reward_chosen` / `eval/reward_rejected`. The implicit reward is β·(log π(y|x) − log π_ref(y|x))

@@ -64,9 +64,9 @@ def ranking_pairs(cfg: RewardConfig) -> list:
 
     from ..data.records import pairs_from, read_records
     from .data import task_data_dir
-    if cfg.data.train_file:
-        raise ConfigError("rankings=true reads the task data directory's rankings.jsonl; "
-                          "with data.train_file give the rankings in that file instead")
+    if cfg.data.train_file or cfg.data.dataset:
+        raise ConfigError("rankings=true reads the task data directory's rankings.jsonl; with data.train_file "
+                          "or data.dataset give the rankings in that file or dataset instead")
     path = os.path.join(task_data_dir(cfg.data), "rankings.jsonl")
     if not os.path.isfile(path):
         raise ConfigError(f"rankings=true but there is no {path}")
