@@ -242,7 +242,13 @@ def trained(tmp_path_factory):
     from tinyrlhf.train import preference
     root = tmp_path_factory.mktemp("conversations")
     sft_rows, pairs = chat_rows()
-    sft_file, pair_file = write(root / "chat.jsonl", sft_rows), write(root / "pairs.jsonl", pairs)
+    write(root / "chat.jsonl", sft_rows)
+    # both stages read by data.dataset= (issue 24: "SFT -> DPO on a multi-turn dataset read from a local
+    # directory"): SFT from a save_to_disk directory, DPO from a directory of parquet files
+    import datasets
+    datasets.Dataset.from_list(sft_rows).save_to_disk(str(root / "chat_ds"))
+    (root / "pairs_pq").mkdir()
+    datasets.Dataset.from_list(pairs).to_parquet(str(root / "pairs_pq" / "train.parquet"))
     common = ["train.batch_size=4", "train.warmup_steps=1", "train.progress=false", "train.threads=1",
               "eval.n_prompts=0", "train.log_every=1"]
     seen, examples = [], []
@@ -253,10 +259,10 @@ def trained(tmp_path_factory):
     mp.setattr(preference, "encode_groups", lambda tok, p, c, *a, **k: seen.append((list(p), list(c))) or
                real_groups(tok, p, c, *a, **k))
     try:
-        assert main(["sft", f"out_dir={root / 'sft'}", "model.tokenizer_vocab=300", f"data.train_file={sft_file}",
+        assert main(["sft", f"out_dir={root / 'sft'}", "model.tokenizer_vocab=300", f"data.dataset={root / 'chat_ds'}",
                      "train.max_steps=4", *common]) == 0
         assert main(["dpo", f"out_dir={root / 'dpo'}", f"model.path={root / 'sft' / 'final'}",
-                     f"data.train_file={pair_file}", f"ref_cache_dir={root / 'cache'}", "train.max_steps=3",
+                     f"data.dataset={root / 'pairs_pq'}", f"ref_cache_dir={root / 'cache'}", "train.max_steps=3",
                      *common]) == 0
     finally:
         mp.undo()
