@@ -188,6 +188,43 @@ def test_one_server_serves_a_policy_and_a_reward_model(base):
     assert httpx.get(server.url + "/health").json()["scoring"] == {"rm": 0}
 
 
+def test_health_answers_while_a_big_batch_is_scored(base):
+    """Scoring runs in the reward model's own thread: /health, polled while 128 long pairs are scored
+    (it reports them as `scoring`), answers every time within 200 ms."""
+    server = base[4]
+    body = {"input": [{"prompt": "Q: siblings of Cal? " * 12, "completion": " Ann and Bob" * 12}] * 128}
+    done = []
+    worker = threading.Thread(target=lambda: done.append(post(server, body)), daemon=True)
+    with httpx.Client() as client:
+        client.get(server.url + "/health")
+        worker.start()
+        seen, latencies = 0, []
+        while worker.is_alive():
+            t0 = time.monotonic()
+            health = client.get(server.url + "/health").json()
+            latencies.append(time.monotonic() - t0)
+            seen += health["scoring"]["rm"] == 1
+            time.sleep(0.02)
+    worker.join()
+    assert done[0].status_code == 200 and len(done[0].json()["data"]) == 128
+    print(f"/health while 128 pairs were scored: {len(latencies)} polls ({seen} saw them scoring), "
+          f"max {max(latencies) * 1000:.1f} ms")
+    assert seen >= 3, (seen, latencies)  # polled while the batch was being scored
+    assert max(latencies) < 0.2, latencies
+
+
+def test_a_request_not_scored_within_the_timeout_is_504(base):
+    """The real app in this process with a 1 ms --timeout: 64 long pairs cannot be scored in time; the
+    client retries a 504 and then says so in one line."""
+    app = create_app([load_served_reward("rm", base[3])], EngineConfig(timeout_s=0.001))
+    body = {"input": [{"prompt": "Q: siblings of Cal? " * 12, "completion": " Ann and Bob" * 12}] * 64}
+    with running(app) as url:
+        r = httpx.post(url + "/v1/rewards", json=body, timeout=30)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
+        with pytest.raises(RewardSourceError, match=r"no answer after 2 tries .* HTTP 504: not scored within"):
+            http_reward(url, RewardHTTPConfig(retries=1, backoff_s=0), 256, "fp32")(["p" * 500] * 64, ["c" * 300] * 64)
+
+
 def test_the_client_reads_urls_and_api_keys(base, monkeypatch):
     assert rewards_url("http://127.0.0.1:8000") == "http://127.0.0.1:8000/v1/rewards"
     assert rewards_url("http://h:1/v1/") == "http://h:1/v1/rewards"
