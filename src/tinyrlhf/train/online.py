@@ -241,8 +241,8 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
 def reward_failed(e: RewardSourceError, S: Online, step: int, rng: dict, checkpoint) -> RewardSourceError:
     """The reward source failed during `step`, before the step changed any weight (every loop scores its rollout
     first): checkpoint step − 1 unless that is on disk already (with the RNG state as it was when the step
-    began), and return the error as one line that says what a re-run continues from. Under torchrun the
-    other ranks wait for this one in a collective: nothing is saved there (dist.peer_lost ends them)."""
+    began), and return the error as one line that says what a re-run continues from. Under torchrun nothing
+    is saved here: a checkpoint is a collective, and the other ranks are waiting for this one in another."""
     run, done = S.run, step - 1
     if done > 0 and not dist.active() and run.checkpoint_step != done:
         set_rng_state(rng)
