@@ -334,8 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="STAGE.key=value for one stage (sft.train.max_steps=600, "
                    "ppo.kl.target=2) or key=value for every training stage (train.threads=1)")
     p.set_defaults(func=_cmd_compare)
-    p = sub.add_parser("serve", help="OpenAI-compatible server (batched CPU inference, streaming) and a chat page")
-    p.add_argument("models", nargs="*", help="run directories (final/ is served) or model directories")
+    p = sub.add_parser("serve", help="OpenAI-compatible server (batched CPU inference, streaming) and a chat page; "
+                       "reward models on /v1/rewards")
+    p.add_argument("models", nargs="*", help="run directories (final/ is served; a reward run is scored on "
+                   "/v1/rewards) or model directories")
     p.add_argument("--name", action="append", default=[], metavar="NAME=PATH", help="serve PATH under NAME")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")

@@ -28,3 +28,8 @@ class ConfigError(TinyRLHFError):
     def __init__(self, message: str, *, key: str | None = None):
         super().__init__(message)
         self.key = key
+
+
+class RewardSourceError(TinyRLHFError):
+    """The reward source failed (a callable raised, a reward server did not answer after its retries) or returned
+    something that is not one finite number per completion."""

@@ -6,6 +6,7 @@ weights (its tokenizer a byte-level BPE trained on the task's text or the run's 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -17,6 +18,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2C
 
 from .attention import CHOICES as ATTENTION_CHOICES, set_attention
 from .config import LoRAConfig, ModelConfig
+from .data.collate import pad
 from .errors import ConfigError
 from .loading import (FUSED_GELU, check_model_dir, load_causal_lm, resolve_model_path, save_adapter, tokenizer_dir,
                       unwrap)
@@ -273,6 +275,24 @@ class RewardModel(nn.Module):
 
     def forward(self, input_ids, attention_mask, completion_mask=None):
         return self.raw(input_ids, attention_mask, completion_mask) * self.gain + self.bias
+
+
+SCORE_BATCH = 64
+"""Pairs a reward model scores in one forward pass (the local reward source and `serve`'s /v1/rewards alike,
+so that both pad the same rows together and give the same floats)."""
+
+
+@torch.no_grad()
+def score_encoded(rm: RewardModel, examples: list[tuple[list[int], list[int]]], pad_id: int, device,
+                  autocast=contextlib.nullcontext, batch_size: int = SCORE_BATCH) -> torch.Tensor:
+    """Rewards, (B,) float32 on the CPU, of (prompt ids, completion ids) pairs (data/collate.encode: EOS
+    appended, truncated as training does), right-padded `batch_size` rows at a time."""
+    out = [torch.zeros(0)]
+    for i in range(0, len(examples), batch_size):
+        b = {k: v.to(device) for k, v in pad(examples[i:i + batch_size], pad_id).items()}
+        with autocast():
+            out.append(rm(b["input_ids"], b["attention_mask"], b["completion_mask"]).float().cpu())
+    return torch.cat(out)
 
 
 def save_reward_model(rm: RewardModel, tokenizer, out: str):

@@ -15,7 +15,8 @@ from .load import (FieldError, check_range, coerce, config_to_dict, field_docs, 
                    read_yaml, render_yaml, replace)
 from .offline import (LOSS_BETA, SIMPO_MAX_LR, KTOConfig, PreferenceConfig, RewardConfig, SFTConfig,
                       loss_warnings)
-from .online import GroupConfig, KLConfig, OnlineDPOConfig, PPOConfig, PPOHyper, RolloutConfig, RSConfig
+from .online import (GroupConfig, KLConfig, OnlineDPOConfig, PPOConfig, PPOHyper, RewardHTTPConfig, RolloutConfig,
+                     RSConfig)
 
 __all__ = [
     "DEVICE", "MAX_SEED", "ColumnsConfig", "DataConfig", "EvalConfig", "LoRAConfig", "ModelConfig", "RunConfig",
@@ -23,5 +24,5 @@ __all__ = [
     "FieldError", "check_range", "coerce", "config_to_dict", "field_docs", "load_config", "parse_overrides",
     "read_yaml", "render_yaml", "replace", "LOSS_BETA", "SIMPO_MAX_LR", "KTOConfig", "PreferenceConfig",
     "RewardConfig", "SFTConfig", "loss_warnings", "GroupConfig", "KLConfig", "OnlineDPOConfig", "PPOConfig",
-    "PPOHyper", "RolloutConfig", "RSConfig",
+    "PPOHyper", "RewardHTTPConfig", "RolloutConfig", "RSConfig",
 ]

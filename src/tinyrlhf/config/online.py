@@ -54,6 +54,33 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class RewardHTTPConfig:
+    model: str = ""
+    """With reward=http://...: the served reward model's name (its id in the server's /v1/models); empty = the
+    server's only reward model."""
+    timeout_s: float = 60.0
+    """With reward=http://...: seconds one request may take (connecting, waiting, scoring) before it counts as
+    failed."""
+    retries: int = 3
+    """With reward=http://...: tries after a failed one (no connection, no answer in time, HTTP 429, 500, 502,
+    503 or 504); then the run stops with one line, its last checkpoint kept."""
+    backoff_s: float = 1.0
+    """With reward=http://...: seconds before the first retry, doubled before each next one (a longer
+    Retry-After of a 429 answer wins)."""
+    batch_size: int = 64
+    """With reward=http://...: pairs sent in one request (the server scores 64 in one forward pass)."""
+    api_key_env: str = "TINYRLHF_API_KEY"
+    """With reward=http://...: the environment variable holding the server's API key, sent as `Authorization:
+    Bearer KEY` when set (the key itself never enters the config or the run directory)."""
+
+    def __post_init__(self):
+        check_range(self, "timeout_s", 0, lo_open=True)
+        check_range(self, "retries", 0)
+        check_range(self, "backoff_s", 0)
+        check_range(self, "batch_size", 1)
+
+
+@dataclass(frozen=True)
 class KLConfig:
     coef: float = 0.05
     """Initial (adaptive) or fixed beta of the KL penalty to the reference (the SFT model)."""
@@ -119,7 +146,10 @@ class PPOConfig(RunConfig):
     """Optimisation, precision, logging and checkpoints (defaults: the README's PPO runs, lr 3e-5)."""
     reward: str = ""
     """Reward source: a reward run dir (or its final/), 'gold' (the task's gold reward: an oracle upper
-    bound) or 'package.module:function' called as f(prompts, completions) -> list of floats."""
+    bound), 'package.module:function' called as f(prompts, completions) -> list of floats, or a reward model
+    served by `tinyrlhf serve`: http://HOST:PORT (or its /v1/rewards URL; see reward_http)."""
+    reward_http: RewardHTTPConfig = field(default_factory=RewardHTTPConfig)
+    """How a served reward model (reward=http://...) is asked: model name, timeout, retries, batches, API key."""
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(prompts_per_step=64))
     """Sampling of each step's rollout batch."""
     kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.1, target=0.5, horizon=100))
@@ -143,7 +173,10 @@ class GroupConfig(RunConfig):
     (REINFORCE++: score minus the KL to go, normalised over the whole batch; with k >= 2 each prompt's mean
     score is subtracted first, REINFORCE++ w/ baseline)."""
     reward: str = ""
-    """Reward source: a reward run dir (or its final/), 'gold', or 'package.module:function'."""
+    """Reward source: a reward run dir (or its final/), 'gold', 'package.module:function' or http://HOST:PORT
+    (a reward model served by `tinyrlhf serve`)."""
+    reward_http: RewardHTTPConfig = field(default_factory=RewardHTTPConfig)
+    """How a served reward model (reward=http://...) is asked: model name, timeout, retries, batches, API key."""
     k: int = 4
     """Samples per prompt (>= 2 for rloo and grpo: the baseline comes from the others; >= 1 for reinforce-pp)."""
     kl_in: Literal["reward", "loss"] | None = None
@@ -191,7 +224,10 @@ class OnlineDPOConfig(RunConfig):
     train: TrainConfig = field(default_factory=lambda: _online_train(lr=1e-4))
     """Optimisation, precision, logging and checkpoints (defaults: configs/family_tree/online_dpo.yaml)."""
     reward: str = ""
-    """Reward source that ranks the two samples: a reward run dir, 'gold', or 'package.module:function'."""
+    """Reward source that ranks the two samples: a reward run dir, 'gold', 'package.module:function' or
+    http://HOST:PORT (a reward model served by `tinyrlhf serve`)."""
+    reward_http: RewardHTTPConfig = field(default_factory=RewardHTTPConfig)
+    """How a served reward model (reward=http://...) is asked: model name, timeout, retries, batches, API key."""
     loss: Literal["dpo", "ipo"] = "dpo"
     """Preference loss applied to each fresh pair."""
     beta: float = 0.1
@@ -217,7 +253,10 @@ class RSConfig(RunConfig):
     """Optimisation, precision, logging and checkpoints; one step = one round (defaults: configs/family_tree/rs.yaml:
     15 rounds of 64 prompts, a checkpoint every 5)."""
     reward: str = ""
-    """Reward source that scores the samples: a reward run dir (or its final/), 'gold', or 'package.module:function'."""
+    """Reward source that scores the samples: a reward run dir (or its final/), 'gold', 'package.module:function'
+    or http://HOST:PORT (a reward model served by `tinyrlhf serve`)."""
+    reward_http: RewardHTTPConfig = field(default_factory=RewardHTTPConfig)
+    """How a served reward model (reward=http://...) is asked: model name, timeout, retries, batches, API key."""
     k: int = 4
     """Samples per prompt each round (>= 2: the best of them is kept)."""
     keep: Literal["best", "quantile"] = "best"

@@ -72,7 +72,8 @@ def render_turns(turns: list[dict], name: str, tokenizer=None) -> str:
     return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
 
-def _reply(name: str, turns: list[dict], prompt: str, tokenizer, text: str) -> str:
+def render_reply(name: str, turns: list[dict], prompt: str, tokenizer, text: str) -> str:
+    """A completion `text` of the prompt `prompt` (`turns` rendered in template `name`), as training writes it."""
     if name == "hh":
         return text if text[:1].isspace() else " " + text
     if name == "plain":
@@ -92,9 +93,9 @@ def render_record(record, name: str, tokenizer=None):
     changes = {"prompt": prompt, "meta": {**record.meta, "messages": turns}}
     for key in ("completion", "chosen", "rejected"):  # a PromptRecord's reference stays plain text
         if isinstance(getattr(record, key, None), str) and getattr(record, key):
-            changes[key] = _reply(name, turns, prompt, tokenizer, getattr(record, key))
+            changes[key] = render_reply(name, turns, prompt, tokenizer, getattr(record, key))
     if isinstance(getattr(record, "completions", None), tuple):
-        changes["completions"] = tuple(_reply(name, turns, prompt, tokenizer, c) for c in record.completions)
+        changes["completions"] = tuple(render_reply(name, turns, prompt, tokenizer, c) for c in record.completions)
     return dataclasses.replace(record, **changes)
 
 

@@ -1,4 +1,5 @@
-"""`tinyrlhf serve`: an OpenAI-compatible HTTP server for the models tinyrlhf trains.
+"""`tinyrlhf serve`: an OpenAI-compatible HTTP server for the models tinyrlhf trains, and /v1/rewards for its
+reward models.
 
     config.py     ServeConfig / EngineConfig (frozen dataclasses) and NAME=PATH parsing
     loader.py     run dir / LoRA final/ / HF dir -> eval model + tokenizer (optionally quantised)
@@ -13,6 +14,7 @@
     validate.py   JSON document -> tokenised request for the engine: types, ranges and bounds (worker thread)
     metrics.py    Prometheus metrics
     access.py     Host check (DNS rebinding), API key, CORS, Content-Security-Policy and nosniff
+    rewards.py    POST /v1/rewards: reward models score prompt/completion pairs (their own scoring thread)
     app.py        FastAPI routes, SSE streaming, the chat page (static/)
     server.py     load everything and run uvicorn
 

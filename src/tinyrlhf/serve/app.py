@@ -30,8 +30,10 @@ from . import validate as V
 from .config import EngineConfig, HTTPConfig
 from .engine import Engine, QueueFull
 from .engine import Request as EngineRequest
-from .loader import LoadedModel
+from .loader import LoadedModel, LoadedReward
 from .metrics import ServeMetrics
+from .rewards import Scorer
+from .rewards import prepare as prepare_rewards
 from .templates import template_name
 
 log = logging.getLogger("tinyrlhf.serve")
@@ -49,11 +51,14 @@ def error_response(e: P.APIError) -> Response:
                     media_type="application/json")
 
 
-def create_app(models: list[LoadedModel], cfg: EngineConfig, http: HTTPConfig | None = None) -> FastAPI:
+def create_app(models: list[LoadedModel | LoadedReward], cfg: EngineConfig, http: HTTPConfig | None = None) -> FastAPI:
+    """Generating models get an Engine (/v1/completions, /v1/chat/completions), reward models a Scorer
+    (/v1/rewards); one server may hold both."""
     http = http or HTTPConfig()
     metrics = ServeMetrics()
     served = {m.name: m for m in models}
-    engines = {m.name: Engine(m.name, m.model, m.tokenizer, cfg, metrics) for m in models}
+    engines = {m.name: Engine(m.name, m.model, m.tokenizer, cfg, metrics) for m in models if m.kind == "generate"}
+    scorers = {m.name: Scorer(m, cfg) for m in models if m.kind == "reward"}
     created = P.now()
 
     @asynccontextmanager
@@ -62,6 +67,8 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig, http: HTTPConfig | 
             engine.start()
             metrics.watch(engine)
         yield
+        for scorer in scorers.values():
+            scorer.stop()
         await asyncio.gather(*(asyncio.to_thread(e.stop) for e in engines.values()))
 
     # no /docs: Swagger UI loads its scripts from a CDN, and nothing here may touch the network
@@ -70,7 +77,7 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig, http: HTTPConfig | 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     protect(app, http.api_key, http.cors_origins, http.check_host)  # access.py: Host, CORS, key, page headers
 
-    endpoints = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
+    endpoints = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/rewards": "rewards"}
 
     @app.exception_handler(P.APIError)
     async def _api_error(request: Request, e: P.APIError):
@@ -90,25 +97,38 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig, http: HTTPConfig | 
         log.exception("internal error on %s", request.url.path)
         return error_response(P.APIError(500, f"internal error: {e.__class__.__name__}", type_="server_error"))
 
-    def model_card(m: LoadedModel) -> dict:
-        return {"id": m.name, "object": "model", "created": created, "owned_by": "tinyrlhf",
+    def model_card(m: LoadedModel | LoadedReward) -> dict:
+        return {"id": m.name, "object": "model", "created": created, "owned_by": "tinyrlhf", "kind": m.kind,
                 "max_model_len": m.context, "quantize": m.quantize, "chat_template": template_name(m.tokenizer)}
 
-    def lookup(name: str, request: Request | None = None) -> LoadedModel:
+    def lookup(name: str | None, request: Request | None = None, kind: str | None = None):
+        if name is None and kind == "reward":  # /v1/rewards may leave out the model when one is served
+            if len(scorers) != 1:
+                raise P.APIError(400, f"'model' is a required property: this server serves the reward models "
+                                 f"{', '.join(scorers)}", param="model")
+            name = next(iter(scorers))
         if name not in served:
             shown = name if len(name) <= 100 else name[:100] + "..."
             raise P.APIError(404, f"the model '{shown}' does not exist; served: {', '.join(served)}", param="model",
                              code="model_not_found")
+        m = served[name]
+        if kind is not None and m.kind != kind:
+            what = ("is a reward model: POST its pairs to /v1/rewards" if m.kind == "reward" else
+                    "generates text and has no reward head: use /v1/completions or /v1/chat/completions")
+            raise P.APIError(400, f"the model '{name}' {what}", param="model", code="wrong_model_kind")
         if request is not None:
             request.state.model = name
-        return served[name]
+        return m
 
-    async def prepare(request: Request, check) -> V.Prepared:
+    async def prepare(request: Request, check, kind: str = "generate"):
         """Read the body here; decode, check and tokenise it in a worker thread (seconds for a long prompt)."""
         raw = await B.read(request, http.max_body_bytes)
 
         def work():
-            return check(B.decode(raw), lambda name: lookup(name, request), cfg.max_batch)
+            doc = B.decode(raw)
+            if kind == "reward":
+                return check(doc, lambda name: lookup(name, request, kind))
+            return check(doc, lambda name: lookup(name, request, kind), cfg.max_batch)
         return await asyncio.to_thread(work)
 
     @app.get("/", include_in_schema=False)
@@ -119,7 +139,8 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig, http: HTTPConfig | 
     async def health():
         return {"status": "ok", "models": list(served),
                 "running": {n: e.running for n, e in engines.items()},
-                "queued": {n: e.queue_depth for n, e in engines.items()}}
+                "queued": {n: e.queue_depth for n, e in engines.items()},
+                "scoring": {n: s.waiting for n, s in scorers.items()}}
 
     @app.get("/metrics")
     async def prometheus():
@@ -174,6 +195,17 @@ def create_app(models: list[LoadedModel], cfg: EngineConfig, http: HTTPConfig | 
     async def chat_completions(request: Request):
         prep = await prepare(request, V.chat)
         return await run(request, "chat", prep, _ChatBuild(prep.logprobs, prep.as_ids))
+
+    @app.post("/v1/rewards")
+    async def rewards(request: Request):
+        arrival = time.monotonic()
+        prep = await prepare(request, prepare_rewards, kind="reward")
+        name = prep.model.name
+        scores = await scorers[name].score(prep, arrival)
+        metrics.requests.labels(name, "rewards", "200").inc()
+        metrics.latency.labels(name, "rewards").observe(time.monotonic() - arrival)
+        metrics.prompt_tokens.labels(name).inc(prep.tokens)
+        return P.rewards_body(name, scores, prep.tokens)
 
     return app
 

@@ -1,5 +1,6 @@
 """Load what `tinyrlhf serve` was pointed at: a run directory, a merged or LoRA `final/`, or any local HF
-causal-LM directory, as an eval-mode model (optionally quantised) and its tokenizer.
+causal-LM directory, as an eval-mode model (optionally quantised) and its tokenizer; or a reward model (a
+reward run, or its final/ with reward_head.safetensors) for POST /v1/rewards.
 
 Models load through the project's loader (tinyrlhf.loading.load_causal_lm: a plain HF dir, or an unmerged
 LoRA adapter merged in memory).
@@ -43,6 +44,7 @@ class LoadedModel:
     quantize: str
     weight_bytes: int
     """Bytes held by parameters and buffers after quantisation."""
+    kind: str = "generate"
 
 
 def _context(model) -> int:
@@ -101,6 +103,35 @@ def release_freed_memory():
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
+
+
+@dataclass
+class LoadedReward:
+    """A reward model served on /v1/rewards: loaded exactly as a trainer loads its reward source (models.py
+    load_reward_model: fp32, dropout off), so that its scores are the local reward model's."""
+    name: str
+    model: torch.nn.Module
+    """The RewardModel: trunk + scalar head."""
+    tokenizer: object
+    context: int
+    quantize: str = "none"
+    """Always fp32: --quantize applies to the generating models only."""
+    weight_bytes: int = 0
+    kind: str = "reward"
+
+
+def is_reward_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(resolve_model_dir(path), "reward_head.safetensors"))
+
+
+def load_served_reward(name: str, path: str) -> LoadedReward:
+    from ..models import load_reward_model
+    rm, tokenizer = load_reward_model(resolve_model_dir(path))
+    rm.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        raise ConfigError(f"reward model '{path}': its tokenizer has no pad or eos token")
+    return LoadedReward(name=name, model=rm, tokenizer=tokenizer, context=_context(rm.lm),
+                        weight_bytes=weight_bytes(rm))
 
 
 def load_served_model(name: str, path: str, quantize_mode: str = "none") -> LoadedModel:

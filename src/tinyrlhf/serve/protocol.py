@@ -1,6 +1,7 @@
 """The OpenAI API shapes: request models (pydantic, strict types), the error, and response / stream-chunk bodies.
 
-Requests follow OpenAI's /v1/completions and /v1/chat/completions reference; body.py and validate.py check
+Requests follow OpenAI's /v1/completions and /v1/chat/completions reference (and /v1/rewards, ours:
+serve/rewards.py); body.py and validate.py check
 them. Every bad input becomes an `APIError` that the app turns into HTTP 4xx with OpenAI's error object
 `{"error": {"message", "type", "param", "code"}}`, naming the field. Unknown fields are ignored, as
 OpenAI-compatible servers do; `ignore_eos` is an extension (as in vLLM).
@@ -81,6 +82,19 @@ class ChatRequest(_Common):
     max_completion_tokens: int | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
+
+
+class RewardInput(_Strict):
+    prompt: str | list[ChatMessage]
+    completion: str
+
+
+class RewardRequest(_Strict):
+    """POST /v1/rewards (serve/rewards.py; not an OpenAI endpoint)."""
+    model: str | None = None
+    input: list[RewardInput]
+    max_length: int | None = None
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 # ------------------------------------------------------------------ responses
@@ -170,6 +184,12 @@ def usage_chunk(rid: str, obj: str, model: str, created: int, prompt_tokens: int
     """The last chunk when stream_options.include_usage is set: no choices, the whole request's usage."""
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [],
             "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def rewards_body(model: str, rewards: list[float], tokens: int) -> dict:
+    return {"object": "list", "model": model,
+            "data": [{"object": "reward", "index": i, "reward": r} for i, r in enumerate(rewards)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 def now() -> int:

@@ -28,17 +28,24 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def build(cfg: ServeConfig, log=print):
-    """(FastAPI app, loaded models) for `cfg`; each model is checked to batch before the server starts."""
+    """(FastAPI app, loaded models) for `cfg`; each generating model is checked to batch before the server
+    starts; a reward run (reward_head.safetensors in it or its final/) is served on /v1/rewards."""
     import torch
 
     from .app import create_app
     from .batch import check_batching
-    from .loader import load_served_model
+    from .loader import is_reward_dir, load_served_model, load_served_reward
 
     if cfg.engine.threads:
         torch.set_num_threads(cfg.engine.threads)
     models = []
     for spec in cfg.models:
+        if is_reward_dir(spec.path):  # a reward run: scored on /v1/rewards, in fp32 as the trainer loads it
+            m = load_served_reward(spec.name, spec.path)
+            log(f"reward model {m.name}: {spec.path} (fp32, {m.weight_bytes / 2**20:.1f} MiB of weights, context "
+                f"{m.context}): POST /v1/rewards")
+            models.append(m)
+            continue
         m = load_served_model(spec.name, spec.path, cfg.engine.quantize)
         try:
             check_batching(m.model, m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None

@@ -56,14 +56,16 @@ def _param(loc: tuple) -> str:
     return out
 
 
-def parse(cls, body: Any):
-    """Validate a decoded JSON body against a request model, or raise a 400 naming the field."""
+def parse(cls, body: Any, deepest: bool = False):
+    """Validate a decoded JSON body against a request model, or raise a 400 naming the field: the first error,
+    or (`deepest`) the one deepest in the body (of a `str | list[ChatMessage]` that is a list, the message's
+    bad field rather than "not a string")."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     try:
         return cls.model_validate(body)
     except ValidationError as e:
-        err = e.errors()[0]
+        err = max(e.errors(), key=lambda x: len(x["loc"])) if deepest else e.errors()[0]
         param = _param(err["loc"])
         if err["type"] == "missing":
             raise APIError(400, f"'{param}' is a required property", param=param) from None

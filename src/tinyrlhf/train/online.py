@@ -12,13 +12,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import dist
-from ..errors import ConfigError
+from ..errors import ConfigError, RewardSourceError
 from .policy_eval import completion_logps, policy_eval
 from ..models import add_lora, build_model, save_hf, set_dropout
 from ..rollout import Rollout, encode_prompts, generate
 from .data import begin_run, prompt_format, sized_sampling
 from .engine import autocast, build_optimizer, build_scheduler, current_rss_mib, peak_memory_mib, set_seed
-from .parallel import between_steps, load_checkpoint, save_checkpoint, save_final
+from .parallel import between_steps, load_checkpoint, rng_state, save_checkpoint, save_final, set_rng_state
 from .guard import SaveSchedule, StopOnSignal, check_weights
 from .moved import check_online
 from .reference import reference_disabled
@@ -58,7 +58,8 @@ def open_online(cfg) -> Online | dict:
     cfg = sized_sampling(cfg, tokenizer, formatted["the training prompts"], policy.config.max_position_embeddings)
     set_dropout(policy, 0.0)  # dropout off: rollout, old and new log-probs must agree [details]
     policy = add_lora(policy, cfg.lora).to(start.device)
-    reward, rm = reward_source(cfg.reward, start.task, start.device, cfg.train.precision, cfg.data.max_length)
+    reward, rm = reward_source(cfg.reward, start.task, start.device, cfg.train.precision, cfg.data.max_length,
+                               http=cfg.reward_http)
     stop_id = None
     if cfg.rollout.stop_token:
         ids = tokenizer(cfg.rollout.stop_token, add_special_tokens=False)["input_ids"]
@@ -187,11 +188,22 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
     recent_kl: list[float] = extra.get("recent_kl", [])  # kl/seq of the last rollouts: did the policy move?
     last_eval, step = extra.get("last_eval", {}), start
     schedule = SaveSchedule(cfg.train, steps)
+
+    def checkpoint(at: int):
+        save_checkpoint(run, S.trainer, modules, S.optimizer, S.scheduler, at, extra={
+            "kl_coef": kl.value, "kl_reached": kl.reached, "episodes": episodes, "seconds": seconds,
+            "last_eval": last_eval, "recent_kl": recent_kl})
+        schedule.saved()
+
     with StopOnSignal() as stop, tqdm(total=steps, initial=start, desc=desc, dynamic_ncols=True,
                                       disable=not cfg.train.progress or not dist.is_main()) as pbar:
         for step in range(start + 1, steps + 1):
             t0 = time.perf_counter()
-            metrics = update(step, kl)
+            rng = rng_state()
+            try:
+                metrics = update(step, kl)
+            except RewardSourceError as e:  # e.g. a reward server gone: keep every finished step, say so in one line
+                raise reward_failed(e, S, step, rng, checkpoint) from None
             dt = time.perf_counter() - t0
             episodes += metrics.pop("episodes")
             recent_kl = (recent_kl + [metrics["kl/seq"]])[-max(3, steps // 10):]
@@ -207,10 +219,7 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
                 run.log(row)
             save_now, stopping = between_steps(stop, schedule, step)
             if save_now:
-                save_checkpoint(run, S.trainer, modules, S.optimizer, S.scheduler, step, extra={
-                    "kl_coef": kl.value, "kl_reached": kl.reached, "episodes": episodes, "seconds": seconds,
-                    "last_eval": last_eval, "recent_kl": recent_kl})
-                schedule.saved()
+                checkpoint(step)
             if stopping and step < steps:
                 raise stop.interrupted(run, step, steps)
             if cfg.train.stop_after and step == cfg.train.stop_after and step < steps:
@@ -227,6 +236,24 @@ def online_fit(S: Online, params: list, updates_per_step: int, update: Callable[
         summary.update(check_online(cfg, summary, desc, recent_kl))
     run.write_summary(summary)
     return summary
+
+
+def reward_failed(e: RewardSourceError, S: Online, step: int, rng: dict, checkpoint) -> RewardSourceError:
+    """The reward source failed during `step`, before the step changed any weight (every loop scores its rollout
+    first): checkpoint step − 1 unless that is on disk already (with the RNG state as it was when the step
+    began), and return the error as one line that says what a re-run continues from. Under torchrun nothing
+    is saved here: a checkpoint is a collective, and the other ranks are waiting for this one in another."""
+    run, done = S.run, step - 1
+    if done > 0 and not dist.active() and run.checkpoint_step != done:
+        set_rng_state(rng)
+        checkpoint(done)
+    total = S.cfg.train.max_steps
+    if run.checkpoint_step is not None:
+        kept = (f"the checkpoint of step {run.checkpoint_step} is kept ({run.ckpt}): run the same command again "
+                "to continue from it")
+    else:
+        kept = "no checkpoint yet: the same command starts over"
+    return RewardSourceError(f"{e}; {run.stage} stopped in step {step} of {total}, {kept}")
 
 
 def step_optimizer(S: Online, params: list, step: int) -> float:

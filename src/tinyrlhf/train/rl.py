@@ -15,17 +15,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..data.collate import encode, pad
-from ..errors import ConfigError, TinyRLHFError
+from ..data.collate import encode
+from ..errors import ConfigError, RewardSourceError
 from ..logprobs import token_logps
 from ..loading import unwrap
-from ..models import load_reward_model, set_dropout, trunk_and_head
-from .engine import autocast
+from ..models import load_reward_model, score_encoded, set_dropout, trunk_and_head
+from .engine import autocast, compute_dtype
 from .reference import reference_disabled
-
-
-class RewardSourceError(TinyRLHFError):
-    """The reward source failed or returned something that is not one finite number per completion."""
 
 
 # ---------------------------------------------------------------- reward sources
@@ -38,12 +34,16 @@ def reward_model_dir(spec: str) -> str | None:
     return None
 
 
-def reward_source(spec: str, task, device, precision: str, max_length: int = 256, check_scale: bool = True):
+def reward_source(spec: str, task, device, precision: str, max_length: int = 256, check_scale: bool = True,
+                  http=None):
     """f(prompts, completions) -> (B,) float tensor, checked. `spec`: 'gold', a reward-model run dir,
-    or 'package.module:function'. Returns (function, reward model or None). With `check_scale`, the
-    first batch a reward model scores is checked for an extreme scale (train/reward.py scale_warning)."""
+    'package.module:function', or the URL of a reward model served by `tinyrlhf serve` (http://HOST:PORT,
+    or its /v1/rewards; `http`: a RewardHTTPConfig, its timeout, retries and batches). Returns (function,
+    reward model or None). With `check_scale`, the first batch a reward model scores is checked for an
+    extreme scale (train/reward.py scale_warning)."""
     if not spec:
-        raise ConfigError("reward: no reward source given (a reward run dir, 'gold' or 'module:function')")
+        raise ConfigError("reward: no reward source given (a reward run dir, 'gold', 'module:function' or "
+                          "http://HOST:PORT)")
     rm = None
     if spec == "gold":
         if task is None:
@@ -53,21 +53,19 @@ def reward_source(spec: str, task, device, precision: str, max_length: int = 256
         rm, rm_tok = load_reward_model(d)
         rm = rm.to(device).requires_grad_(False)
 
-        @torch.no_grad()
         def fn(prompts, completions):
             # Re-tokenised with the reward model's own tokenizer: policy and RM need not share one.
-            examples = encode(rm_tok, prompts, completions, max_length)
-            out = []
-            for i in range(0, len(examples), 64):
-                b = {k: v.to(device) for k, v in pad(examples[i:i + 64], rm_tok.pad_token_id).items()}
-                with autocast(device, precision):
-                    out.append(rm(b["input_ids"], b["attention_mask"], b["completion_mask"]).float().cpu())
-            return torch.cat(out)
+            return score_encoded(rm, encode(rm_tok, prompts, completions, max_length), rm_tok.pad_token_id,
+                                 device, lambda: autocast(device, precision))
+    elif spec.startswith(("http://", "https://")):
+        from .reward_http import http_reward
+        fn = http_reward(spec, http, max_length, "bf16" if compute_dtype(device, precision) == torch.bfloat16
+                         else "fp32")
     elif ":" in spec and not os.path.exists(spec):
         fn = _import_callable(spec)
     else:
         raise ConfigError(f"reward '{spec}': not 'gold', not a reward run directory (no "
-                          "reward_head.safetensors in it or its final/), not 'module:function'")
+                          "reward_head.safetensors in it or its final/), not 'module:function', not http://HOST:PORT")
     checked = _checked(fn, spec)
     if rm is None or not check_scale:
         return checked, rm
@@ -109,6 +107,8 @@ def _checked(fn: Callable, spec: str) -> Callable:
     def call(prompts: list[str], completions: list[str]) -> torch.Tensor:
         try:
             out = fn(prompts, completions)
+        except RewardSourceError:  # already one line naming the source (the HTTP client's)
+            raise
         except Exception as e:  # a user callable may raise anything: report it as the source's failure
             raise RewardSourceError(f"reward '{spec}' failed: {type(e).__name__}: {e}") from e
         try:

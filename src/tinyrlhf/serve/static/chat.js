@@ -45,6 +45,7 @@ async function loadModels() {
   if (!res.ok) throw new Error(data.error ? data.error.message : res.statusText);
   $("status").textContent = "";
   for (const m of data.data) {
+    if (m.kind === "reward") continue;  // scored on /v1/rewards: nothing to chat with
     const opt = document.createElement("option");
     opt.value = m.id;
     opt.textContent = `${m.id} (${m.quantize}, ${m.max_model_len} tokens)`;
