@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .models import trunk_and_head
+from .data import packing
+from .models import trunk_and_head, trunk_hidden
 
 CHUNK_ROWS = 1024
 # Recompute a chunk's logits in backward instead of keeping them when they exceed this many floats.
@@ -50,18 +51,21 @@ def _chunk_logps(head, h, targets, temperature: float):
 
 
 def token_logps(model, input_ids, attention_mask, completion_mask, *, temperature: float = 1.0,
-                return_hidden: bool = False):
+                return_hidden: bool = False, seq_ids=None):
     """Log-prob of each completion token given what precedes it.
 
     input_ids, attention_mask, completion_mask: (B, T). Returns (B, T-1) log-probs, zero where
     the target token is not a completion token; with return_hidden, also the trunk's (B, T, H).
     Temperature divides the logits as in sampling (lm-human-preference-details: the trainer must
-    score samples with the same temperature that drew them)."""
+    score samples with the same temperature that drew them). A packed batch (data/packing.py) passes
+    `seq_ids` and no attention_mask; a sequence's first token is then never a target, as column 0 is not."""
     trunk, head = trunk_and_head(model)
-    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids(attention_mask)).last_hidden_state  # (B, T, H)
+    hidden = trunk_hidden(trunk, input_ids, attention_mask, seq_ids)  # (B, T, H)
     # token t+1 is predicted at position t
-    out = _head_logps(head, hidden[:, :-1], input_ids[:, 1:], completion_mask[:, 1:].bool(), temperature)
+    target = completion_mask[:, 1:].bool()
+    if seq_ids is not None:
+        target = target & packing.same_sequence(seq_ids)
+    out = _head_logps(head, hidden[:, :-1], input_ids[:, 1:], target, temperature)
     return (out, hidden) if return_hidden else out
 
 

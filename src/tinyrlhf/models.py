@@ -18,6 +18,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2C
 
 from .attention import CHOICES as ATTENTION_CHOICES, set_attention
 from .config import LoRAConfig, ModelConfig
+from .data import packing
 from .data.collate import pad
 from .errors import ConfigError
 from .loading import (FUSED_GELU, check_model_dir, load_causal_lm, resolve_model_path, save_adapter, tokenizer_dir,
@@ -189,6 +190,20 @@ def trunk_and_head(model):
     return getattr(base, base.base_model_prefix), base.get_output_embeddings()
 
 
+def trunk_hidden(trunk, input_ids, attention_mask=None, seq_ids=None):
+    """The trunk's last hidden states (B, T, H) of a right- or left-padded batch (`attention_mask`; positions
+    counted over real tokens) or of a packed one (`seq_ids`, data/packing.py: positions restart at every
+    sequence and a block-diagonal mask keeps each sequence to itself). The packed mask is passed as 4-D, not
+    left to transformers' detection of packing from position_ids, which silently stops working whenever a
+    key/value cache exists (GPT-2 makes one in every forward unless told use_cache=False)."""
+    if seq_ids is None:
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
+    mask = packing.block_mask(seq_ids, trunk.get_input_embeddings().weight.dtype)
+    return trunk(input_ids=input_ids, attention_mask=mask, position_ids=packing.positions(seq_ids),
+                 use_cache=False).last_hidden_state
+
+
 def save_hf(model, tokenizer, out: str, merge_lora: bool = True):
     """Write a directory loadable by AutoModelForCausalLM / AutoTokenizer: LoRA merged, or the adapter saved
     so that peft's AutoPeftModelForCausalLM loads it from any directory (tinyrlhf.loading.save_adapter)."""
@@ -247,16 +262,17 @@ class RewardModel(nn.Module):
     def needs_completion_mask(self) -> bool:
         return self.pool != "last" or self.logp_feature
 
-    def raw(self, input_ids, attention_mask, completion_mask=None):
+    def raw(self, input_ids, attention_mask, completion_mask=None, seq_ids=None):
         """Unnormalised rewards, (B,). Right padding: the last real token is at mask.sum() - 1.
         `completion_mask` (B, T) marks the completion tokens (EOS included); needed unless pool="last"
-        and logp_feature is off."""
+        and logp_feature is off. A packed batch (data/packing.py) gives `seq_ids` instead of
+        `attention_mask`: rewards then come one per sequence, in the order of the padded batch it was made of."""
         if self.needs_completion_mask and completion_mask is None:
             raise ConfigError("this reward model (pool='mean' or logp_feature) needs completion_mask")
+        if seq_ids is not None:
+            return self._raw_packed(input_ids, seq_ids, completion_mask)
         trunk, lm_head = trunk_and_head(self.lm)
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden = trunk(input_ids=input_ids, attention_mask=attention_mask,
-                       position_ids=positions).last_hidden_state  # (B, T, H)
+        hidden = trunk_hidden(trunk, input_ids, attention_mask)  # (B, T, H)
         if self.pool == "last":
             last = attention_mask.sum(-1).clamp(min=1) - 1
             h = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # (B, H)
@@ -271,6 +287,29 @@ class RewardModel(nn.Module):
             total = torch.zeros(r.shape, dtype=lp.dtype, device=lp.device)
             total = total.index_add(0, target.nonzero()[:, 0], lp)
             r = r + self.logp_weight * total / target.sum(-1).clamp(min=1)
+        return r
+
+    def _raw_packed(self, input_ids, seq_ids, completion_mask):
+        """`raw` of a packed batch: the same reads (last token, completion mean, completion log-prob mean),
+        gathered per sequence instead of per row."""
+        trunk, lm_head = trunk_and_head(self.lm)
+        hidden = trunk_hidden(trunk, input_ids, seq_ids=seq_ids)  # (R, C, H)
+        n = packing.n_sequences(seq_ids)
+        if self.pool == "last":
+            h = hidden.flatten(0, 1)[packing.last_tokens(seq_ids, n)]  # (n, H)
+        else:
+            m = completion_mask.to(hidden.dtype).unsqueeze(-1)  # padding carries 0
+            h = packing.per_sequence_sum(hidden * m, seq_ids, n) / \
+                packing.per_sequence_sum(m, seq_ids, n).clamp(min=1)
+        r = self.head(h.to(self.head.weight.dtype)).squeeze(-1).float()
+        if self.logp_feature:
+            target = completion_mask[:, 1:].bool() & packing.same_sequence(seq_ids)  # token t+1 predicted at t
+            logits = lm_head(hidden[:, :-1][target]).float()
+            lp = -nn.functional.cross_entropy(logits, input_ids[:, 1:][target], reduction="none")
+            owner = seq_ids[:, 1:][target]
+            total = torch.zeros(n, dtype=lp.dtype, device=lp.device).index_add(0, owner, lp)
+            count = torch.zeros(n, dtype=lp.dtype, device=lp.device).index_add(0, owner, torch.ones_like(lp))
+            r = r + self.logp_weight * total / count.clamp(min=1)
         return r
 
     def forward(self, input_ids, attention_mask, completion_mask=None):

@@ -208,6 +208,12 @@ class TrainConfig:
     """DPO family, KTO, RLOO/GRPO and online DPO: run each prompt once and its completions on its key/value
     cache (prefix sharing) instead of prompt+completion per row. Same numbers, less compute when prompts
     are long; ignored (off) under model.gradient_checkpointing, which disables the cache."""
+    packing: Literal["auto", True, False] = "auto"
+    """SFT and reward model: lay each micro-batch's sequences end to end in a few rows (positions restart
+    per sequence, attention never crosses one) instead of padding them to the longest. The same examples per
+    step and the same loss (to rounding). true, false, or auto: packing where it was measured faster, which
+    is nowhere yet: off on CPU (the length-bucketed padded batches leave ~1 % padding on positive_review SFT;
+    packed measured 0.96-1.0x there, docs/guides/benchmarks.md) and off on CUDA (not measured)."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """Under torchrun (several processes): ddp replicates the model on every rank and averages gradients;
     fsdp shards parameters, gradients and optimizer state over the ranks (FSDP2 `fully_shard`) and writes

@@ -1,5 +1,6 @@
 """Data: the project's record types and JSONL files (records.py), loaders for public formats (formats.py,
-public.py), datasets by hub name or directory read through them (hub.py) and tokenised batches (collate.py).
+public.py), datasets by hub name or directory read through them (hub.py), tokenised batches (collate.py) and
+padding-free packed batches (packing.py).
 
 May import: errors only (tests/test_layout.py checks it)."""
 from .formats import (FORMATS, PUBLIC_FORMATS, TABLE_FORMATS, detect_format, load_binary, load_preferences,

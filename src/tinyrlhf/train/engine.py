@@ -118,9 +118,23 @@ def run_length(desc: str, examples: int, cfg: TrainConfig, batches_per_epoch: in
             f"epoch); {steps:,} steps ({how}) = {epochs:.3g} epochs")
 
 
+AUTO_PACKING = {"cpu": False, "cuda": False}
+"""What train.packing=auto means per device type: on only where packing was measured faster. CPU: not
+faster (benchmarks/bench_packing.py; the padded batches are length-bucketed, see docs/guides/benchmarks.md);
+CUDA: not measured yet."""
+
+
+def packing_on(cfg: TrainConfig, device: torch.device) -> bool:
+    """train.packing resolved for `device`: true or false as given, auto from AUTO_PACKING."""
+    return AUTO_PACKING.get(device.type, False) if cfg.packing == "auto" else bool(cfg.packing)
+
+
 def batch_tokens(batch) -> int:
-    """Tokens of the sequences in a batch: flat rows, or a `pad_groups` batch counted as its k*B
-    prompt+completion sequences (what a tokens/s figure is quoted in, however the prompt is shared)."""
+    """Tokens of the sequences in a batch: flat rows, a packed batch's real tokens, or a `pad_groups` batch
+    counted as its k*B prompt+completion sequences (what a tokens/s figure is quoted in, however the prompt
+    is shared)."""
+    if "seq_ids" in batch:
+        return int((batch["seq_ids"] >= 0).sum())
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
     k = batch["completion_mask"].shape[0] // max(batch["prompt_mask"].shape[0], 1)

@@ -11,13 +11,14 @@ import torch
 
 from ..config import RewardConfig
 from ..errors import ConfigError
+from ..data import packing
 from ..data.collate import BatchPlan, TruncationStats, encode, pad
 from ..losses import bradley_terry_loss
 from ..loading import check_model_dir
 from ..models import RewardModel, add_lora, build_model, load_tokenizer, save_reward_model
 from ..sampling import sample
 from .data import begin_run, prompt_format, sized_sampling
-from .engine import autocast, fit
+from .engine import autocast, fit, packing_on
 
 
 @torch.no_grad()
@@ -32,6 +33,20 @@ def score(rm: RewardModel, examples, pad_id, device, precision, batch_size=64, r
             r = rm.raw(*args) if raw else rm(*args)
         out.append(r.float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def reward_loss(rm: RewardModel, batch, has_margin: bool = False, center_coef: float = 0.0):
+    """(loss, metrics) of a micro-batch of B pairs, padded or packed: rows (sequences) [0, B) chosen,
+    [B, 2B) rejected; the mean Bradley-Terry loss over pairs, plus reward centring (Eisenstein et al.
+    2023, "auxiliary loss": keeps raw rewards near zero) when `center_coef` > 0."""
+    rewards = rm.raw(batch["input_ids"], batch.get("attention_mask"), batch["completion_mask"],
+                     seq_ids=batch.get("seq_ids"))  # (2B,)
+    r_chosen, r_rejected = rewards.chunk(2)
+    losses, metrics = bradley_terry_loss(r_chosen, r_rejected, margin=batch["margin"] if has_margin else None)
+    loss = losses.mean()
+    if center_coef:
+        loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
+    return loss, metrics
 
 
 def pair_accuracy(rm, pairs, tokenizer, task, cfg, device) -> dict:
@@ -102,22 +117,16 @@ def run_reward(cfg: RewardConfig) -> dict:
     lengths = [max(len(a[0]) + len(a[1]), len(b[0]) + len(b[1])) for a, b in zip(chosen, rejected)]
     plan = BatchPlan(lengths, cfg.train.batch_size, cfg.seed)
 
+    packs = packing_on(cfg.train, device)
+
     def make_batch(idx):
-        # chosen and rejected in one forward: rows [0, B) chosen, [B, 2B) rejected
+        # chosen and rejected in one forward: rows [0, B) chosen, [B, 2B) rejected (packed: sequences)
         batch = pad([chosen[i] for i in idx] + [rejected[i] for i in idx], tokenizer.pad_token_id)
         batch["margin"] = margins[idx]
-        return batch
+        return packing.pack(batch, tokenizer.pad_token_id) if packs else batch
 
     def loss_fn(batch):
-        rewards = rm.raw(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])  # (2B,)
-        r_chosen, r_rejected = rewards.chunk(2)
-        losses, metrics = bradley_terry_loss(r_chosen, r_rejected,
-                                             margin=batch["margin"] if has_margin else None)
-        loss = losses.mean()
-        if cfg.center_coef:
-            # reward centring (Eisenstein et al. 2023, "auxiliary loss"): keeps raw rewards near zero
-            loss = loss + cfg.center_coef * ((r_chosen + r_rejected) ** 2).mean()
-        return loss, metrics
+        return reward_loss(rm, batch, has_margin, cfg.center_coef)
 
     def evaluate():
         return pair_accuracy(rm, eval_pairs, tokenizer, task, cfg, device) if eval_pairs else {}

@@ -10,14 +10,15 @@ import re
 from ..config import config_to_dict
 
 HARMLESS = ("out_dir", "train.threads", "train.progress", "train.stop_after", "train.resume", "train.force_new",
-            "train.device", "train.save_every", "train.save_minutes", "train.log_every", "train.eval_every",
-            "ref_cache_dir", "train.report_to", "train.tracking_dir", "train.run_name", "train.tracking_project",
-            "train.tracking_group", "reward_http.timeout_s", "reward_http.retries", "reward_http.backoff_s",
-            "reward_http.api_key_env")
+            "train.device", "train.packing", "train.save_every", "train.save_minutes", "train.log_every",
+            "train.eval_every", "ref_cache_dir", "train.report_to", "train.tracking_dir", "train.run_name",
+            "train.tracking_project", "train.tracking_group", "reward_http.timeout_s", "reward_http.retries",
+            "reward_http.backoff_s", "reward_http.api_key_env")
 """Keys that may differ between the run on disk and the command that continues or reuses it: where and
 how fast it runs, when it logs, evaluates and checkpoints, where caches live, which trackers see its
-metrics, how patiently a served reward model is asked. None changes the weights
-(evaluation samples on its own RNG stream; checkpoints do not touch RNG state)."""
+metrics, how patiently a served reward model is asked. None changes the weights beyond rounding (the device
+and packing change the order of float sums; evaluation samples on its own RNG stream; checkpoints do not
+touch RNG state)."""
 
 
 def flat(tree: dict, prefix: str = "") -> dict:

@@ -11,6 +11,7 @@ import time
 import torch
 
 from ..config import SFTConfig
+from ..data import packing
 from ..data.collate import BatchPlan, TruncationStats, pad
 from ..data.conversation import encode_sft
 from ..logprobs import token_logps
@@ -18,7 +19,7 @@ from .. import dist
 from ..loading import unwrap
 from ..models import add_lora, build_model, save_hf
 from .data import begin_run, prompt_format, sized_sampling
-from .engine import RunDir, autocast, fit
+from .engine import RunDir, autocast, fit, packing_on
 from .parallel import save_final
 
 
@@ -41,6 +42,25 @@ def eval_loss(model, examples, pad_id, device, precision, batch_size=64) -> floa
         total += -logps.sum().item()
         count += int(batch["completion_mask"][:, 1:].sum())
     return total / max(count, 1)
+
+
+def sft_loss(model, batch, prompt_loss_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """(loss, metrics) of one micro-batch, padded (collate.pad) or packed (packing.pack): the mean NLL of
+    the completion tokens, or with `prompt_loss_weight` > 0 the weighted mean over all tokens (OpenAI's
+    fine-tuning `prompt_loss_weight`). Token means over the GLOBAL micro-batch (all ranks' tokens;
+    dist.global_count), so that a run on several processes optimises exactly what one process would."""
+    w_prompt = prompt_loss_weight
+    scored = packing.token_mask(batch) if w_prompt > 0 else batch["completion_mask"]
+    logps = token_logps(model, batch["input_ids"], batch.get("attention_mask"), scored,
+                        seq_ids=batch.get("seq_ids"))  # (B, T-1)
+    completion = packing.targets(batch, batch["completion_mask"])  # targets that are completion tokens
+    prompt = (packing.targets(batch, scored) - completion).clamp(min=0)
+    completion_nll = -(logps * completion).sum() / dist.global_count(completion.sum())
+    if w_prompt == 0:
+        return completion_nll, {}
+    weights = completion + w_prompt * prompt
+    loss = -(logps * weights).sum() / dist.global_count(weights.sum())
+    return loss, {"completion_nll": completion_nll.detach()}
 
 
 def _logged_step0(run: RunDir) -> dict:
@@ -100,25 +120,14 @@ def run_sft(cfg: SFTConfig) -> dict:
                                "the held-out data")
     plan = BatchPlan([len(e[0]) + len(e[1]) for e in examples], cfg.train.batch_size, cfg.seed)
 
-    def make_batch(idx):
-        return pad([examples[i] for i in idx], tokenizer.pad_token_id)
+    packs = packing_on(cfg.train, device)
 
-    w_prompt = cfg.train.prompt_loss_weight
+    def make_batch(idx):
+        batch = pad([examples[i] for i in idx], tokenizer.pad_token_id)
+        return packing.pack(batch, tokenizer.pad_token_id) if packs else batch
 
     def loss_fn(batch):
-        scored = batch["attention_mask"] if w_prompt > 0 else batch["completion_mask"]
-        logps = token_logps(model, batch["input_ids"], batch["attention_mask"], scored)  # (B, T-1)
-        completion = batch["completion_mask"][:, 1:]  # targets that are completion tokens
-        prompt = (scored[:, 1:] - completion).clamp(min=0)
-        # token means over the GLOBAL micro-batch (all ranks' tokens; dist.global_count), so that a run on
-        # several processes optimises exactly what one process would
-        completion_nll = -(logps * completion).sum() / dist.global_count(completion.sum())
-        if w_prompt == 0:
-            return completion_nll, {}
-        # weighted mean over all scored tokens (OpenAI's fine-tuning `prompt_loss_weight`)
-        weights = completion + w_prompt * prompt
-        loss = -(logps * weights).sum() / dist.global_count(weights.sum())
-        return loss, {"completion_nll": completion_nll.detach()}
+        return sft_loss(model, batch, cfg.train.prompt_loss_weight)
 
     def evaluate():
         out = {}
