@@ -34,8 +34,10 @@ demo: $(STAMP)
 		--out runs/demo sft.train.max_steps=800 reward.train.max_steps=250 data.n_pairs=4000 \
 		data.n_rankings=0 data.n_binary=0 $(DEMO_ARGS)
 
+# Training throughput against the matmul peak; then padded against packed batches (single-threaded).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_packing.py
 
 # The documentation site (mkdocs.yml, pages in docs/): `make docs` installs the `docs` extra into .venv and
 # builds the site into site/ with --strict, so a broken link or anchor fails. `make reference` rewrites

@@ -46,7 +46,7 @@ def cell(text: str) -> str:
 def type_name(tp) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Literal:
-        return " \\| ".join(f"`{a}`" for a in args)
+        return " \\| ".join(value(a) if isinstance(a, bool) else f"`{a}`" for a in args)  # true, not True
     if origin in (typing.Union, types.UnionType):
         return " or ".join(type_name(a) for a in args if a is not type(None)) + " or null"
     if origin is tuple:

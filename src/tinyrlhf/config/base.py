@@ -212,8 +212,9 @@ class TrainConfig:
     """SFT and reward model: lay each micro-batch's sequences end to end in a few rows (positions restart
     per sequence, attention never crosses one) instead of padding them to the longest. The same examples per
     step and the same loss (to rounding). true, false, or auto: packing where it was measured faster, which
-    is nowhere yet: off on CPU (the length-bucketed padded batches leave ~1 % padding on positive_review SFT;
-    packed measured 0.96-1.0x there, docs/guides/benchmarks.md) and off on CUDA (not measured)."""
+    is nowhere yet: off on CPU (the padded batches are bucketed by length, 98 % real tokens on positive_review
+    SFT; packed measured 1.00-1.03x for SFT, 0.95-0.98x for the reward model: docs/guides/benchmarks.md) and
+    off on CUDA (not measured)."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """Under torchrun (several processes): ddp replicates the model on every rank and averages gradients;
     fsdp shards parameters, gradients and optimizer state over the ranks (FSDP2 `fully_shard`) and writes
