@@ -80,10 +80,17 @@ def test_pack_refuses_left_padding():
         packing.pack(batch, PAD)
 
 
+def with_turn_masks(exs):
+    """The examples as a conversation's encoding gives them: a third list, the loss mask over the prompt
+    (earlier assistant turns, data/conversation.py), here every other prompt token."""
+    return [(p, c, [i % 2 for i in range(len(p))]) for p, c in exs]
+
+
 @pytest.mark.parametrize("impl", attention.CHOICES)
-@pytest.mark.parametrize("prompt_weight", [0.0, 1.0, 0.1])
-def test_sft_loss_and_gradients_equal_padded(impl, prompt_weight):
-    padded = pad(examples(), PAD)
+@pytest.mark.parametrize("prompt_weight,turns", [(0.0, False), (1.0, False), (0.1, False), (0.0, True),
+                                                 (0.1, True)])
+def test_sft_loss_and_gradients_equal_padded(impl, prompt_weight, turns):
+    padded = pad(with_turn_masks(examples()) if turns else examples(), PAD)
     packed = packing.pack(padded, PAD)
     assert packed["input_ids"].numel() < padded["input_ids"].numel()  # it did pack
     out = []
