@@ -112,11 +112,13 @@ def run(kind: str, data, preset: str, n_batches: int, rounds: int):
                 extra = -batch["input_ids"].shape[1] % 16
                 return {k: F.pad(v, (0, extra), value=PAD if k == "input_ids" else 0) if v.dim() == 2 else v
                         for k, v in batch.items()}
+            if capacity == "p16":  # packed into rows of the longest sequence rounded up to 16, width x16
+                return packing.pack(batch, PAD, None, multiple=16)
             return batch if capacity is None else packing.pack(batch, PAD, capacity or None)
         return make
 
     variants = [("padded", True, None), ("packed", True, 0), ("packed, rows of 96", True, MAX_LENGTH),
-                ("padded, width x16", True, "x16"),
+                ("padded, width x16", True, "x16"), ("packed, width x16", True, "p16"),
                 ("padded, unbucketed", False, None), ("packed 96, unbucketed", False, MAX_LENGTH)]
     steps = {}
     for name, bucketed, capacity in variants:

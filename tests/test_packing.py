@@ -73,6 +73,21 @@ def test_pack_moves_every_per_token_tensor_and_restarts_positions():
     assert (packed["input_ids"][seq < 0] == PAD).all() and (packed["completion_mask"][seq < 0] == 0).all()
 
 
+def test_pack_to_a_multiple_rounds_the_rows_capacity_and_width():
+    """multiple=16 (bench_packing's "packed, width x16"): rows hold up to the longest sequence rounded up to
+    16 tokens and the batch is that wide; the same tokens, each sequence whole in one row."""
+    batch = pad(examples(), PAD)
+    longest = max(p + c for p, c in LENGTHS)
+    packed = packing.pack(batch, PAD, multiple=16)
+    seq = packed["seq_ids"]
+    assert seq.shape[1] % 16 == 0 and seq.shape[1] == longest + (-longest % 16)
+    assert batch_tokens(packed) == sum(map(sum, LENGTHS))
+    for i, (p, c) in enumerate(LENGTHS):
+        where = seq == i
+        assert where.nonzero()[:, 0].unique().numel() == 1
+        assert torch.equal(packed["input_ids"][where], batch["input_ids"][i, :p + c])
+
+
 def test_pack_refuses_left_padding():
     batch = pad(examples(), PAD)
     batch["attention_mask"] = batch["attention_mask"].flip(-1)

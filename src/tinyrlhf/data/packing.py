@@ -39,7 +39,8 @@ def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
     return [sorted(r) for r in rows]
 
 
-def pack(batch: dict[str, torch.Tensor], pad_id: int = 0, capacity: int | None = None) -> dict[str, torch.Tensor]:
+def pack(batch: dict[str, torch.Tensor], pad_id: int = 0, capacity: int | None = None,
+         multiple: int = 1) -> dict[str, torch.Tensor]:
     """The right-padded batch `batch` (input_ids, attention_mask and any other (B, T) per-token tensors)
     as a packed one: every per-token tensor as (R, C), plus `seq_ids` (R, C). Tensors of any other shape
     (per example) are kept as they are. Rows hold at most `capacity` tokens (default: the longest
@@ -50,8 +51,11 @@ def pack(batch: dict[str, torch.Tensor], pad_id: int = 0, capacity: int | None =
     if not torch.equal(mask, torch.arange(width, device=mask.device) < lengths[:, None]):
         raise ValueError("pack needs right-padded rows (every real token before the first pad)")
     lengths = lengths.tolist()
-    rows = first_fit(lengths, capacity or max(lengths, default=0))
+    capacity = capacity or max(lengths, default=0)
+    capacity += -capacity % multiple
+    rows = first_fit(lengths, capacity)
     out_width = max((sum(lengths[i] for i in row) for row in rows), default=0)
+    out_width += -out_width % multiple
     # where each cell of the packed batch comes from: (source row, source column), -1 on padding
     seq_ids = torch.full((len(rows), out_width), -1, dtype=torch.long)
     src_col = torch.zeros((len(rows), out_width), dtype=torch.long)
