@@ -47,6 +47,16 @@ def test_the_verdict_names_the_limit_its_numbers_show():
                                      "reward_model": {"accuracy_gold": 0.6, "pairs": [1500]}}
     text = " ".join(L.verdict(saturating))
     assert "most of it came by 2,560 labels (then +0.010)" in text and "still rising" not in text
+    # a rise split into two steps, the later one larger, each within the noise: neither "most of it came by"
+    # nor "still rising"
+    gradual = json.loads(json.dumps(rising))
+    gradual["budgets"]["2560"] = {"ppo": {"gold": _ci(0.35, 0.33, 0.37), "vs_sft": _ci(0.05, 0.03, 0.07)},
+                                  "reward_model": {"accuracy_gold": 0.6, "pairs": [1500]}}
+    gradual["budgets"]["10240"]["ppo"]["vs_sft"] = _ci(0.15, 0.09, 0.21)  # noise = half-width 0.06
+    gradual["budgets"]["10240"]["ppo"]["gold"] = _ci(0.40, 0.34, 0.46)
+    text = " ".join(L.verdict(gradual))
+    assert "rising in steps each within the noise (+0.030, then +0.050; ±0.060)" in text
+    assert "most of it" not in text and "still rising" not in text
     flat = json.loads(json.dumps(rising))
     flat["oracle_best_of_8"] = 0.6
     flat["budgets"]["10240"]["ppo"]["gold"] = _ci(0.325, 0.30, 0.35)

@@ -130,7 +130,10 @@ def verdict(r: dict) -> list[str]:
         noise = max(0.02, (gain["high"] - gain["low"]) / 2)  # a change smaller than this is not told from noise
         trend = ("still rising at the largest budget, so more labels would help" if b - p > noise else
                  f"most of it came by {int(prev):,} labels (then {b - p:+.3f}), so more labels alone would add little"
-                 if b - a > noise else "flat across budgets, so labels are not what limits it")
+                 if b - a > noise and p - a > b - p else
+                 f"rising in steps each within the noise ({p - a:+.3f}, then {b - p:+.3f}; ±{noise:.3f}), so whether "
+                 "more labels would help cannot be told" if b - a > noise else
+                 "flat across budgets, so labels are not what limits it")
         lines.append(f"{m}: gold {a:.3f} at {int(lo):,} labels -> {p:.3f} at {int(prev):,} -> {b:.3f} at {int(hi):,} "
                      f"(vs SFT at {int(hi):,}: {gain['mean']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]); {trend}.")
     acc = [r["budgets"][b]["reward_model"]["accuracy_gold"] for b in budgets]
