@@ -273,3 +273,23 @@ def ppo_cfg(env, out, *extra):
         "train.max_steps=3", "train.save_every=1", "train.progress=false", "eval.n_prompts=0", "train.threads=1",
         "train.log_every=1", "rollout.prompts_per_step=4", "rollout.max_new_tokens=6", "ppo.minibatch_size=2",
         "ppo.epochs=1", "train.batch_size=4", *extra])
+
+
+def on_second_call(real, action):
+    """`real` (a loop's sample_and_score) that runs `action` first on its second call: a fault in step 2."""
+    calls = []
+
+    def sample(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            action()
+        return real(*a, **k)
+    return sample
+
+
+def crash():
+    raise RuntimeError("simulated crash")
+
+
+def sigint():
+    os.kill(os.getpid(), signal.SIGINT)

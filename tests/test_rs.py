@@ -85,24 +85,11 @@ def test_rs_crash_then_ctrl_c_then_resume_equals_uninterrupted(base, monkeypatch
     root = base[0]
     ref = rs.run_rs(cfg(base, "rs_ref", "train.max_steps=3"))
     out, real = root / "rs_run", rs.sample_and_score
-
-    def on_second_call(action):
-        calls = []
-
-        def sample(*a, **k):
-            calls.append(1)
-            if len(calls) == 2:
-                action()
-            return real(*a, **k)
-        return sample
-
-    def crash():
-        raise RuntimeError("simulated crash")
-    monkeypatch.setattr(rs, "sample_and_score", on_second_call(crash))
+    monkeypatch.setattr(rs, "sample_and_score", H.on_second_call(real, H.crash))
     with pytest.raises(RuntimeError):
         rs.run_rs(cfg(base, "rs_run", "train.max_steps=3"))
     assert [r[0] for r in rows(out)] == [1] and not (out / "checkpoints").exists()
-    monkeypatch.setattr(rs, "sample_and_score", on_second_call(lambda: os.kill(os.getpid(), signal.SIGINT)))
+    monkeypatch.setattr(rs, "sample_and_score", H.on_second_call(real, H.sigint))
     with pytest.raises(RunInterrupted, match=r"^rs: stopped by SIGINT after step 2 of 3"):
         rs.run_rs(cfg(base, "rs_run", "train.max_steps=3"))
     monkeypatch.undo()

@@ -150,24 +150,11 @@ def test_ppo_crash_then_ctrl_c_then_resume_equals_uninterrupted(env, tmp_path, m
     keys = ("step", "objective/scores", "loss/policy", "loss/value", "kl/seq", "kl/coef")
     ref = ppo.run_ppo(H.ppo_cfg(env, tmp_path / "ref"))
     out, real = tmp_path / "run", ppo.sample_and_score
-
-    def on_second_call(action):
-        calls = []
-
-        def sample(*a, **k):
-            calls.append(1)
-            if len(calls) == 2:
-                action()
-            return real(*a, **k)
-        return sample
-
-    def crash():
-        raise RuntimeError("simulated crash")
-    monkeypatch.setattr(ppo, "sample_and_score", on_second_call(crash))
+    monkeypatch.setattr(ppo, "sample_and_score", H.on_second_call(real, H.crash))
     with pytest.raises(RuntimeError):
         ppo.run_ppo(H.ppo_cfg(env, out, "train.save_every=0"))
     assert [r[0] for r in H.rows(str(out), keys)] == [1] and not (out / "checkpoints").exists()
-    monkeypatch.setattr(ppo, "sample_and_score", on_second_call(lambda: os.kill(os.getpid(), signal.SIGINT)))
+    monkeypatch.setattr(ppo, "sample_and_score", H.on_second_call(real, H.sigint))
     with pytest.raises(RunInterrupted, match=r"^ppo: stopped by SIGINT after step 2 of 3"):
         ppo.run_ppo(H.ppo_cfg(env, out, "train.save_every=0"))
     monkeypatch.undo()
