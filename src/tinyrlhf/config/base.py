@@ -181,7 +181,7 @@ class TrainConfig:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda or cuda:N."""
     threads: int = 0
-    """torch CPU threads (0 = torch's default)."""
+    """torch CPU threads (0 = auto: one per core, fewer when other processes keep cores busy)."""
     log_every: int = 10
     """Write a metrics.jsonl line every N steps."""
     eval_every: int = 100

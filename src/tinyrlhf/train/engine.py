@@ -29,8 +29,8 @@ def set_seed(seed: int):
 
 
 def resolve_device(cfg: TrainConfig) -> torch.device:
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    from . import threads
+    threads.apply(cfg.threads)
     from .. import dist
     if (rank_device := dist.init(cfg.device)) is not None:  # torchrun: this rank's GPU, or the CPU (gloo)
         return rank_device
