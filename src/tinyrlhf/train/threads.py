@@ -64,9 +64,10 @@ def apply(threads: int, sample: Callable = busy_cores) -> int:
     elif os.environ.get("OMP_NUM_THREADS") or _DEFAULT <= 1:  # the user (or torchrun) chose already
         n = _DEFAULT
     else:
-        n = pick(_DEFAULT, sample())
+        busy = sample()
+        n = pick(_DEFAULT, busy)
         if n < _DEFAULT and n != _LAST_NOTE:
-            print(f"train.threads=auto: other processes keep {_DEFAULT - n} of {_DEFAULT} cores busy, using {n} "
+            print(f"train.threads=auto: other processes keep {busy[0]:.1f} of {busy[1]} cores busy, using {n} "
                   f"thread{'s' if n > 1 else ''} (torch's {_DEFAULT} would wait on them; train.threads=N to choose)",
                   file=sys.stderr)
         _LAST_NOTE = n
